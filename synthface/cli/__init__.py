@@ -1,0 +1,1 @@
+"""The command-line layer: parse, load the recipe, call the library, render the result."""

@@ -1,0 +1,56 @@
+"""`synthface verify`: verification accuracy of a pretrained embedder on a pairs protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from synthface.cli.common import JsonOpt, RecipeOpt, RichBar, SetOpt, console, example, handle_errors, recipe, write_json
+from synthface.config import VerifyRecipe, write_resolved
+
+
+@handle_errors
+def verify(
+    pairs: Annotated[Path, typer.Option("--pairs", help="LFW-style pairs.txt, or an insightface .bin file.", show_default=False)],
+    images: Annotated[Path | None, typer.Option("--images", help="Image folder that pairs.txt names (not for .bin).", show_default=False)] = None,
+    embedder: Annotated[str | None, typer.Option("--embedder", "-e", help="dlib | facenet-vggface2 | facenet-casia | onnx:PATH.", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for roc.png, the summary and the resolved config.", show_default=False)] = None,
+    recipe_path: RecipeOpt = None,
+    sets: SetOpt = None,
+    json_out: JsonOpt = None,
+) -> None:
+    """Verification accuracy of a pretrained embedder on LFW pairs.txt or an insightface .bin.
+
+    The insightface protocol: flip-TTA summed embeddings, 10-fold best-threshold accuracy
+    (mean and std), TAR at FAR=1e-3, ROC curve. A pair with an image whose face is not found counts as a wrong decision (never dropped).
+    """
+    from synthface.recognition.pretrained import verify_embedder, write_roc
+
+    overrides = list(sets or []) + ([f"embedder={embedder}"] if embedder else [])
+    cfg = recipe(VerifyRecipe, recipe_path, overrides)
+    result = verify_embedder(pairs, images, cfg, progress=RichBar())
+    summary = result.summary()
+    if out is not None:
+        write_resolved(cfg, out, "config.yaml")
+        summary["roc_png"] = str(write_roc(result, out / "roc.png"))
+        write_json(str(out / "verify.json"), summary)
+    far_key = next(k for k in summary if k.startswith("tar_at_far_"))
+    console.print(
+        f"{summary['benchmark']} / {summary['embedder']}: accuracy {summary['accuracy'] * 100:.2f}% "
+        f"± {summary['accuracy_std'] * 100:.2f}, {far_key.replace('tar_at_far_', 'TAR@FAR=')} "
+        f"{summary[far_key] * 100:.2f}%, threshold {summary['threshold']:.3f}, pairs {summary['pairs']}, "
+        f"failed images {summary['failed_images']} ({summary['failed_pairs']} pairs counted wrong)"
+    )
+    write_json(json_out, summary)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "verify",
+        epilog=example(
+            "synthface verify --embedder dlib --pairs ../shared/data/lfw/pairs.txt "
+            "--images ../shared/data/lfw/lfw-deepfunneled --out verify-lfw --json -"
+        ),
+    )(verify)

@@ -1,0 +1,331 @@
+"""Recipe models for every command, YAML loading, ``--set`` overrides and a stable config hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# --------------------------------------------------------------------------- align / embed / verify
+
+
+class AlignRecipe(Section):
+    seed: int = 0
+    image_size: int = Field(112, ge=32, le=1024, description="output side in pixels (112 = ArcFace template)")
+    image_format: Literal["png", "jpeg"] = "png"
+    select: Literal["largest", "center"] = "largest"
+    min_face_size: int = Field(20, ge=8)
+    detector_threshold: float = Field(0.9, ge=0.0, le=1.0)
+    batch_size: int = Field(32, ge=1)
+    workers: int = Field(2, ge=0, description="image decoding threads")
+    device: str = "auto"
+
+
+class EmbedRecipe(Section):
+    seed: int = 0
+    embedder: str = "dlib"
+    weights: str | None = None
+    batch_size: int = Field(32, ge=1)
+    aligned: bool = Field(False, description="inputs are already 112x112 ArcFace-template crops")
+    device: str = "auto"
+
+
+class VerifyRecipe(Section):
+    seed: int = 0
+    embedder: str = "dlib"
+    weights: str | None = None
+    folds: int = Field(10, ge=2)
+    far: float = Field(1e-3, gt=0.0, lt=1.0)
+    flip: bool = True
+    batch_size: int = Field(32, ge=1)
+    aligned: bool | None = Field(None, description="inputs are template crops; default: true for .bin files")
+    device: str = "auto"
+
+
+# --------------------------------------------------------------------------- generate
+
+
+class IdentitiesSection(Section):
+    count: int = Field(10000, ge=1)
+    strategy: Literal["uniform", "gallery", "images", "unconditional"] = "uniform"
+    separation: float = Field(0.3, ge=-1.0, le=1.0, description="max cosine allowed between two identities")
+    gallery: str | None = None
+    leakage: float = Field(0.4, ge=-1.0, le=1.0, description="max cosine allowed to any real person")
+    images: str | None = None
+
+
+class SamplingSection(Section):
+    scheduler: Literal["ddpm", "ddim", "dpmsolver++", "lcm"] = "dpmsolver++"
+    steps: int = Field(25, ge=1, le=1000)
+    guidance_scale: float = Field(3.0, ge=0.0)
+    identity_scale: float = Field(0.0, ge=0.0)
+    batch_size: int = Field(32, ge=1)
+    dtype: Literal["fp32", "fp16", "bf16"] = "bf16"
+
+
+class FilterSection(Section):
+    enabled: bool = True
+    embedder: str = "facenet-vggface2"
+    threshold: float = Field(0.5, ge=-1.0, le=1.0)
+    detector_threshold: float = Field(0.9, ge=0.0, le=1.0)
+    oversample: float = Field(1.5, ge=1.0)
+    min_images: int = Field(40, ge=1)
+
+
+class OutputSection(Section):
+    image_format: Literal["jpeg", "png", "webp"] = "jpeg"
+    image_size: int = Field(112, ge=16, le=1024)
+
+
+class GenerateRecipe(Section):
+    seed: int = 0
+    model: str = "FoivosPar/Arc2Face"
+    identities: IdentitiesSection = IdentitiesSection()
+    images_per_identity: int = Field(50, ge=1)
+    shard_identities: int = Field(100, ge=1)
+    sampling: SamplingSection = SamplingSection()
+    filter: FilterSection = FilterSection()
+    output: OutputSection = OutputSection()
+
+
+# --------------------------------------------------------------------------- train (generator)
+
+
+class NativeModelSection(Section):
+    image_size: int = Field(64, ge=8)
+    latent: bool = False
+    vae: str | None = None
+    block_out_channels: list[int] = [64, 128, 256]
+    id_tokens: int = Field(4, ge=1)
+
+
+class GeneratorTrainSection(Section):
+    max_steps: int = Field(20000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1.0e-4, gt=0)
+    cond_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    ema_decay: float = Field(0.999, ge=0.0, le=1.0)
+    checkpoint_every: int = Field(1000, ge=1)
+    sample_every: int = Field(1000, ge=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+
+
+class TrainRecipe(Section):
+    seed: int = 0
+    embedder: str = "dlib"
+    model: NativeModelSection = NativeModelSection()
+    train: GeneratorTrainSection = GeneratorTrainSection()
+
+
+# --------------------------------------------------------------------------- evaluate (recognizer)
+
+
+class RecognizerSection(Section):
+    backbone: str = "iresnet50"
+    embedding_dim: int = Field(512, ge=8)
+    loss: Literal["arcface", "cosface", "combined", "adaface"] = "arcface"
+    margin: float = 0.5
+    scale: float = Field(64.0, gt=0)
+    input_size: int | None = Field(None, ge=16, le=1024, description="input side in px; null: the backbone's own (112)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the embedding FC")
+    combined_margins: list[float] = Field([1.0, 0.3, 0.2], min_length=3, max_length=3, description="m1, m2, m3")
+    adaface_h: float = Field(0.333, gt=0.0)
+    adaface_t_alpha: float = Field(0.01, gt=0.0, le=1.0)
+
+
+class RecognizerTrainSection(Section):
+    epochs: int = Field(26, ge=1)
+    max_steps: int | None = None
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(0.1, gt=0)
+    augment: list[Literal["flip", "randaugment", "random_erasing"]] = ["flip", "random_erasing"]
+    randaugment_ops: int = Field(2, ge=1)
+    randaugment_magnitude: int = Field(9, ge=0, le=30)
+    random_erasing_p: float = Field(0.25, ge=0.0, le=1.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5.0e-4, ge=0.0)
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    schedule: Literal["step", "poly", "constant"] = "step"
+    milestones: list[float] = Field([10, 18, 22], description="epochs where the step schedule multiplies lr by lr_decay")
+    lr_decay: float = Field(0.1, gt=0.0, le=1.0)
+    poly_power: float = Field(2.0, gt=0.0)
+    clip_grad_norm: float | None = Field(5.0, gt=0.0)
+    min_images: int = Field(1, ge=1, description="drop identities with fewer images")
+    workers: int = Field(2, ge=0, description="DataLoader decoding processes (when not pre-decoded)")
+    predecode_max_mb: int = Field(2048, ge=0, description="pre-decode the set to a uint8 tensor when it fits")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    device: str = "auto"
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch; null: torch's default")
+    checkpoint_every: int = Field(1000, ge=1, description="steps between resumable checkpoints")
+    log_every: int = Field(10, ge=1, description="steps between training-curve points")
+
+
+class EvaluateBenchSection(Section):
+    aligned: bool | Literal["auto"] = Field(
+        "auto", description="benchmark images are 112x112 template crops; auto: yes when every image is 112x112"
+    )
+    batch_size: int = Field(64, ge=1)
+    flip: bool = True
+    folds: int = Field(10, ge=2)
+    far: float = Field(1e-3, gt=0.0, lt=1.0)
+
+
+class EvaluateRecipe(Section):
+    seed: int = 0
+    recognizer: RecognizerSection = RecognizerSection()
+    train: RecognizerTrainSection = RecognizerTrainSection()
+    bench: EvaluateBenchSection = EvaluateBenchSection()
+
+
+RECIPES: dict[str, type[Section]] = {
+    "align": AlignRecipe,
+    "embed": EmbedRecipe,
+    "verify": VerifyRecipe,
+    "generate": GenerateRecipe,
+    "train": TrainRecipe,
+    "evaluate": EvaluateRecipe,
+}
+
+R = TypeVar("R", bound=Section)
+
+
+# --------------------------------------------------------------------------- loading and overrides
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path} (pass an existing YAML file to --recipe)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"recipe {path} is not valid YAML{where}: fix the syntax and retry") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a YAML mapping of keys to values, not {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b=value`` into (["a", "b"], value) with the value parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r} is not of the form key.sub=value (example: --set identities.count=6)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], model: type[Section], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set`` overrides to a raw recipe dict, rejecting keys the recipe does not have."""
+    for text in overrides:
+        path, value = parse_override(text)
+        cls: Any = model
+        node = data
+        for depth, part in enumerate(path):
+            fields = getattr(cls, "model_fields", None)
+            if fields is None or part not in fields:
+                known = ", ".join(sorted(fields)) if fields else "none (it is a plain value)"
+                dotted = ".".join(path[: depth + 1])
+                raise ConfigError(f"unknown recipe key '{dotted}' in --set {text!r}; keys here: {known}")
+            if depth == len(path) - 1:
+                node[part] = value
+            else:
+                annotation = fields[part].annotation
+                cls = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+                child = node.get(part)
+                if not isinstance(child, dict):
+                    child = {}
+                    node[part] = child
+                node = child
+    return data
+
+
+def _format_validation(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
+    if err.get("type") == "extra_forbidden":
+        return f"unknown recipe key '{key}' in {source}: remove it or check its spelling"
+    msg = err.get("msg", "invalid value")
+    value = err.get("input")
+    shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+    return f"recipe key '{key}' in {source}: {msg}{shown}"
+
+
+def load_recipe(model: type[R], recipe: str | Path | None = None, overrides: list[str] | None = None) -> R:
+    """Load a recipe of type ``model`` from an optional YAML file plus ``--set`` overrides."""
+    data: dict[str, Any] = _read_yaml(Path(recipe)) if recipe else {}
+    overrides = list(overrides or [])
+    source = f"recipe {recipe}" if recipe else "the defaults"
+    if overrides:
+        source += " with --set overrides"
+    try:
+        model.model_validate(data)  # name errors in the file itself before overrides land
+    except ValidationError as exc:
+        if not overrides:
+            raise ConfigError(_format_validation(exc, source)) from None
+    data = apply_overrides(data, model, overrides)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, source)) from None
+
+
+def config_dict(config: BaseModel) -> dict[str, Any]:
+    return config.model_dump(mode="json")
+
+
+def config_hash(config: BaseModel | dict[str, Any]) -> str:
+    """A stable sha256 of the resolved config (key order and float formatting independent)."""
+    data = config_dict(config) if isinstance(config, BaseModel) else config
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def diff_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    out: list[str] = []
+    for key in sorted(set(a) | set(b)):
+        dotted = f"{prefix}{key}"
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.extend(diff_keys(va, vb, dotted + "."))
+        elif va != vb:
+            out.append(dotted)
+    return out
+
+
+def write_resolved(config: BaseModel, directory: str | Path, name: str = "config.yaml") -> Path:
+    """Write the fully resolved config (with its hash) next to a command's output."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    data = config_dict(config)
+    text = f"# synthface resolved config, hash {config_hash(data)}\n" + yaml.safe_dump(data, sort_keys=False)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def read_resolved(path: str | Path) -> dict[str, Any]:
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,223 @@
+"""Face detection (batched MTCNN) and similarity alignment to the ArcFace five-point template."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from synthface.errors import InputError
+
+# The standard insightface ArcFace template for 112x112 crops: left eye, right eye, nose tip,
+# left mouth corner, right mouth corner (subject's left/right as seen in the image).
+ARCFACE_TEMPLATE = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float32,
+)
+
+# Flipping an image horizontally swaps these landmark indices.
+FLIP_ORDER = [1, 0, 2, 4, 3]
+
+
+@dataclass
+class Face:
+    """One detected face: box (x1, y1, x2, y2), five landmarks (5, 2) in pixels, detector score."""
+
+    box: np.ndarray
+    landmarks: np.ndarray
+    score: float
+
+
+# --------------------------------------------------------------------------- image loading
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode (grayscale, palette, RGBA, CMYK, 16-bit, float) to 8-bit RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        if img.mode == "F" and arr.max(initial=0) <= 1.0:
+            top = 1.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode != "RGB":
+        return img.convert("RGB")
+    return img
+
+
+def load_image(source: str | Path | bytes) -> np.ndarray:
+    """Read an image file (or encoded bytes) as HxWx3 uint8 RGB, applying EXIF orientation."""
+    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
+            with handle, Image.open(handle) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img) or img
+                rgb = _to_rgb(img)
+                return np.array(rgb, dtype=np.uint8)
+    except FileNotFoundError:
+        raise InputError(f"image not found: {name}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InputError(f"cannot read image {name}: {type(exc).__name__}") from None
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping src points onto dst.
+
+    Umeyama's closed form; returns the 2x3 forward matrix M with dst ~= M @ [x, y, 1].
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s_c, d_c = src - mu_s, dst - mu_d
+    cov = d_c.T @ s_c / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    d = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        d[-1] = -1
+    rot = u @ np.diag(d) @ vt
+    var_s = (s_c**2).sum() / len(src)
+    scale = (sig * d).sum() / var_s if var_s > 0 else 1.0
+    t = mu_d - scale * rot @ mu_s
+    return np.hstack([scale * rot, t[:, None]]).astype(np.float64)
+
+
+def loose_template(size: int = 128, scale: float = 0.6) -> np.ndarray:
+    """The ArcFace points scaled by `scale` around the centre of a `size` canvas (context around the face)."""
+    centred = (ARCFACE_TEMPLATE - 56.0) * (size / 112.0) * scale
+    return (centred + size / 2.0).astype(np.float32)
+
+
+def template_for(size: int = 112, scale: float = 1.0) -> np.ndarray:
+    """The five-point template for a `size` crop; scale 1 is the tight ArcFace template."""
+    if scale == 1.0:
+        return (ARCFACE_TEMPLATE * (size / 112.0)).astype(np.float32)
+    return loose_template(size, scale)
+
+
+def template_landmarks(size: int = 112, n: int = 1, scale: float = 1.0) -> np.ndarray:
+    """Landmarks of `n` crops already aligned to the template: (n, 5, 2)."""
+    return np.repeat(template_for(size, scale)[None], n, axis=0)
+
+
+def warp_face(
+    image: np.ndarray, landmarks: np.ndarray, size: int = 112, scale: float = 1.0, template: np.ndarray | None = None
+) -> np.ndarray:
+    """Warp `image` so its five landmarks land on the template of a `size` x `size` crop."""
+    dst = template if template is not None else template_for(size, scale)
+    forward = similarity_transform(landmarks, dst)
+    inverse = np.linalg.inv(np.vstack([forward, [0, 0, 1]]))[:2]
+    pil = Image.fromarray(image)
+    warped = pil.transform(
+        (size, size), Image.Transform.AFFINE, data=inverse.flatten().tolist(), resample=Image.Resampling.BICUBIC
+    )
+    return np.asarray(warped, dtype=np.uint8)
+
+
+def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    pts = np.asarray(points, dtype=np.float64)
+    return pts @ matrix[:, :2].T + matrix[:, 2]
+
+
+def flip_inputs(
+    images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray | None]:
+    """Mirror images horizontally and map landmarks (with left/right swapped) and boxes to match."""
+    flipped, lms, bxs = [], np.array(landmarks, dtype=np.float32, copy=True), None
+    for i, img in enumerate(images):
+        w = img.shape[1]
+        flipped.append(np.ascontiguousarray(img[:, ::-1]))
+        lms[i, :, 0] = (w - 1) - lms[i, :, 0]
+        lms[i] = lms[i][FLIP_ORDER]
+    if boxes is not None:
+        bxs = np.array(boxes, dtype=np.float32, copy=True)
+        for i, img in enumerate(images):
+            w = img.shape[1]
+            x1, x2 = bxs[i, 0], bxs[i, 2]
+            bxs[i, 0], bxs[i, 2] = (w - 1) - x2, (w - 1) - x1
+    return flipped, lms, bxs
+
+
+# --------------------------------------------------------------------------- detection
+
+
+class FaceDetector:
+    """Batched MTCNN (facenet-pytorch's bundled weights) returning one chosen face per image."""
+
+    def __init__(
+        self,
+        device: str = "auto",
+        min_face_size: int = 20,
+        select: str = "largest",
+        thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+        score_threshold: float = 0.0,
+    ) -> None:
+        from facenet_pytorch import MTCNN
+
+        from synthface.runtime import resolve_device
+
+        if select not in ("largest", "center"):
+            raise InputError(f"unknown face selection '{select}': use largest or center")
+        self.device = resolve_device(device)
+        self.select = select
+        self.score_threshold = score_threshold
+        self._mtcnn = MTCNN(
+            min_face_size=min_face_size, thresholds=list(thresholds), keep_all=True, device=self.device
+        )
+
+    def detect_all(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
+        """Every face in each image (images of the same size are detected in one batch)."""
+        out: list[list[Face]] = [[] for _ in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            groups.setdefault(img.shape[:2], []).append(i)
+        for idx in groups.values():
+            batch = np.stack([images[i] for i in idx])
+            boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)
+            for j, i in enumerate(idx):
+                if boxes[j] is None:
+                    continue
+                for b, p, lm in zip(boxes[j], probs[j], points[j]):
+                    if p is None or float(p) < self.score_threshold:
+                        continue
+                    out[i].append(Face(np.asarray(b, np.float32), np.asarray(lm, np.float32), float(p)))
+        return out
+
+    def choose(self, faces: list[Face], shape: tuple[int, ...]) -> Face | None:
+        if not faces:
+            return None
+        if self.select == "largest":
+            return max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+        cy, cx = shape[0] / 2.0, shape[1] / 2.0
+
+        def dist(f: Face) -> float:
+            fx, fy = (f.box[0] + f.box[2]) / 2.0, (f.box[1] + f.box[3]) / 2.0
+            return float((fx - cx) ** 2 + (fy - cy) ** 2)
+
+        return min(faces, key=dist)
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Face | None]:
+        """The chosen face of each image, or None where none was found."""
+        return [self.choose(faces, img.shape) for faces, img in zip(self.detect_all(images), images)]

@@ -1,0 +1,120 @@
+"""Align a folder tree of photos to template crops, keeping identity sub-folders; resumable."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from synthface.config import AlignRecipe
+from synthface.errors import InputError
+from synthface.faces.align import FaceDetector, warp_face
+from synthface.faces.batch import iter_loaded
+from synthface.runtime import Progress, progress_or_null
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
+
+
+@dataclass
+class AlignSummary:
+    src: str
+    dst: str
+    total: int = 0
+    aligned: int = 0
+    skipped_existing: int = 0
+    no_face: int = 0
+    unreadable: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "src": self.src,
+            "dst": self.dst,
+            "total": self.total,
+            "aligned": self.aligned,
+            "skipped_existing": self.skipped_existing,
+            "no_face": self.no_face,
+            "unreadable": self.unreadable,
+            "failures": self.failures,
+        }
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Image files under `root` (recursively), sorted, hidden entries skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"not a folder: {root} (pass a folder of images, one sub-folder per identity)")
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                out.append(Path(dirpath) / name)
+    return sorted(out)
+
+
+def _atomic_save(array: np.ndarray, path: Path, fmt: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    img = Image.fromarray(array)
+    if fmt == "jpeg":
+        img.save(tmp, format="JPEG", quality=95)
+    else:
+        img.save(tmp, format="PNG", compress_level=1)
+    os.replace(tmp, path)
+
+
+def align_folder(
+    src: str | Path, dst: str | Path, recipe: AlignRecipe, progress: Progress | None = None
+) -> AlignSummary:
+    """Detect the chosen face of every image under `src` and write its aligned crop under `dst`.
+
+    Existing outputs are kept (a rerun resumes); files are written atomically.
+    """
+    src, dst = Path(src), Path(dst)
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise InputError("the output folder must not be the input folder or inside it")
+    files = list_images(src)
+    if not files:
+        raise InputError(f"no images found under {src} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    ext = ".png" if recipe.image_format == "png" else ".jpg"
+    summary = AlignSummary(src=str(src), dst=str(dst), total=len(files))
+    targets = [dst / f.relative_to(src).with_suffix(ext) for f in files]
+    todo = [(f, t) for f, t in zip(files, targets) if not t.exists()]
+    summary.skipped_existing = len(files) - len(todo)
+    progress = progress_or_null(progress)
+    progress.start(len(files), "aligning")
+    progress.advance(summary.skipped_existing)
+    if not todo:
+        progress.finish()
+        return summary
+    detector = FaceDetector(
+        device=recipe.device, min_face_size=recipe.min_face_size, select=recipe.select,
+        score_threshold=recipe.detector_threshold,
+    )
+    paths = [f for f, _ in todo]
+    for start, batch in iter_loaded(paths, recipe.batch_size, recipe.workers):
+        readable = []
+        for j, (img, err) in enumerate(batch):
+            rel = str(paths[start + j].relative_to(src))
+            if img is None:
+                summary.unreadable += 1
+                summary.failures[rel] = "unreadable"
+            else:
+                readable.append((start + j, img))
+        faces = detector.detect([img for _, img in readable]) if readable else []
+        for (i, img), face in zip(readable, faces):
+            rel = str(paths[i].relative_to(src))
+            if face is None:
+                summary.no_face += 1
+                summary.failures[rel] = "no_face"
+                continue
+            crop = warp_face(img, face.landmarks, size=recipe.image_size)
+            _atomic_save(crop, todo[i][1], recipe.image_format)
+            summary.aligned += 1
+        progress.advance(len(batch), aligned=summary.aligned, no_face=summary.no_face)
+    progress.finish()
+    return summary

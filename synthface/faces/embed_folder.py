@@ -1,0 +1,77 @@
+"""Embeddings of a folder of faces written to Parquet (path, identity, embedding, det_score, status)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from synthface.config import EmbedRecipe
+from synthface.faces.align import FaceDetector
+from synthface.faces.align_folder import list_images
+from synthface.faces.batch import embed_files
+from synthface.faces.embedders import get_embedder
+from synthface.runtime import Progress
+
+
+def embeddings_table(paths: list[str], identities: list[str], emb: np.ndarray, det: np.ndarray, status: list[str]) -> pa.Table:
+    dim = emb.shape[1]
+    flat = pa.array(emb.astype(np.float32).reshape(-1), type=pa.float32())
+    return pa.table(
+        {
+            "path": pa.array(paths, pa.string()),
+            "identity": pa.array(identities, pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+            "det_score": pa.array(det.astype(np.float32), pa.float32()),
+            "status": pa.array(status, pa.string()),
+        }
+    )
+
+
+def read_embeddings(path: str | Path, ok_only: bool = True) -> tuple[np.ndarray, list[str], list[str]]:
+    """(embeddings (N, D) float32, identities, paths) from a Parquet written by `synthface embed`."""
+    from synthface.errors import InputError
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise InputError(f"cannot read embeddings Parquet {path}: {type(exc).__name__}") from None
+    if "embedding" not in table.column_names:
+        raise InputError(f"{path} has no 'embedding' column (write it with `synthface embed`)")
+    if ok_only and "status" in table.column_names:
+        table = table.filter(pa.compute.equal(table["status"], "ok"))
+    col = table["embedding"].combine_chunks()
+    dim = col.type.list_size
+    emb = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+    ids = table["identity"].to_pylist() if "identity" in table.column_names else [""] * len(emb)
+    paths = table["path"].to_pylist() if "path" in table.column_names else [""] * len(emb)
+    return emb, ids, paths
+
+
+def embed_folder(src: str | Path, out: str | Path, recipe: EmbedRecipe, progress: Progress | None = None) -> dict[str, Any]:
+    src, out = Path(src), Path(out)
+    files = list_images(src)
+    from synthface.errors import InputError
+
+    if not files:
+        raise InputError(f"no images found under {src}")
+    embedder = get_embedder(recipe.embedder, device=recipe.device, weights=recipe.weights)
+    detector = None if recipe.aligned else FaceDetector(device=recipe.device)
+    res = embed_files(files, embedder, detector, aligned=recipe.aligned, batch_size=recipe.batch_size,
+                      workers=2, progress=progress)
+    rel = [str(f.relative_to(src)) for f in files]
+    ids = [str(Path(r).parent) if Path(r).parent != Path(".") else Path(r).stem for r in rel]
+    emb = np.nan_to_num(res.embeddings, nan=0.0)
+    table = embeddings_table(rel, ids, emb, res.det_scores, res.status)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, out)
+    counts = res.counts()
+    return {"src": str(src), "out": str(out), "embedder": embedder.name, "dim": embedder.dim,
+            "total": len(files), "embedded": counts["ok"], "no_face": counts["no_face"],
+            "unreadable": counts["unreadable"]}

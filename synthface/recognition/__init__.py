@@ -1,0 +1,1 @@
+"""Face recognizers: backbones, margin losses, training, and the verification protocols they are judged by."""

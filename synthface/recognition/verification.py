@@ -1,0 +1,498 @@
+"""Face-verification protocols: pair lists, k-fold best-threshold accuracy, TAR@FAR, ROC.
+
+The protocol follows insightface's ``verification.py``: per-pair cosine similarity of
+L2-normalised embeddings (with flip test-time augmentation the original and flipped
+embeddings are summed, then normalised), k contiguous folds, and for each fold the
+threshold with the best accuracy on the other k-1 folds is applied to the held-out fold.
+Accuracy is reported as the mean and (population) standard deviation over folds.
+Unlike insightface's coarse 0.01 threshold grid, thresholds here are scanned exactly:
+every split point between consecutive distinct training scores is tried.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+
+from synthface.errors import InputError
+
+FailedPolicy = Literal["wrong", "exclude"]
+DEFAULT_FAR = 1e-3
+
+
+# --------------------------------------------------------------------------- protocols
+
+
+@dataclass
+class PairsProtocol:
+    """A verification benchmark: images, the pairs among them, labels and folds.
+
+    ``images`` holds file paths (LFW ``pairs.txt``) or encoded image bytes (insightface
+    ``.bin``); ``pairs`` is (P, 2) int64 indices into ``images``; ``issame`` (P,) bool;
+    ``folds`` (P,) int64 fold index of each pair.
+    """
+
+    name: str
+    images: list[Path] | list[bytes]
+    pairs: np.ndarray
+    issame: np.ndarray
+    folds: np.ndarray
+    source: Path | None = None
+
+    def __len__(self) -> int:
+        return int(len(self.pairs))
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self)
+
+    @property
+    def n_folds(self) -> int:
+        return int(len(np.unique(self.folds)))
+
+    @property
+    def same_pairs(self) -> int:
+        return int(self.issame.sum())
+
+    @property
+    def paths(self) -> list[Path]:
+        """The image paths of a file-backed protocol."""
+        if self.images and not isinstance(self.images[0], Path):
+            raise InputError(f"benchmark '{self.name}' stores encoded images, not files: use load_image(i)")
+        return list(self.images)  # type: ignore[arg-type]
+
+    def load_image(self, index: int) -> np.ndarray:
+        """Decode image ``index`` to an HxWx3 uint8 RGB array (InputError when unreadable)."""
+        item = self.images[index]
+        return decode_image(item, what=str(item) if isinstance(item, Path) else f"image {index} of {self.name}")
+
+
+def decode_image(data: Path | bytes, what: str = "image") -> np.ndarray:
+    """Decode a file or encoded bytes (JPEG/PNG/...) to an HxWx3 uint8 RGB array."""
+    from PIL import Image
+
+    try:
+        with Image.open(data if isinstance(data, Path) else io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"cannot decode {what}: {exc}; check the file is a valid JPEG/PNG image") from None
+
+
+def split_folds(n_pairs: int, n_folds: int = 10, issame: np.ndarray | None = None) -> np.ndarray:
+    """Fold index of each pair for k contiguous folds (scikit-learn ``KFold`` without shuffling).
+
+    Like ``KFold``, the first ``n_pairs % n_folds`` folds hold one pair more. With
+    ``issame`` given, the same pairs and the different pairs are each split into k
+    contiguous runs, so every fold keeps the class balance even when a list has all
+    its same pairs first (for LFW's ordering the result equals its official folds).
+    """
+    if n_folds < 2:
+        raise InputError(f"need at least 2 folds for cross-validated accuracy, got {n_folds}")
+    if n_pairs < n_folds:
+        raise InputError(f"{n_pairs} pairs cannot be split into {n_folds} folds: use fewer folds or more pairs")
+    if issame is None:
+        sizes = np.full(n_folds, n_pairs // n_folds, dtype=np.int64)
+        sizes[: n_pairs % n_folds] += 1
+        return np.repeat(np.arange(n_folds, dtype=np.int64), sizes)
+    issame = np.asarray(issame, dtype=bool)
+    if issame.shape != (n_pairs,):
+        raise InputError(f"issame has {issame.size} labels for {n_pairs} pairs")
+    folds = np.empty(n_pairs, dtype=np.int64)
+    for label in (True, False):
+        where = np.flatnonzero(issame == label)
+        folds[where] = split_folds(len(where), n_folds) if len(where) >= n_folds else np.arange(len(where))
+    if len(np.unique(folds)) < n_folds:
+        raise InputError(f"{n_pairs} pairs leave some of the {n_folds} folds empty: use fewer folds or more pairs")
+    return folds
+
+
+def read_pairs(
+    pairs_path: str | Path, images_dir: str | Path, n_folds: int = 10, ext: str = ".jpg"
+) -> PairsProtocol:
+    """Parse an LFW-style ``pairs.txt`` into a :class:`PairsProtocol`.
+
+    Format: an optional header ``n_folds<TAB>n_per_class`` (LFW View 2: ``10<TAB>300``;
+    folds are then blocks of ``2 * n_per_class`` consecutive pairs) or ``n_per_class``
+    alone (View 1), then one pair per line: ``name<TAB>i<TAB>j`` (same person) or
+    ``name1<TAB>i<TAB>name2<TAB>j`` (different people), any whitespace accepted, blank
+    lines ignored. Image ``i`` of ``name`` is ``images_dir/name/name_{i:04d}{ext}``.
+    Without a two-number header, ``n_folds`` folds are assigned contiguously within
+    each class (see :func:`split_folds`).
+    """
+    pairs_path, images_dir = Path(pairs_path), Path(images_dir)
+    try:
+        text = pairs_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"pairs file {pairs_path} does not exist: pass the path of an LFW-style pairs.txt") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read pairs file {pairs_path}: {exc}") from None
+    if not images_dir.is_dir():
+        raise InputError(f"image folder {images_dir} does not exist: pass the folder holding one sub-folder per person")
+
+    header: tuple[int, ...] | None = None
+    names: list[tuple[str, int, str, int]] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if header is None and not names and len(fields) <= 2 and all(f.isdigit() for f in fields):
+            header = tuple(int(f) for f in fields)
+            continue
+        try:
+            if len(fields) == 3:
+                a, b = int(fields[1]), int(fields[2])
+                pair = (fields[0], a, fields[0], b)
+            elif len(fields) == 4:
+                pair = (fields[0], int(fields[1]), fields[2], int(fields[3]))
+            else:
+                raise ValueError
+        except ValueError:
+            shown = line.strip()[:80]
+            raise InputError(
+                f"{pairs_path}:{lineno}: expected 'name i j' or 'name1 i name2 j' (tab-separated), got {shown!r}"
+            ) from None
+        if pair[1] < 1 or pair[3] < 1:
+            raise InputError(f"{pairs_path}:{lineno}: image numbers start at 1, got {line.strip()[:80]!r}")
+        names.append(pair)
+    if not names:
+        raise InputError(f"pairs file {pairs_path} holds no pairs: expected lines like 'name<TAB>1<TAB>2'")
+
+    n = len(names)
+    issame = np.array([p[0] == p[2] for p in names], dtype=bool)
+    if header is not None and len(header) == 2:
+        k, per_class = header
+        if k < 2 or per_class < 1 or k * 2 * per_class != n:
+            raise InputError(
+                f"{pairs_path}: header says {k} folds x {per_class} same + {per_class} different pairs "
+                f"({k * 2 * per_class}) but the file lists {n} pairs: fix the header or remove it"
+            )
+        folds = np.arange(n, dtype=np.int64) // (2 * per_class)
+    else:
+        if header is not None and header[0] * 2 != n:
+            raise InputError(
+                f"{pairs_path}: header says {header[0]} same + {header[0]} different pairs "
+                f"but the file lists {n} pairs: fix the header or remove it"
+            )
+        folds = split_folds(n, n_folds, issame)
+
+    index: dict[tuple[str, int], int] = {}
+    pairs = np.empty((n, 2), dtype=np.int64)
+    for row, (n1, i1, n2, i2) in enumerate(names):
+        pairs[row, 0] = index.setdefault((n1, i1), len(index))
+        pairs[row, 1] = index.setdefault((n2, i2), len(index))
+    paths = [images_dir / name / f"{name}_{num:04d}{ext}" for name, num in index]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise InputError(
+            f"{len(missing)} of {len(paths)} images named in {pairs_path} are missing under {images_dir} "
+            f"(first: {missing[0]}): check the image folder matches the pairs file"
+        )
+    name = pairs_path.parent.name if pairs_path.stem == "pairs" and pairs_path.parent.name else pairs_path.stem
+    return PairsProtocol(name=name, images=paths, pairs=pairs, issame=issame, folds=folds, source=pairs_path)
+
+
+def load_protocol(path: str | Path, images_dir: str | Path | None = None, n_folds: int = 10) -> PairsProtocol:
+    """Load an insightface ``.bin`` file or an LFW-style pairs file (which needs ``images_dir``)."""
+    path = Path(path)
+    if path.suffix.lower() == ".bin":
+        from synthface.recognition.binfile import load_bin
+
+        return load_bin(path, n_folds=n_folds)
+    if images_dir is None:
+        raise InputError(f"{path} is a pairs list: also pass the folder of images it names")
+    return read_pairs(path, images_dir, n_folds=n_folds)
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def normalize(embeddings: np.ndarray) -> np.ndarray:
+    """L2-normalise rows; rows with zero or non-finite norm become NaN (a failed image)."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = x / norms
+    out[~np.isfinite(norms[..., 0]) | (norms[..., 0] == 0)] = np.nan
+    return out
+
+
+def combine_flipped(embeddings: np.ndarray, flipped: np.ndarray) -> np.ndarray:
+    """Flip test-time augmentation as insightface does it: sum both embeddings, then L2-normalise."""
+    return normalize(np.asarray(embeddings, dtype=np.float64) + np.asarray(flipped, dtype=np.float64))
+
+
+def pair_scores(embeddings: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each pair; NaN where either image has no embedding (NaN row)."""
+    e = normalize(embeddings)
+    pairs = np.asarray(pairs, dtype=np.int64)
+    return np.einsum("ij,ij->i", e[pairs[:, 0]], e[pairs[:, 1]])
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def far_key(far: float) -> str:
+    """Result key of a FAR: 1e-3 -> 'tar_at_far_1e-3', 1.5e-4 -> 'tar_at_far_1.5e-4'."""
+    mantissa, exponent = f"{far:.6e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"tar_at_far_{mantissa}e{int(exponent)}"
+
+
+@dataclass
+class VerificationResult:
+    """Verification figures of one embedder on one benchmark.
+
+    ``accuracy``/``accuracy_std``: mean and population std of held-out fold accuracies;
+    ``threshold``: mean of the fold thresholds (cosine; predict "same" when score >= it);
+    ``tar_at_far``: {far: TAR} over all pairs; ``fpr``/``tpr``: the ROC over all pairs;
+    ``pairs``/``same_pairs``: pairs evaluated (failed ones included under the "wrong"
+    policy, left out under "exclude"); ``failed_pairs``: pairs with a failed image.
+    """
+
+    accuracy: float
+    accuracy_std: float
+    threshold: float
+    fold_accuracies: list[float]
+    fold_thresholds: list[float]
+    tar_at_far: dict[float, float]
+    auc: float
+    pairs: int
+    same_pairs: int
+    failed_pairs: int
+    failed_policy: str
+    fpr: np.ndarray = field(repr=False)
+    tpr: np.ndarray = field(repr=False)
+
+    def to_dict(self, roc: bool = False) -> dict:
+        """JSON-ready figures; ``roc=True`` adds the curve as lists under 'roc'."""
+        out: dict = {
+            "accuracy": self.accuracy,
+            "accuracy_std": self.accuracy_std,
+            "threshold": self.threshold,
+            "folds": len(self.fold_accuracies),
+            "fold_accuracies": list(self.fold_accuracies),
+            "fold_thresholds": list(self.fold_thresholds),
+        }
+        for far, tar in sorted(self.tar_at_far.items()):
+            out[far_key(far)] = tar
+        out.update(
+            auc=self.auc,
+            pairs=self.pairs,
+            same_pairs=self.same_pairs,
+            different_pairs=self.pairs - self.same_pairs,
+            failed_pairs=self.failed_pairs,
+            failed_policy=self.failed_policy,
+        )
+        if roc:
+            out["roc"] = {"fpr": self.fpr.tolist(), "tpr": self.tpr.tolist()}
+        return out
+
+
+def best_threshold(scores: np.ndarray, issame: np.ndarray) -> tuple[float, int]:
+    """The threshold with the most correct decisions (predict same when score >= threshold).
+
+    Every distinct split of the sorted scores is tried: below all scores, the midpoint
+    of each pair of consecutive distinct scores, and just above the largest. Ties go to
+    the smallest threshold (as insightface's ascending ``argmax``). Returns the
+    threshold and the number of correct decisions.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    issame = np.asarray(issame, dtype=bool)
+    if scores.size == 0:
+        return 0.0, 0
+    values, inverse = np.unique(scores, return_inverse=True)
+    same = np.bincount(inverse[issame], minlength=len(values))
+    diff = np.bincount(inverse[~issame], minlength=len(values))
+    # candidate j predicts "different" for values[:j] and "same" for values[j:]
+    diff_below = np.concatenate(([0], np.cumsum(diff)))
+    same_below = np.concatenate(([0], np.cumsum(same)))
+    correct = diff_below + (same.sum() - same_below)
+    j = int(np.argmax(correct))
+    if j == 0:
+        threshold = values[0]
+    elif j == len(values):
+        threshold = np.nextafter(values[-1], np.inf)
+    else:
+        lo, hi = values[j - 1], values[j]
+        mid = lo + (hi - lo) / 2
+        threshold = mid if mid > lo else hi
+    return float(threshold), int(correct[j])
+
+
+def _roc(scores: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(issame.astype(np.int8), scores, drop_intermediate=False)
+    return fpr, tpr
+
+
+def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, far: float) -> float:
+    """Largest TPR among the ROC's operating points with FPR <= far (no interpolation).
+
+    Only thresholds that exist are used, so the figure is achievable and never
+    optimistic; with few different pairs (FAR below 1/n_different) it is the TPR at
+    zero false accepts.
+    """
+    ok = fpr <= far + 1e-12
+    return float(tpr[ok].max()) if ok.any() else 0.0
+
+
+def evaluate_scores(
+    scores: np.ndarray,
+    issame: np.ndarray,
+    folds: np.ndarray | None = None,
+    *,
+    n_folds: int = 10,
+    fars: Sequence[float] = (DEFAULT_FAR,),
+    failed: FailedPolicy = "wrong",
+) -> VerificationResult:
+    """k-fold verification accuracy, TAR@FAR, AUC and ROC from per-pair scores.
+
+    ``scores``: per-pair similarity (higher = more alike), NaN for a failed pair (an
+    image with no detected face or no embedding). ``folds``: fold index per pair;
+    default: ``n_folds`` contiguous folds (:func:`split_folds`).
+
+    Failed pairs (``failed``):
+
+    - ``"wrong"`` (default, the honest figure): a failed pair is always an error. It is
+      predicted "different" when it is a same pair and "same" when it is a different
+      pair, so it counts against accuracy in its fold, is never a true accept and is a
+      false accept at every threshold on the ROC (and so raises the FAR floor). It
+      takes no part in choosing thresholds, where it would be wrong whatever the choice.
+    - ``"exclude"``: failed pairs are dropped before anything is computed (what papers
+      that skip undetected faces report; never compare it with a "wrong" figure).
+
+    Thresholds: for each fold, the best-accuracy threshold on the other folds
+    (:func:`best_threshold`) is applied to the held-out fold. TAR@FAR is computed on
+    all pairs from the ROC (:func:`tar_at_far`); FAR 1e-3 is always included.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    issame = np.asarray(issame).ravel()
+    if issame.dtype != bool:
+        if not np.isin(issame, (0, 1)).all():
+            raise InputError("issame must hold booleans (or 0/1)")
+        issame = issame.astype(bool)
+    n = len(scores)
+    if len(issame) != n:
+        raise InputError(f"{n} scores but {len(issame)} issame labels: they must match pair for pair")
+    if failed not in ("wrong", "exclude"):
+        raise InputError(f"unknown failed-pair policy '{failed}': use 'wrong' or 'exclude'")
+    folds = split_folds(n, n_folds) if folds is None else np.asarray(folds).ravel()
+    if len(folds) != n:
+        raise InputError(f"{n} scores but {len(folds)} fold indices: they must match pair for pair")
+    far_values = sorted({float(DEFAULT_FAR), *(float(f) for f in fars)})
+    if not all(0 < far <= 1 for far in far_values):
+        raise InputError(f"every FAR must be in (0, 1], got {list(fars)}")
+    if np.isinf(scores).any():
+        raise InputError("scores must be finite (or NaN for a failed pair)")
+    bad = np.isnan(scores)
+    n_failed = int(bad.sum())
+    if failed == "exclude" and n_failed:
+        keep = ~bad
+        scores, issame, folds, bad = scores[keep], issame[keep], folds[keep], bad[keep]
+    if not issame.any() or issame.all():
+        raise InputError("verification needs both same and different pairs")
+    fold_ids = np.unique(folds)
+    if len(fold_ids) < 2:
+        raise InputError("verification needs at least 2 folds")
+
+    fold_acc, fold_thr = [], []
+    for f in fold_ids:
+        test = folds == f
+        train = ~test & ~bad
+        thr, _ = best_threshold(scores[train], issame[train])
+        t_scores, t_same, t_bad = scores[test], issame[test], bad[test]
+        correct = ((t_scores >= thr) == t_same) & ~t_bad
+        fold_acc.append(float(correct.mean()))
+        fold_thr.append(thr)
+
+    # failed pairs on the ROC: same pairs never accepted, different pairs always accepted
+    roc_scores = scores.copy()
+    if bad.any():
+        if bad.all():
+            roc_scores[:] = 0.0
+        else:
+            lo, hi = scores[~bad].min(), scores[~bad].max()
+            roc_scores[bad & issame] = lo - 1.0
+            roc_scores[bad & ~issame] = hi + 1.0
+    fpr, tpr = _roc(roc_scores, issame)
+    from sklearn.metrics import auc as area
+
+    return VerificationResult(
+        accuracy=float(np.mean(fold_acc)),
+        accuracy_std=float(np.std(fold_acc)),
+        threshold=float(np.mean(fold_thr)),
+        fold_accuracies=fold_acc,
+        fold_thresholds=fold_thr,
+        tar_at_far={far: tar_at_far(fpr, tpr, far) for far in far_values},
+        auc=float(area(fpr, tpr)),
+        pairs=int(len(scores)),
+        same_pairs=int(issame.sum()),
+        failed_pairs=n_failed,
+        failed_policy=failed,
+        fpr=fpr,
+        tpr=tpr,
+    )
+
+
+def evaluate_embeddings(
+    embeddings: np.ndarray,
+    protocol: PairsProtocol,
+    *,
+    fars: Sequence[float] = (DEFAULT_FAR,),
+    failed: FailedPolicy = "wrong",
+) -> VerificationResult:
+    """Evaluate one embedding per protocol image (a NaN row marks an image that failed)."""
+    embeddings = np.asarray(embeddings)
+    if embeddings.ndim != 2 or len(embeddings) != len(protocol.images):
+        raise InputError(
+            f"expected one embedding per image ({len(protocol.images)} rows), got shape {embeddings.shape}"
+        )
+    scores = pair_scores(embeddings, protocol.pairs)
+    return evaluate_scores(scores, protocol.issame, protocol.folds, fars=fars, failed=failed)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_roc(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "ROC"
+) -> Path:
+    """Write a PNG with one ROC line (TPR against log-scale FPR) per name in ``curves``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not curves:
+        raise InputError("plot_roc needs at least one curve")
+    path = Path(path)
+    fig = Figure(figsize=(6, 5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    smallest = 1.0
+    for name, (fpr, tpr) in curves.items():
+        fpr, tpr = np.asarray(fpr, dtype=float), np.asarray(tpr, dtype=float)
+        if fpr.shape != tpr.shape or fpr.ndim != 1:
+            raise InputError(f"ROC curve '{name}': fpr and tpr must be 1-D arrays of the same length")
+        positive = fpr[fpr > 0]
+        if positive.size:
+            smallest = min(smallest, float(positive.min()))
+        ax.plot(fpr, tpr, label=name, linewidth=1.5)
+    ax.set_xscale("log", nonpositive="clip")
+    ax.set_xlim(10 ** math.floor(math.log10(min(smallest, 1e-3))), 1.0)
+    ax.set_ylim(0.0, 1.005)
+    ax.set_xlabel("false accept rate (FPR)")
+    ax.set_ylabel("true accept rate (TPR)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,35 @@
+"""Shared fixtures: the real LFW data beside the repo (tests skip with a reason when it is absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SYNTHFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
+LFW = SHARED_DATA / "lfw"
+LFW_IMAGES = LFW / "lfw-deepfunneled"
+LFW_PAIRS = LFW / "pairs.txt"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def lfw_images() -> Path:
+    if not LFW_IMAGES.is_dir():
+        pytest.skip(f"real LFW images not found at {LFW_IMAGES} (clone the repo with ../shared beside it)")
+    return LFW_IMAGES
+
+
+@pytest.fixture(scope="session")
+def lfw_pairs() -> Path:
+    if not LFW_PAIRS.is_file():
+        pytest.skip(f"LFW pairs.txt not found at {LFW_PAIRS} (clone the repo with ../shared beside it)")
+    return LFW_PAIRS
+
+
+def lfw_image(root: Path, name: str, index: int) -> Path:
+    return root / name / f"{name}_{index:04d}.jpg"

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from synthface.cli.app import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(result, pattern):
+    assert result.exit_code == 2, result.output
+    text = result.output.strip()
+    assert text.startswith("error:") and pattern in text, text
+    assert "Traceback" not in text
+
+
+def test_every_command_help_ends_with_an_example():
+    result = run("--help")
+    assert result.exit_code == 0
+    names = [c.name for c in app.registered_commands]
+    assert {"align", "embed", "verify", "doctor"} <= set(names)
+    for name in names:
+        out = run(name, "--help").output
+        assert "Example:" in out and "$ synthface " + name in out, name
+
+
+def test_bad_override_and_bad_recipe_are_one_line_errors(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    one_line_error(run("align", src, tmp_path / "out", "--set", "image_sise=64"), "unknown recipe key 'image_sise'")
+    one_line_error(run("align", src, tmp_path / "out", "--set", "batch_size=-1"), "batch_size")
+    one_line_error(run("align", src, tmp_path / "out", "--recipe", tmp_path / "none.yaml"), "recipe file not found")
+
+
+def test_align_missing_or_empty_folder(tmp_path):
+    one_line_error(run("align", tmp_path / "nope", tmp_path / "out"), "not a folder")
+    (tmp_path / "empty").mkdir()
+    one_line_error(run("align", tmp_path / "empty", tmp_path / "out"), "no images found")
+
+
+def test_embed_and_verify_bad_inputs(tmp_path):
+    one_line_error(run("embed", tmp_path / "nope", tmp_path / "o.parquet"), "not a folder")
+    one_line_error(run("verify", "--pairs", tmp_path / "none.txt", "--images", tmp_path), "does not exist")
+    (tmp_path / "e").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "e" / "a.png")
+    one_line_error(run("embed", tmp_path / "e", tmp_path / "o.parquet", "--embedder", "arcfaec"), "unknown embedder")
+
+
+def test_verify_refuses_malicious_bin(tmp_path):
+    marker = tmp_path / "PWNED"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "evil.bin").write_bytes(pickle.dumps(([Evil()], [True]), protocol=2))
+    result = run("verify", "--pairs", tmp_path / "evil.bin", "--embedder", "dlib")
+    one_line_error(result, "refusing to load")
+    assert not marker.exists()
+
+
+def test_doctor_json(tmp_path):
+    result = run("doctor", "--json", tmp_path / "d.json")
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "d.json").read_text())
+    assert {"python", "packages", "torch", "weights"} <= set(data)
+    dlib_row = next(w for w in data["weights"] if w["name"].startswith("dlib"))
+    assert dlib_row["present"] is True
+    missing = [w for w in data["weights"] if not w["present"]]
+    assert all(w["fetch"] for w in missing)
+
+
+@pytest.fixture()
+def small_lfw(tmp_path, lfw_images):
+    src = tmp_path / "photos"
+    for name, idx in [("Aaron_Peirsol", 1), ("Aaron_Peirsol", 2), ("Abdullah_Gul", 1), ("Abdullah_Gul", 2)]:
+        (src / name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(lfw_images / name / f"{name}_{idx:04d}.jpg", src / name)
+    (src / "Nobody").mkdir()
+    Image.fromarray(np.full((120, 120, 3), 128, np.uint8)).save(src / "Nobody" / "Nobody_0001.jpg")
+    (src / "Nobody" / "Nobody_0002.jpg").write_bytes(b"\xff\xd8 broken")
+    return src
+
+
+def test_align_embed_verify_on_real_faces(tmp_path, small_lfw):
+    out = tmp_path / "aligned"
+    result = run("align", small_lfw, out, "--json", tmp_path / "align.json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "align.json").read_text())
+    assert (summary["aligned"], summary["no_face"], summary["unreadable"], summary["total"]) == (4, 1, 1, 6)
+    crop = Image.open(out / "Aaron_Peirsol" / "Aaron_Peirsol_0001.png")
+    assert crop.size == (112, 112)
+    assert (out / "synthface-align.yaml").is_file()
+    again = run("align", small_lfw, out, "--json", tmp_path / "align2.json")
+    assert json.loads((tmp_path / "align2.json").read_text())["skipped_existing"] == 4
+
+    result = run("embed", out, tmp_path / "e.parquet", "--embedder", "dlib", "--set", "aligned=true")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(tmp_path / "e.parquet")
+    assert table.num_rows == 4 and table.schema.field("embedding").type.list_size == 128
+    assert sorted(set(table["identity"].to_pylist())) == ["Aaron_Peirsol", "Abdullah_Gul"]
+
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text(
+        "2\t1\nAaron_Peirsol\t1\t2\nAaron_Peirsol\t1\tAbdullah_Gul\t1\n"
+        "Abdullah_Gul\t1\t2\nAbdullah_Gul\t2\tNobody\t1\n"
+    )
+    result = run("verify", "--pairs", pairs, "--images", small_lfw, "--embedder", "dlib", "--set", "folds=2",
+                 "--out", tmp_path / "v", "--json", tmp_path / "v.json")
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "v.json").read_text())
+    for key in ("accuracy", "accuracy_std", "tar_at_far_1e-3", "threshold", "pairs", "failed_images"):
+        assert key in data
+    assert data["pairs"] == 4 and data["failed_images"] == 1 and data["failed_pairs"] == 1
+    assert (tmp_path / "v" / "roc.png").is_file() and (tmp_path / "v" / "config.yaml").is_file()
