@@ -26,7 +26,7 @@ class AlignRecipe(Section):
     seed: int = 0
     image_size: int = Field(112, ge=32, le=1024, description="output side in pixels (112 = ArcFace template)")
     image_format: Literal["png", "jpeg"] = "png"
-    select: Literal["largest", "center"] = "largest"
+    select: Literal["largest", "center"] = Field("center", description="face to keep when several are found")
     min_face_size: int = Field(20, ge=8)
     detector_threshold: float = Field(0.9, ge=0.0, le=1.0)
     batch_size: int = Field(32, ge=1)
@@ -40,6 +40,7 @@ class EmbedRecipe(Section):
     weights: str | None = None
     batch_size: int = Field(32, ge=1)
     aligned: bool = Field(False, description="inputs are already 112x112 ArcFace-template crops")
+    select: Literal["largest", "center"] = Field("center", description="face to keep when several are found")
     device: str = "auto"
 
 
@@ -52,6 +53,7 @@ class VerifyRecipe(Section):
     flip: bool = True
     batch_size: int = Field(32, ge=1)
     aligned: bool | None = Field(None, description="inputs are template crops; default: true for .bin files")
+    select: Literal["largest", "center"] = Field("center", description="face to keep when several are found")
     device: str = "auto"
 
 
@@ -64,7 +66,8 @@ class IdentitiesSection(Section):
     separation: float = Field(0.3, ge=-1.0, le=1.0, description="max cosine allowed between two identities")
     gallery: str | None = None
     leakage: float = Field(0.4, ge=-1.0, le=1.0, description="max cosine allowed to any real person")
-    images: str | None = None
+    images: str | None = Field(None, description="folder of reference faces for the `images` strategy")
+    embedder: str | None = Field(None, description="conditioning embedder the model must use; null = the model's")
 
 
 class SamplingSection(Section):
@@ -79,15 +82,45 @@ class SamplingSection(Section):
 class FilterSection(Section):
     enabled: bool = True
     embedder: str = "facenet-vggface2"
-    threshold: float = Field(0.5, ge=-1.0, le=1.0)
+    threshold: float | None = Field(
+        None, ge=-1.0, le=1.0, description="min cosine to the identity anchor; null: the filter embedder's measured default"
+    )
     detector_threshold: float = Field(0.9, ge=0.0, le=1.0)
     oversample: float = Field(1.5, ge=1.0)
     min_images: int = Field(40, ge=1)
+    anchor: Literal["auto", "identity", "centre"] = Field(
+        "auto", description="identity: the conditioning embedding; centre: robust centre of the samples; auto: identity "
+        "when the filter embedder is the conditioning embedder"
+    )
+    merge_threshold: float | None = Field(
+        None, ge=-1.0, le=1.0, description="max cosine between two kept identity centres; null: the threshold"
+    )
+    leakage: float | None = Field(
+        None, ge=-1.0, le=1.0, description="max cosine of an identity centre to a real person; null: identities.leakage "
+        "when the filter embedder is the conditioning embedder, else the threshold"
+    )
+    gallery: str | None = Field(None, description="real faces/embeddings for the leakage check; null: identities.gallery")
+    batch_size: int = Field(64, ge=1, description="faces per embedder call")
 
 
 class OutputSection(Section):
     image_format: Literal["jpeg", "png", "webp"] = "jpeg"
     image_size: int = Field(112, ge=16, le=1024)
+    store_full_resolution: bool = Field(
+        False, description="also store each generated image as rendered (before alignment) in an image_full column"
+    )
+
+
+class Arc2FaceSection(Section):
+    """Options of the Arc2Face family (used only when the model is an Arc2Face model)."""
+
+    base_model: str | None = Field(
+        None, description="SD 1.5 repo id or directory for VAE/tokenizer/scheduler; null: the model dir, else the Hub's"
+    )
+    lcm_lora: str | None = Field(
+        None, description="LoRA merged into the UNet: latent-consistency/lcm-lora-sdv1-5 (with sampling.scheduler=lcm)"
+    )
+    arcface: str | None = Field(None, description="conditioning ArcFace ONNX file; null: the model's arcface.onnx")
 
 
 class GenerateRecipe(Section):
@@ -99,6 +132,7 @@ class GenerateRecipe(Section):
     sampling: SamplingSection = SamplingSection()
     filter: FilterSection = FilterSection()
     output: OutputSection = OutputSection()
+    arc2face: Arc2FaceSection = Arc2FaceSection()
 
 
 # --------------------------------------------------------------------------- train (generator)
@@ -110,6 +144,12 @@ class NativeModelSection(Section):
     vae: str | None = None
     block_out_channels: list[int] = [64, 128, 256]
     id_tokens: int = Field(4, ge=1)
+    crop: Literal["tight", "loose"] = Field("loose", description="what the model outputs: loose (context) or tight 112 template crops")
+    template_scale: float = Field(0.6, gt=0.0, le=1.0, description="ArcFace points scale of loose crops")
+    layers_per_block: int = Field(2, ge=1)
+    attention_head_dim: int = Field(8, ge=1)
+    token_dim: int | None = Field(None, ge=8, description="identity token width; null: the last block's channels")
+    norm_num_groups: int = Field(32, ge=1)
 
 
 class GeneratorTrainSection(Section):
@@ -120,7 +160,41 @@ class GeneratorTrainSection(Section):
     ema_decay: float = Field(0.999, ge=0.0, le=1.0)
     checkpoint_every: int = Field(1000, ge=1)
     sample_every: int = Field(1000, ge=1)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "no"
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    warmup_steps: int = Field(500, ge=0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    clip_grad_norm: float | None = Field(1.0, gt=0.0)
+    ema_warmup: bool = Field(True, description="EMA decay ramps up as 1 - (1 + step) ** -ema_power")
+    ema_power: float = Field(0.6667, gt=0.0, le=1.0)
+    augment: list[Literal["flip", "color_jitter"]] = ["flip", "color_jitter"]
+    jitter: float = Field(0.05, ge=0.0, le=0.5, description="max brightness/contrast/saturation change")
+    log_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    sample_identities: int = Field(8, ge=1)
+    sample_seeds: int = Field(4, ge=1)
+    sample_steps: int = Field(25, ge=1)
+    sample_scheduler: Literal["ddpm", "ddim", "dpmsolver++"] = "dpmsolver++"
+    guidance_scale: float = Field(3.0, ge=0.0, description="CFG scale of the sample grids")
+    device: str = "auto"
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch; null: torch's default")
+    max_minutes: float | None = Field(None, gt=0, description="stop (checkpoint + export) after this much training time")
+
+
+class TrainDataSection(Section):
+    form: Literal["auto", "tight", "loose", "photos"] = Field(
+        "auto", description="tight/loose aligned crops, or photos to detect and align; auto: square 112 px = tight"
+    )
+    template_scale: float = Field(0.6, gt=0.0, le=1.0, description="ArcFace points scale of loose input crops")
+    people: str | None = Field(None, description="people list: text file or FILE.json:KEY (folders only)")
+    min_images: int = Field(1, ge=1)
+    condition: Literal["identity", "image"] = Field("identity", description="mean embedding of the identity, or each image's own")
+    embed_per_identity: int | None = Field(
+        None, ge=1, description="embed only this many images per identity (their mean conditions all of them); null: all"
+    )
+    cache: str | None = Field(None, description="cache folder for embeddings/crops/latents; null: RUN_DIR/cache")
+    workers: int = Field(2, ge=0)
+    batch_size: int = Field(32, ge=1, description="embedding / VAE encoding batch")
 
 
 class TrainRecipe(Section):
@@ -128,6 +202,7 @@ class TrainRecipe(Section):
     embedder: str = "dlib"
     model: NativeModelSection = NativeModelSection()
     train: GeneratorTrainSection = GeneratorTrainSection()
+    data: TrainDataSection = TrainDataSection()
 
 
 # --------------------------------------------------------------------------- evaluate (recognizer)
@@ -190,6 +265,26 @@ class EvaluateRecipe(Section):
     bench: EvaluateBenchSection = EvaluateBenchSection()
 
 
+# --------------------------------------------------------------------------- inspect / export
+
+
+class InspectRecipe(Section):
+    seed: int = 0
+    embedder: str | None = Field(None, description="embedder of the similarity histograms; null: the recipe's filter "
+                                 "embedder; none: skip them")
+    max_identities: int = Field(100, ge=1, description="identities embedded for the similarity histograms")
+    sheet_identities: int = Field(16, ge=1, description="contact sheet rows (one identity each)")
+    sheet_images: int = Field(8, ge=1, description="contact sheet columns (images per identity)")
+    gallery: str | None = Field(None, description="`synthface embed` Parquet of real people for a leakage report")
+    device: str = "auto"
+
+
+class ExportRecipe(Section):
+    seed: int = 0
+    format: Literal["imagefolder", "webdataset", "recordio"] = "imagefolder"
+    shard_size: int = Field(10000, ge=1, description="samples per WebDataset tar")
+
+
 RECIPES: dict[str, type[Section]] = {
     "align": AlignRecipe,
     "embed": EmbedRecipe,
@@ -197,6 +292,8 @@ RECIPES: dict[str, type[Section]] = {
     "generate": GenerateRecipe,
     "train": TrainRecipe,
     "evaluate": EvaluateRecipe,
+    "inspect": InspectRecipe,
+    "export": ExportRecipe,
 }
 
 R = TypeVar("R", bound=Section)

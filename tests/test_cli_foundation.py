@@ -127,3 +127,5 @@ def test_align_embed_verify_on_real_faces(tmp_path, small_lfw):
         assert key in data
     assert data["pairs"] == 4 and data["failed_images"] == 1 and data["failed_pairs"] == 1
     assert (tmp_path / "v" / "roc.png").is_file() and (tmp_path / "v" / "config.yaml").is_file()
+    saved = np.load(tmp_path / "v" / "embeddings.npz")
+    assert saved["embeddings"].shape == (5, 128) and int(np.isnan(saved["embeddings"][:, 0]).sum()) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any, Callable, TypeVar
 
@@ -82,13 +83,18 @@ def write_json(target: str | None, summary: dict[str, Any]) -> None:
 class RichBar:
     """The library's Progress hook rendered as a rich progress bar on stderr."""
 
-    def __init__(self, fields: tuple[str, ...] = ()) -> None:
+    def __init__(self, fields: tuple[str, ...] = (), log_every: float = 30.0) -> None:
         self._fields = fields
         self._progress: RichProgress | None = None
         self._task: Any = None
+        self._log_every = log_every
+        self._plain: dict[str, Any] | None = None
 
     def start(self, total: int | None, description: str) -> None:
         self.finish()
+        if not console.is_terminal:  # batch jobs and logs: a plain line every `log_every` seconds
+            self._plain = {"total": total, "done": 0, "desc": description, "t0": time.monotonic(), "last": 0.0}
+            return
         columns: list[Any] = [
             SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
@@ -103,12 +109,32 @@ class RichBar:
         self._task = self._progress.add_task(description, total=total, info="")
 
     def advance(self, n: int = 1, **info: Any) -> None:
+        if self._plain is not None:
+            self._plain_advance(n, info)
+            return
         if self._progress is None:
             return
         text = "  ".join(f"{k}={_fmt(v)}" for k, v in info.items())
         self._progress.update(self._task, advance=n, info=text)
 
+    def _plain_advance(self, n: int, info: dict[str, Any]) -> None:
+        state = self._plain
+        assert state is not None
+        state["done"] += n
+        now = time.monotonic()
+        if now - state["last"] < self._log_every and state["done"] != state["total"]:
+            return
+        state["last"] = now
+        elapsed = now - state["t0"]
+        total = state["total"]
+        of = f"/{total}" if total else ""
+        rate = state["done"] / elapsed if elapsed > 0 else 0.0
+        extra = "  ".join(f"{k}={_fmt(v)}" for k, v in info.items())
+        console.print(f"{state['desc']}: {state['done']}{of} ({rate:.3g}/s, {elapsed:.0f}s) {extra}".rstrip(),
+                      highlight=False)
+
     def finish(self) -> None:
+        self._plain = None
         if self._progress is not None:
             self._progress.stop()
             self._progress = None

@@ -23,10 +23,13 @@ def verify(
 ) -> None:
     """Verification accuracy of a pretrained embedder on LFW pairs.txt or an insightface .bin.
 
+    With --out DIR it writes roc.png, verify.json, embeddings.npz (every image's embedding) and
+    the resolved config.
+
     The insightface protocol: flip-TTA summed embeddings, 10-fold best-threshold accuracy
     (mean and std), TAR at FAR=1e-3, ROC curve. A pair with an image whose face is not found counts as a wrong decision (never dropped).
     """
-    from synthface.recognition.pretrained import verify_embedder, write_roc
+    from synthface.recognition.pretrained import save_embeddings, verify_embedder, write_roc
 
     overrides = list(sets or []) + ([f"embedder={embedder}"] if embedder else [])
     cfg = recipe(VerifyRecipe, recipe_path, overrides)
@@ -35,6 +38,7 @@ def verify(
     if out is not None:
         write_resolved(cfg, out, "config.yaml")
         summary["roc_png"] = str(write_roc(result, out / "roc.png"))
+        summary["embeddings"] = str(save_embeddings(result, out / "embeddings.npz"))
         write_json(str(out / "verify.json"), summary)
     far_key = next(k for k in summary if k.startswith("tar_at_far_"))
     console.print(

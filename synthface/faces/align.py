@@ -170,7 +170,7 @@ class FaceDetector:
         self,
         device: str = "auto",
         min_face_size: int = 20,
-        select: str = "largest",
+        select: str = "center",
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
         score_threshold: float = 0.0,
     ) -> None:

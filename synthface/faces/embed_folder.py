@@ -60,7 +60,7 @@ def embed_folder(src: str | Path, out: str | Path, recipe: EmbedRecipe, progress
     if not files:
         raise InputError(f"no images found under {src}")
     embedder = get_embedder(recipe.embedder, device=recipe.device, weights=recipe.weights)
-    detector = None if recipe.aligned else FaceDetector(device=recipe.device)
+    detector = None if recipe.aligned else FaceDetector(device=recipe.device, select=recipe.select)
     res = embed_files(files, embedder, detector, aligned=recipe.aligned, batch_size=recipe.batch_size,
                       workers=2, progress=progress)
     rel = [str(f.relative_to(src)) for f in files]

@@ -62,13 +62,26 @@ def verify_embedder(
     protocol = load_protocol(pairs, images, n_folds=recipe.folds)
     embedder = embedder or get_embedder(recipe.embedder, device=recipe.device, weights=recipe.weights)
     aligned = recipe.aligned if recipe.aligned is not None else Path(pairs).suffix.lower() == ".bin"
-    detector = None if aligned else FaceDetector(device=recipe.device)
+    detector = None if aligned else FaceDetector(device=recipe.device, select=recipe.select)
     embedded = embed_files(
         protocol.images, embedder, detector, aligned=aligned, flip=recipe.flip,
         batch_size=recipe.batch_size, workers=2, progress=progress,
     )
     result = evaluate_embeddings(embedded.embeddings, protocol, fars=(recipe.far,), failed="wrong")
     return PretrainedVerification(protocol=protocol, result=result, embedded=embedded, embedder=embedder.name)
+
+
+def save_embeddings(verification: PretrainedVerification, path: str | Path) -> Path:
+    """Keep every protocol image's embedding (NaN rows for failures) so the pairs can be re-scored."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = [str(x) if isinstance(x, Path) else f"#{i}" for i, x in enumerate(verification.protocol.images)]
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(tmp, embeddings=verification.embedded.embeddings, status=np.array(verification.embedded.status),
+                        images=np.array(names), pairs=verification.protocol.pairs, issame=verification.protocol.issame,
+                        folds=verification.protocol.folds)
+    tmp.replace(path)
+    return path
 
 
 def write_roc(verification: PretrainedVerification, path: str | Path) -> Path:

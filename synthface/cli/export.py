@@ -1,0 +1,44 @@
+"""`synthface export`: a dataset's shards as ImageFolder, WebDataset tars or InsightFace RecordIO."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from synthface.cli.common import JsonOpt, RecipeOpt, RichBar, SetOpt, console, example, handle_errors, recipe, write_json
+from synthface.config import ExportRecipe, write_resolved
+
+EPILOG = example(
+    """
+synthface export runs/quickstart --format imagefolder runs/quickstart-folders
+synthface export runs/10k --format recordio runs/10k-rec
+synthface export runs/10k --format webdataset runs/10k-wds --set shard_size=5000
+"""
+)
+
+
+@handle_errors
+def export_cmd(
+    src: Annotated[Path, typer.Argument(help="Dataset directory written by `synthface generate`.", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="Output directory (created; must be empty unless --overwrite).", show_default=False)],
+    fmt: Annotated[str | None, typer.Option("--format", "-f", help="imagefolder | webdataset | recordio (recipe key: format).", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty OUT.")] = False,
+    recipe_path: RecipeOpt = None,
+    sets: SetOpt = None,
+    json_out: JsonOpt = None,
+) -> None:
+    """Export SRC's committed shards to OUT (images copied as stored, labels as in the shards)."""
+    from synthface.dataset.export import export
+
+    overrides = list(sets or []) + ([f"format={fmt}"] if fmt else [])
+    cfg = recipe(ExportRecipe, recipe_path, overrides)
+    summary = export(src, cfg.format, out, overwrite=overwrite, shard_size=cfg.shard_size, progress=RichBar())
+    write_resolved(cfg, out, "export.config.yaml")
+    console.print(f"exported {summary['images']} images of {summary['identities']} identities as {cfg.format} -> {out}", highlight=False)
+    write_json(json_out, summary)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export", epilog=EPILOG)(export_cmd)

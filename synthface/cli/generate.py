@@ -1,0 +1,57 @@
+"""`synthface generate`: identities -> images -> shards; resumable; multi-process under accelerate launch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from synthface.cli.common import JsonOpt, RecipeOpt, RichBar, SetOpt, console, example, handle_errors, recipe, write_json
+from synthface.config import GenerateRecipe
+
+EPILOG = example(
+    """
+python -c "from synthface.testing import tiny_native_model; tiny_native_model('tiny')"
+synthface generate --model tiny --recipe recipes/quickstart-native.yaml --out runs/quickstart
+accelerate launch --num_processes 8 -m synthface generate --model MODEL --recipe recipes/generate-10k-x-50.yaml --out runs/10k
+"""
+)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("generate", epilog=EPILOG)
+    @handle_errors
+    def generate_cmd(
+        out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (created; resumed if it holds this run).")],
+        model: Annotated[
+            str | None,
+            typer.Option("--model", "-m", help="Model directory (with synthface.json) or Hub id; overrides the recipe's model."),
+        ] = None,
+        recipe_path: RecipeOpt = None,
+        sets: SetOpt = None,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete this run's files in --out and start over.")] = False,
+        json_out: JsonOpt = None,
+    ) -> None:
+        """Generate a labeled synthetic face dataset: Parquet shards under OUT/data, resumable."""
+        from synthface.generator.run import generate_dataset, process_state
+
+        config = recipe(GenerateRecipe, recipe_path, sets)
+        if model is not None:
+            config.model = model
+        local = Path(config.model).expanduser()
+        if local.is_dir():
+            config.model = str(local.resolve())
+        state = process_state()
+        main = state.is_main_process
+        bar = RichBar() if main else None
+        summary = generate_dataset(config, out, overwrite=overwrite, progress=bar, state=state)
+        if not main:
+            return
+        what = "resumed" if summary["resumed"] else "wrote"
+        console.print(
+            f"{what} {summary['images']} images of {summary['identities_kept']} identities in {summary['shards']} "
+            f"shards ({summary['shards_written']} written now, {summary['shards_skipped']} already done) -> {out}/data",
+            highlight=False,
+        )
+        write_json(json_out, summary)

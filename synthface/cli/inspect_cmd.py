@@ -1,0 +1,53 @@
+"""`synthface inspect`: counts, acceptance, similarity histograms, contact sheet and leakage of a dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from synthface.cli.common import JsonOpt, RecipeOpt, RichBar, SetOpt, console, example, handle_errors, recipe, write_json
+from synthface.config import InspectRecipe, write_resolved
+
+EPILOG = example(
+    """
+synthface inspect runs/quickstart --set embedder=dlib
+synthface inspect runs/10k --out runs/10k-report --set gallery=lfw-facenet.parquet --json -
+"""
+)
+
+
+@handle_errors
+def inspect_cmd(
+    src: Annotated[Path, typer.Argument(help="Dataset directory written by `synthface generate`.", show_default=False)],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report directory (default: SRC/inspect).", show_default=False)] = None,
+    embedder: Annotated[str | None, typer.Option("--embedder", "-e", help="Embedder of the similarity histograms ('none' skips them; recipe key: embedder).", show_default=False)] = None,
+    gallery: Annotated[str | None, typer.Option("--gallery", help="`synthface embed` Parquet of real people: leakage report (recipe key: gallery).", show_default=False)] = None,
+    recipe_path: RecipeOpt = None,
+    sets: SetOpt = None,
+    json_out: JsonOpt = None,
+) -> None:
+    """Write SRC's report: inspect.json, contact_sheet.png, similarity.png, candidate_scores.png, leakage.png."""
+    from synthface.dataset.inspect import inspect_dataset
+
+    overrides = list(sets or []) + ([f"embedder={embedder}"] if embedder else []) + ([f"gallery={gallery}"] if gallery else [])
+    cfg = recipe(InspectRecipe, recipe_path, overrides)
+    target = out or (src / "inspect")
+    report = inspect_dataset(
+        src, target, embedder=cfg.embedder, max_identities=cfg.max_identities, sheet_identities=cfg.sheet_identities,
+        sheet_images=cfg.sheet_images, gallery=cfg.gallery, device=cfg.device, progress=RichBar(),
+    )  # fmt: skip
+    write_resolved(cfg, target, "inspect.config.yaml")
+    acc = report.get("acceptance", {}).get("rate")
+    console.print(
+        f"{report['images']} images of {report['identities']} identities in {report['shards']} shards"
+        + (f", filter acceptance {100 * acc:.1f}%" if acc is not None else "")
+        + f" -> {target}",
+        highlight=False,
+    )
+    write_json(json_out, report)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inspect", epilog=EPILOG)(inspect_cmd)

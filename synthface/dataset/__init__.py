@@ -1,0 +1,1 @@
+"""Generated datasets on disk: the deterministic shard plan and the crash-safe shard writer."""

@@ -1,0 +1,179 @@
+"""The dataset card (README.md) of a generated dataset: a Hugging Face Hub YAML header plus the facts.
+
+The header names the licence, task category, size category and the Parquet files as the
+``default`` config's ``train`` split, so ``datasets.load_dataset(DIR)`` and the Hub read the shards.
+The body records the generator and embedders with their licences, the recipe, counts, the filter
+figures, the leakage report, and the intended use and limits.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CARD_FILE = "README.md"
+
+# Licences of the face tools synthface uses by name (what their upstream projects state).
+EMBEDDER_LICENCES: dict[str, dict[str, str]] = {
+    "dlib": {
+        "component": "dlib ResNet face recogniser (face-recognition-models)",
+        "licence": "CC0-1.0 (model files, per face-recognition-models); dlib is BSL-1.0",
+        "url": "https://github.com/ageitgey/face_recognition_models",
+    },
+    "facenet-vggface2": {
+        "component": "FaceNet InceptionResnetV1 trained on VGGFace2 (facenet-pytorch)",
+        "licence": "MIT (code); weights trained on VGGFace2, research use",
+        "url": "https://github.com/timesler/facenet-pytorch",
+    },
+    "facenet-casia": {
+        "component": "FaceNet InceptionResnetV1 trained on CASIA-WebFace (facenet-pytorch)",
+        "licence": "MIT (code); weights trained on CASIA-WebFace, research use",
+        "url": "https://github.com/timesler/facenet-pytorch",
+    },
+    "mtcnn": {
+        "component": "MTCNN face detector (facenet-pytorch)",
+        "licence": "MIT",
+        "url": "https://github.com/timesler/facenet-pytorch",
+    },
+}
+
+
+def size_category(n: int) -> str:
+    """The Hub's size_categories bucket for ``n`` rows."""
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+              (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]  # fmt: skip
+    for bound, name in bounds:
+        if n < bound:
+            return name
+    return "n>1T"
+
+
+def _licence_of(name: str) -> dict[str, str]:
+    if name.startswith("onnx:"):
+        return {"component": f"ONNX face embedder {name[5:]}", "licence": "see the model's own card", "url": ""}
+    return EMBEDDER_LICENCES.get(name, {"component": name, "licence": "unknown to synthface", "url": ""})
+
+
+def card_text(recipe: Any, model: Any, summary: dict[str, Any], data_files: list[str] | None = None) -> str:
+    """The card; ``data_files`` lists the shards when some are empty (the filter dropped all their identities),
+    since `datasets` cannot read an empty Parquet file; None means every shard (a glob)."""
+    from synthface.config import config_dict
+
+    config = config_dict(recipe)
+    images = int(summary.get("images", 0))
+    header = {
+        "license": "other",
+        "license_name": "synthetic-derived",
+        "license_details": "Inherits the use restrictions of the generator and embedders listed in the card.",
+        "task_categories": ["image-classification"],
+        "tags": ["synthetic", "face-recognition", "synthface"],
+        "pretty_name": f"synthface {Path(str(summary.get('out', 'dataset'))).name}",
+        "size_categories": [size_category(images)],
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": data_files or "data/train-*.parquet"}]}],
+    }
+    licences = dict(getattr(model, "licences", {}) or {})
+    if not licences:
+        licences = {
+            "generator": {
+                "component": f"{getattr(model, 'family', 'generator')} model {getattr(model, 'source', '') or config.get('model')}",
+                "licence": "as its owner licensed it (a synthface native model is yours: it follows your training data)",
+                "url": "",
+            }
+        }
+    tools = {"conditioning embedder": model.embedder}
+    if recipe.filter.enabled:
+        tools["filter embedder"] = recipe.filter.embedder
+    tools["detector"] = "mtcnn"
+    lines = ["---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", ""]
+    lines += [f"# {header['pretty_name']}", "",
+              "Synthetic face-recognition training set written by `synthface generate`: identity-conditioned "
+              "diffusion renders of sampled identities, aligned to the 112x112 ArcFace template.", ""]  # fmt: skip
+    lines += ["## Contents", "", "| | |", "| --- | --- |"]
+    for key in ("identities_planned", "identities_kept", "images", "shards"):
+        lines.append(f"| {key.replace('_', ' ')} | {summary.get(key)} |")
+    lines += ["", "Rows: `image` (HF Image), `label` (contiguous over kept identities), `identity` (plan index), "
+              "`sample`, `seed`, `id_score` (cosine to the identity anchor), `det_score` (detector confidence); "
+              "NaN where not measured. `identities.parquet` lists every planned identity, whether it was kept and why not.", ""]  # fmt: skip
+    lines += ["## Generator and tools", "", "| part | what | licence |", "| --- | --- | --- |"]
+    for key, lic in licences.items():
+        lines.append(f"| {key} | {lic.get('component', '')} | {lic.get('licence', '')} {lic.get('url', '')} |")
+    for role, name in tools.items():
+        lic = _licence_of(name)
+        lines.append(f"| {role} | `{name}`: {lic['component']} | {lic['licence']} {lic['url']} |")
+    lines.append("")
+    filt = summary.get("filter")
+    lines += ["## Filter", ""]
+    if filt:
+        s = filt.get("settings", {})
+        lines += [
+            f"Embedder `{s.get('embedder')}`, anchor `{s.get('anchor')}`, identity threshold {s.get('threshold')}, "
+            f"detector threshold {s.get('detector_threshold')}, oversample {s.get('oversample')}, "
+            f"min images {s.get('min_images')}, merge threshold {s.get('merge_threshold')}.",
+            "",
+            f"Candidates {filt.get('candidates')}, passed {filt.get('passed')} "
+            f"(acceptance {_pct(filt.get('acceptance_rate'))}), kept images {filt.get('kept_images')}; "
+            f"identities kept {filt.get('identities_kept')} of {filt.get('identities_planned')}, dropped by reason: "
+            f"{json.dumps(filt.get('identities_dropped', {}))}.",
+            "",
+        ]
+    else:
+        lines += ["Filtering was off: every rendered sample is in the dataset.", ""]
+    lines += ["## Leakage report", ""]
+    leak = (filt or {}).get("leakage") or {}
+    if leak.get("identities"):
+        lines += [
+            f"Each kept identity's centre against {leak.get('persons')} real people of `{leak.get('gallery')}` "
+            f"(cosine, filter embedder): median {leak['median']:.3f}, p99 {leak['p99']:.3f}, max {leak['max']:.3f}; "
+            f"{leak.get('dropped', 0)} identities above {leak.get('threshold')} were dropped.",
+            "",
+        ]
+    else:
+        lines += ["No real gallery was given (`identities.gallery` / `filter.gallery`): leakage was not measured. "
+                  "Run `synthface inspect DIR --gallery REAL` to measure it.", ""]  # fmt: skip
+    lines += [
+        "## Intended use and limits",
+        "",
+        "- Training and evaluating face-recognition models where scraped real faces are not acceptable.",
+        "- Synthetic is not automatically private: generators are trained on real faces and can reproduce them. "
+        "The leakage check only compares against the gallery it was given, with one embedder.",
+        "- Identities are separated by one embedder's cosine; another recogniser may still confuse them.",
+        "- Demographic balance follows the generator's training data and the identity sampler, not a design.",
+        "- Not for identifying, verifying or profiling any real person.",
+        "",
+        "## Recipe",
+        "",
+        "```yaml",
+        yaml.safe_dump(config, sort_keys=False).rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _pct(x: Any) -> str:
+    return f"{100 * x:.1f}%" if isinstance(x, (int, float)) else "n/a"
+
+
+def write_card(out: str | Path, recipe: Any, model: Any, summary: dict[str, Any]) -> Path:
+    from synthface.dataset.writer import atomic_write_bytes
+
+    from synthface.dataset.writer import marker_path, read_marker
+
+    markers = [read_marker(marker_path(p)) or {} for p in sorted((Path(out) / "data").glob("train-*.parquet"))]
+    files = [f"data/{m['file']}" for m in markers if m.get("rows") and m.get("file")]
+    data_files = files if len(files) < len(markers) else None
+    path = Path(out) / CARD_FILE
+    atomic_write_bytes(path, card_text(recipe, model, summary, data_files).encode("utf-8"))
+    return path
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The YAML header of a card."""
+    text = Path(path).read_text(encoding="utf-8")
+    if not text.startswith("---\n"):
+        return {}
+    end = text.index("\n---", 4)
+    return yaml.safe_load(text[4:end]) or {}

@@ -1,0 +1,293 @@
+"""Export a generated dataset's committed shards to ImageFolder, WebDataset or InsightFace RecordIO.
+
+Every format gets the stored encoded image bytes unchanged (no re-encoding) and the row's
+``label``; rows are visited in (label, sample) order, and rows with a negative label are skipped.
+
+* ``imagefolder``: ``OUT/<label>/<identity>_<sample>.<ext>``, label folders zero-padded so their
+  sorted order is the label order (what torchvision's ImageFolder, and arcface_torch with it, reads).
+* ``webdataset``: ``OUT/train-NNNNN.tar`` with ``shard_size`` samples each; per sample
+  ``KEY.<ext>`` (the image), ``KEY.cls`` (the label as decimal text) and ``KEY.json``
+  (label, identity, sample, seed, id_score, det_score); keys ``<identity>_<sample>`` hold no dots.
+* ``recordio``: ``OUT/train.rec`` + ``OUT/train.idx`` + ``OUT/property``, the layout insightface's
+  arcface_torch ``MXFaceDataset`` reads. With N images and C identities:
+
+  - key 0: header record, IRHeader flag=2, label=(N+1, N+1+C), no image: arcface_torch takes
+    images as keys 1..N (``range(1, label[0])``);
+  - keys 1..N: images grouped by label, IRHeader flag=0, label=float(label), id=key, then the
+    encoded image (arcface_torch decodes it with ``mx.image.imdecode``: JPEG or PNG);
+  - keys N+1..N+C: one per identity, IRHeader flag=2, label=(first image key, last image key + 1);
+  - ``property``: ``C,H,W``.
+
+  Each record: uint32 magic 0xced7230a, uint32 ``cflag << 29 | length``, the payload, zero padding
+  to 4 bytes; a payload holding the magic word at a 4-byte-aligned offset is split there into
+  continuation parts (cflag 1, 2, 3) without that word, as dmlc's RecordIOWriter does. The IRHeader
+  is ``struct.pack('<IfQQ', flag, label, id, id2)`` followed by ``flag`` float32 labels when flag > 0.
+  ``train.idx`` lines are ``key<TAB>byte offset``.
+
+Files are written under temporary names and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import tarfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from synthface.errors import InputError
+from synthface.runtime import Progress, progress_or_null
+
+FORMATS = ("imagefolder", "webdataset", "recordio")
+MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
+EXT_OF = {b"\xff\xd8": "jpg", b"\x89P": "png", b"RI": "webp"}
+
+
+def image_ext(data: bytes) -> str:
+    for head, ext in EXT_OF.items():
+        if data.startswith(head):
+            return ext
+    raise InputError("a stored image is neither JPEG, PNG nor WebP: the shard is damaged")
+
+
+def committed(src: str | Path, verify: bool = True) -> list[Path]:
+    """The dataset's shard files whose commit marker exists (and, with ``verify``, whose checksum matches)."""
+    from synthface.dataset.writer import file_sha256, marker_path, read_marker
+
+    data = Path(src) / "data"
+    out = []
+    for path in sorted(data.glob("train-*.parquet")):
+        info = read_marker(marker_path(path))
+        if info is None:
+            continue  # not committed: a crashed or running writer's file
+        if verify and info.get("sha256") and file_sha256(path) != info["sha256"]:
+            raise InputError(f"shard {path} does not match its commit marker checksum: rerun `synthface generate` on {src}")
+        out.append(path)
+    return out
+
+
+def iter_rows(src: str | Path, columns: tuple[str, ...] = ("label", "identity", "sample", "seed", "id_score", "det_score")) -> Iterator[dict[str, Any]]:
+    """Rows (label >= 0) of every committed shard, in (label, sample) order, with ``image`` bytes."""
+    import pyarrow.parquet as pq
+
+    shards = committed(src)
+    if not shards:
+        raise InputError(f"no committed shards (data/*.parquet with a .json marker) in {src}: run `synthface generate` first")
+    tables = []
+    for path in shards:
+        t = pq.read_table(path, columns=["label", "sample"])
+        labels = t.column("label").to_numpy()
+        tables.append((path, labels, t.column("sample").to_numpy()))
+    order = sorted(
+        ((int(l), int(s), k, r) for k, (_, labels, samples) in enumerate(tables) for r, (l, s) in enumerate(zip(labels, samples)) if l >= 0)
+    )
+    cache: dict[int, Any] = {}
+    for label, _, k, r in order:
+        if k not in cache:
+            cache.clear()  # rows come shard by shard: one shard in memory at a time
+            cache[k] = pq.read_table(tables[k][0], columns=["image", *columns])
+        t = cache[k]
+        row = {c: t.column(c)[r].as_py() for c in columns}
+        image = t.column("image")[r].as_py()
+        if not image or not image.get("bytes"):
+            raise InputError(f"{tables[k][0]}: row {r} has no image bytes")
+        row["image"] = image["bytes"]
+        yield row
+
+
+def sample_key(row: dict[str, Any]) -> str:
+    return f"{int(row['identity']):07d}_{int(row['sample']):04d}"
+
+
+def _meta(row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in row.items():
+        if k == "image":
+            continue
+        if isinstance(v, float) and not np.isfinite(v):
+            v = None
+        out[k] = v
+    return out
+
+
+def _prepare(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file: pass a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"{out} is not empty: pass --overwrite or choose another OUT")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def export(src: str | Path, fmt: str, out: str | Path, *, overwrite: bool = False, shard_size: int = 10000,
+           progress: Progress | None = None) -> dict[str, Any]:  # fmt: skip
+    """Export ``src``'s committed shards to ``fmt`` in ``out``; returns a summary."""
+    if fmt not in FORMATS:
+        raise InputError(f"unknown export format '{fmt}': use {', '.join(FORMATS)}")
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise InputError(f"dataset {src} not found: pass the --out directory of `synthface generate`")
+    if out.resolve() == src.resolve():
+        raise InputError("export OUT must differ from the dataset directory")
+    rows = iter_rows(src)
+    _prepare(out, overwrite)
+    bar = progress_or_null(progress)
+    bar.start(None, f"export {fmt}")
+    if fmt == "imagefolder":
+        info = _imagefolder(rows, out, bar, label_width(src))
+    elif fmt == "webdataset":
+        info = _webdataset(rows, out, shard_size, bar)
+    else:
+        info = _recordio(rows, out, bar)
+    bar.finish()
+    return {"src": str(src), "format": fmt, "out": str(out), **info}
+
+
+def label_width(src: str | Path) -> int:
+    """Digits of the zero-padded label folder names (at least 5)."""
+    import pyarrow.parquet as pq
+
+    top = max((int(max(pq.read_table(p, columns=["label"]).column("label").to_pylist() or [0])) for p in committed(src, verify=False)), default=0)
+    return max(5, len(str(top)))
+
+
+def _imagefolder(rows: Iterator[dict[str, Any]], out: Path, bar: Any, width: int) -> dict[str, Any]:
+    from synthface.dataset.writer import atomic_write_bytes
+
+    labels = set()
+    count = 0
+    for row in rows:
+        count += 1
+        label = int(row["label"])
+        labels.add(label)
+        atomic_write_bytes(out / f"{label:0{width}d}" / f"{sample_key(row)}.{image_ext(row['image'])}", row["image"])
+        bar.advance(1)
+    if not count:
+        raise InputError("the dataset has no rows with a label")
+    return {"images": count, "identities": len(labels)}
+
+
+def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _webdataset(rows: Iterator[dict[str, Any]], out: Path, shard_size: int, bar: Any) -> dict[str, Any]:
+    if shard_size < 1:
+        raise InputError("--shard-size must be >= 1")
+    written: list[str] = []
+    count, labels = 0, set()
+    tar: tarfile.TarFile | None = None
+    tmp: Path | None = None
+
+    def close() -> None:
+        nonlocal tar, tmp
+        if tar is not None and tmp is not None:
+            tar.close()
+            final = tmp.with_name(tmp.name[1:-4])
+            os.replace(tmp, final)
+            written.append(final.name)
+        tar, tmp = None, None
+
+    for row in rows:
+        if count % shard_size == 0:
+            close()
+            tmp = out / f".train-{count // shard_size:05d}.tar.tmp"
+            tar = tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT)
+        key = sample_key(row)
+        assert tar is not None
+        _tar_add(tar, f"{key}.{image_ext(row['image'])}", row["image"])
+        _tar_add(tar, f"{key}.cls", str(int(row["label"])).encode())
+        _tar_add(tar, f"{key}.json", json.dumps(_meta(row), sort_keys=True).encode())
+        labels.add(int(row["label"]))
+        count += 1
+        bar.advance(1)
+    close()
+    if not count:
+        raise InputError("the dataset has no rows with a label")
+    return {"images": count, "identities": len(labels), "shards": written}
+
+
+# --------------------------------------------------------------------------- RecordIO
+
+
+def irheader(flag: int, label: float, id1: int, id2: int = 0) -> bytes:
+    return struct.pack("<IfQQ", flag, label, id1, id2)
+
+
+def pack_labels(labels: list[float], id1: int = 0) -> bytes:
+    """An IRHeader carrying a label vector (flag = its length)."""
+    return irheader(len(labels), 0.0, id1) + np.asarray(labels, "<f4").tobytes()
+
+
+def record_bytes(payload: bytes) -> bytes:
+    """One RecordIO record (split at aligned magic words, as dmlc's writer does)."""
+    parts = []
+    n = len(payload)
+    start = 0
+    for i in range(0, n - n % 4, 4):
+        if payload[i : i + 4] == _MAGIC_BYTES:
+            parts.append((1 if start == 0 else 2, payload[start:i]))
+            start = i + 4
+    parts.append((3 if start else 0, payload[start:]))
+    out = bytearray()
+    for cflag, data in parts:
+        out += struct.pack("<II", MAGIC, (cflag << 29) | len(data))
+        out += data
+        out += b"\0" * ((4 - len(data) % 4) % 4)
+    return bytes(out)
+
+
+def _recordio(rows: Iterator[dict[str, Any]], out: Path, bar: Any) -> dict[str, Any]:
+    rec_tmp, idx_tmp = out / ".train.rec.tmp", out / ".train.idx.tmp"
+    ranges: list[tuple[int, int, int]] = []  # (label, first key, last key + 1)
+    count = 0
+    shape = None
+    offsets: list[tuple[int, int]] = []
+    with open(rec_tmp, "wb") as rec:
+        rec.write(record_bytes(pack_labels([0.0, 0.0])))  # placeholder header, same size, rewritten below
+        for row in rows:
+            key = count + 1
+            label = int(row["label"])
+            if ranges and label < ranges[-1][0]:
+                raise InputError("labels are not in order: the dataset's shards are inconsistent")
+            if not ranges or ranges[-1][0] != label:
+                ranges.append((label, key, key))
+            ranges[-1] = (label, ranges[-1][1], key + 1)
+            if shape is None:
+                from PIL import Image
+
+                with Image.open(io.BytesIO(row["image"])) as img:
+                    shape = (img.height, img.width)
+            offsets.append((key, rec.tell()))
+            rec.write(record_bytes(irheader(0, float(label), key) + row["image"]))
+            count += 1
+            bar.advance(1)
+        if not count:
+            raise InputError("the dataset has no rows with a label")
+        first_id = count + 1
+        for k, (label, a, b) in enumerate(ranges):
+            offsets.append((first_id + k, rec.tell()))
+            rec.write(record_bytes(pack_labels([float(a), float(b)], first_id + k)))
+        rec.seek(0)
+        rec.write(record_bytes(pack_labels([float(first_id), float(first_id + len(ranges))])))
+        rec.flush()
+        os.fsync(rec.fileno())
+    idx_lines = [f"0\t0"] + [f"{k}\t{o}" for k, o in offsets]
+    idx_tmp.write_text("\n".join(idx_lines) + "\n", encoding="utf-8")
+    labels = [r[0] for r in ranges]
+    if labels != list(range(len(labels))):
+        raise InputError("labels are not contiguous from 0: re-run `synthface generate` on the dataset to finish it")
+    (out / ".property.tmp").write_text(f"{len(ranges)},{shape[0]},{shape[1]}\n", encoding="utf-8")  # type: ignore[index]
+    os.replace(rec_tmp, out / "train.rec")
+    os.replace(idx_tmp, out / "train.idx")
+    os.replace(out / ".property.tmp", out / "property")
+    return {"images": count, "identities": len(ranges), "files": ["train.rec", "train.idx", "property"]}

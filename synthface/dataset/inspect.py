@@ -1,0 +1,289 @@
+"""Inspect a generated dataset: counts, acceptance, similarity histograms, contact sheet, leakage report.
+
+Works on any directory written by ``synthface generate`` (filter on or off). Figures come from the
+committed shards, ``identities.parquet`` and, with filtering on, the per-candidate filter records.
+Intra-identity cosines (every pair of images of one identity) and inter-identity cosines (pairs of
+images of different identities, a fixed random subset) are measured by embedding the stored
+112x112 template crops of up to ``max_identities`` identities with an embedder (default: the
+recipe's filter embedder). Stored crops are the tight ArcFace template, so an embedder trained on
+another crop (dlib) reads them less well than it reads the original renders: compare datasets
+with the same embedder, not these cosines with another tool's.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synthface.errors import InputError
+from synthface.runtime import Progress, progress_or_null
+
+REPORT_FILE = "inspect.json"
+
+
+def _read_shards(src: Path) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from synthface.dataset.export import committed
+
+    shards = committed(src)
+    if not shards:
+        raise InputError(f"no committed shards in {src}: pass the --out directory of `synthface generate`")
+    tables = [pq.read_table(p, columns=["label", "identity", "sample", "id_score", "det_score"]) for p in shards]
+    return shards, pa.concat_tables(tables)
+
+
+def _quantiles(x: np.ndarray) -> dict[str, Any]:
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return {"count": 0}
+    q = np.quantile(x, [0.0, 0.05, 0.5, 0.95, 1.0])
+    return {"count": int(len(x)), "mean": float(x.mean()), "min": float(q[0]), "p05": float(q[1]),
+            "median": float(q[2]), "p95": float(q[3]), "max": float(q[4])}  # fmt: skip
+
+
+def _load_images(shards: list[Path], wanted: set[int]) -> dict[int, list[tuple[int, bytes]]]:
+    """Encoded images of the wanted labels: label -> [(sample, bytes)] sorted by sample."""
+    import pyarrow.parquet as pq
+
+    out: dict[int, list[tuple[int, bytes]]] = {}
+    for path in shards:
+        t = pq.read_table(path, columns=["image", "label", "sample"])
+        labels = t.column("label").to_numpy()
+        rows = np.flatnonzero(np.isin(labels, list(wanted)))
+        for r in rows:
+            out.setdefault(int(labels[r]), []).append((int(t.column("sample")[r].as_py()), t.column("image")[r].as_py()["bytes"]))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _decode(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"), np.uint8)
+
+
+def contact_sheet(images: dict[int, list[tuple[int, bytes]]], path: Path, rows: int, cols: int, tile: int = 112) -> Path:
+    """One row per identity (label order), up to ``cols`` images each."""
+    from PIL import Image, ImageDraw
+
+    labels = sorted(images)[:rows]
+    pad = 40
+    sheet = Image.new("RGB", (pad + cols * tile, max(1, len(labels)) * tile), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for r, label in enumerate(labels):
+        draw.text((2, r * tile + tile // 2 - 5), str(label), fill=(0, 0, 0))
+        for c, (_, data) in enumerate(images[label][:cols]):
+            img = Image.fromarray(_decode(data)).resize((tile, tile))
+            sheet.paste(img, (pad + c * tile, r * tile))
+    sheet.save(path)
+    return path
+
+
+def similarity_pairs(emb: np.ndarray, labels: np.ndarray, max_pairs: int = 200_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(intra, inter) cosines: every same-label pair; a seeded random subset of different-label pairs."""
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    intra = []
+    for label in np.unique(labels):
+        x = emb[labels == label]
+        if len(x) > 1:
+            g = x @ x.T
+            intra.append(g[np.triu_indices(len(x), 1)])
+    rng = np.random.default_rng(seed)
+    n = len(emb)
+    inter = np.zeros(0)
+    if n > 1 and len(np.unique(labels)) > 1:
+        a = rng.integers(0, n, size=max_pairs * 2)
+        b = rng.integers(0, n, size=max_pairs * 2)
+        ok = labels[a] != labels[b]
+        a, b = a[ok][:max_pairs], b[ok][:max_pairs]
+        inter = (emb[a] * emb[b]).sum(1)
+    return (np.concatenate(intra) if intra else np.zeros(0)), inter
+
+
+def _hist_png(path: Path, series: dict[str, np.ndarray], title: str, xlabel: str, lines: dict[str, float] | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for name, values in series.items():
+        values = np.asarray(values, np.float64)
+        values = values[np.isfinite(values)]
+        if len(values):
+            ax.hist(values, bins=50, range=(-1, 1) if "cos" in xlabel else None, alpha=0.6, density=True, label=f"{name} (n={len(values)})")
+    for name, x in (lines or {}).items():
+        ax.axvline(x, color="k", linestyle="--", linewidth=1)
+        ax.text(x, ax.get_ylim()[1] * 0.9, f" {name} {x:g}", fontsize=8)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def inspect_dataset(
+    src: str | Path,
+    out: str | Path | None = None,
+    *,
+    embedder: str | None = None,
+    max_identities: int = 100,
+    sheet_identities: int = 16,
+    sheet_images: int = 8,
+    gallery: str | None = None,
+    device: str = "auto",
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Write the report (JSON + PNGs) of the dataset in ``src`` to ``out`` (default SRC/inspect); returns it.
+
+    ``embedder`` "none" skips the similarity histograms (no embedder needed).
+    """
+    import pyarrow.parquet as pq
+
+    from synthface.filtering import leakage_summary, read_records
+
+    src = Path(src)
+    if not src.is_dir():
+        raise InputError(f"dataset {src} not found: pass the --out directory of `synthface generate`")
+    out = Path(out) if out is not None else src / "inspect"
+    out.mkdir(parents=True, exist_ok=True)
+    bar = progress_or_null(progress)
+    shards, rows = _read_shards(src)
+    config: dict[str, Any] = {}
+    if (src / "config.yaml").is_file():
+        import yaml
+
+        config = yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8")) or {}
+    labels = np.asarray(rows.column("label").to_numpy(), np.int64)
+    valid = labels >= 0
+    _, counts = np.unique(labels[valid], return_counts=True)
+    report: dict[str, Any] = {
+        "dataset": str(src),
+        "shards": len(shards),
+        "images": int(valid.sum()),
+        "identities": int(len(counts)),
+        "images_per_identity": {**_quantiles(counts), "histogram": {str(k): int(v) for k, v in zip(*np.unique(counts, return_counts=True))}},
+        "id_score": _quantiles(rows.column("id_score").to_numpy(zero_copy_only=False)),
+        "det_score": _quantiles(rows.column("det_score").to_numpy(zero_copy_only=False)),
+        "labels_contiguous": bool(len(counts) == 0 or np.array_equal(np.unique(labels[valid]), np.arange(len(counts)))),
+        "files": {},
+    }
+    ident_path = src / "identities.parquet"
+    identities = pq.read_table(ident_path) if ident_path.is_file() else None
+    if identities is not None:
+        kept = np.asarray(identities.column("kept").to_numpy(zero_copy_only=False), bool)
+        reasons = [r for r, k in zip(identities.column("reason").to_pylist(), kept) if not k]
+        by: dict[str, int] = {}
+        for r in reasons:
+            key = (r or "unknown").split(":", 1)[0]
+            by[key] = by.get(key, 0) + 1
+        report["identities_planned"] = int(len(kept))
+        report["identities_dropped"] = by
+    records = read_records(src)
+    if records is not None and records.num_rows:
+        cand = records.column("candidates").to_numpy()
+        passed = records.column("passed").to_numpy()
+        # statuses are the in-shard decisions; an identity dropped later (separation, leakage) loses its samples
+        final = {}
+        if identities is not None:
+            final = {int(i): (bool(k), (r or "").split(":", 1)[0]) for i, k, r in zip(
+                identities.column("index").to_pylist(), identities.column("kept").to_pylist(), identities.column("reason").to_pylist())}  # fmt: skip
+        status = []
+        for i, row in zip(records.column("identity").to_pylist(), records.column("status").to_pylist()):
+            kept_i, why = final.get(int(i), (True, ""))
+            status += [s if kept_i or s not in ("kept", "surplus") else f"identity dropped ({why})" for s in row]
+        report["acceptance"] = {
+            "candidates": int(cand.sum()),
+            "passed": int(passed.sum()),
+            "rate": float(passed.sum() / max(cand.sum(), 1)),
+            "per_identity_rate": _quantiles(passed / np.maximum(cand, 1)),
+            "status": {k: status.count(k) for k in sorted(set(status))},
+        }
+        ids = [x for row in records.column("id_scores").to_pylist() for x in row]
+        report["files"]["candidate_scores"] = str(
+            _hist_png(out / "candidate_scores.png", {"all candidates": np.array(ids, np.float64),
+                      "kept": rows.column("id_score").to_numpy(zero_copy_only=False)},  # fmt: skip
+                      "identity score of candidates", "cosine to anchor",
+                      {"threshold": float((config.get("filter") or {}).get("threshold") or np.nan)}
+                      if (config.get("filter") or {}).get("threshold") is not None else None)
+        )
+
+    # contact sheet
+    all_labels = np.unique(labels[valid])
+    step = max(1, len(all_labels) // max(1, max_identities))
+    sampled = set(int(x) for x in all_labels[::step][:max_identities])
+    sheet_labels = set(int(x) for x in all_labels[:sheet_identities])
+    bar.start(None, "inspect: reading images")
+    images = _load_images(shards, sampled | sheet_labels)
+    report["files"]["contact_sheet"] = str(contact_sheet({k: images[k] for k in sheet_labels if k in images},
+                                                         out / "contact_sheet.png", sheet_identities, sheet_images))
+    bar.finish()
+
+    # similarity histograms
+    name = embedder or (config.get("filter") or {}).get("embedder") or "dlib"
+    centres = None
+    if name != "none" and sampled:
+        from synthface.faces.embedders import embed_aligned, get_embedder
+
+        emb_model = get_embedder(name, device=device)
+        crops, crop_labels = [], []
+        for label in sorted(sampled):
+            for _, data in images.get(label, []):
+                crops.append(_decode(data))
+                crop_labels.append(label)
+        bar.start(len(crops), f"inspect: embedding with {name}")
+        emb = embed_aligned(emb_model, crops) if crops else np.zeros((0, emb_model.dim))
+        bar.advance(len(crops))
+        bar.finish()
+        lab = np.asarray(crop_labels)
+        intra, inter = similarity_pairs(emb, lab)
+        report["similarity"] = {"embedder": name, "identities": len(sampled), "images": len(crops),
+                                "intra": _quantiles(intra), "inter": _quantiles(inter)}  # fmt: skip
+        report["files"]["similarity"] = str(_hist_png(out / "similarity.png", {"intra-identity": intra, "inter-identity": inter},
+                                                      f"pairwise cosine ({name}, {len(sampled)} identities)", "cosine"))
+        centres = np.stack([emb[lab == k].mean(0) for k in sorted(set(crop_labels))]) if crops else None
+        if centres is not None and len(centres) > 1:
+            c = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+            g = c @ c.T
+            np.fill_diagonal(g, -np.inf)
+            report["similarity"]["nearest_identity_centre"] = _quantiles(g.max(1))
+
+    # leakage
+    leak: dict[str, Any] = {}
+    if identities is not None and "leakage_cosine" in identities.column_names:
+        cos = np.asarray(identities.column("leakage_cosine").to_numpy(zero_copy_only=False), np.float64)
+        thr = (json.loads((src / "summary.json").read_text()).get("filter", {}).get("leakage", {}).get("threshold")
+               if (src / "summary.json").is_file() else None)  # fmt: skip
+        if np.isfinite(cos).any():
+            leak = {"source": "generate", **leakage_summary(cos, float(thr) if thr is not None else 1.0), "threshold": thr}
+    if gallery and centres is not None:
+        from synthface.identities import read_embeddings_parquet
+
+        g = read_embeddings_parquet(gallery)
+        if g.embedder and g.embedder != name:
+            raise InputError(f"--gallery holds '{g.embedder}' embeddings but inspect embeds with '{name}': pass --embedder {g.embedder}")
+        c = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+        cos = (c @ g.persons.T).max(1)
+        leak = {"source": f"inspect --gallery {gallery}", "embedder": name, **leakage_summary(cos, 1.0)}
+        leak.pop("above_threshold", None)
+    if leak:
+        report["leakage"] = leak
+        values = np.asarray(cos, np.float64)
+        report["files"]["leakage"] = str(_hist_png(out / "leakage.png", {"nearest real person": values},
+                                                   "identity centre vs nearest real person", "cosine"))
+    else:
+        report["leakage"] = {"note": "no gallery: pass --gallery EMBEDDINGS.parquet (from `synthface embed`) to measure it"}
+    report["files"]["report"] = str(out / REPORT_FILE)
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    return report

@@ -1,0 +1,335 @@
+"""Crash-safe dataset writing: Parquet shards with Hugging Face Image columns, commit markers, a run lock.
+
+Every file is written to a temporary file in its own directory, flushed and fsynced, then moved
+into place with an atomic ``os.replace`` (and the directory fsynced). A shard's JSON commit marker
+``data/.train-SSSSS-of-NNNNN.json`` (rows, sha256 and size of the Parquet file, identity range,
+config hash; see :func:`marker_path`) is written after its Parquet file, so a shard counts as done
+only when its marker exists and the checksum matches: a run killed at any instant leaves either a
+complete shard or one that is redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from synthface.dataset.plan import Shard
+from synthface.errors import InputError
+
+MARKER_FORMAT = 1
+IMAGE_EXT = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+LOCK_NAME = ".synthface.lock"
+
+# The `huggingface` schema metadata: `datasets` reads it to decode the image column as PIL images.
+HF_FEATURES: dict[str, Any] = {
+    "image": {"_type": "Image"},
+    "label": {"dtype": "int64", "_type": "Value"},
+    "identity": {"dtype": "int64", "_type": "Value"},
+    "sample": {"dtype": "int64", "_type": "Value"},
+    "seed": {"dtype": "int64", "_type": "Value"},
+    "id_score": {"dtype": "float32", "_type": "Value"},
+    "det_score": {"dtype": "float32", "_type": "Value"},
+}
+
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def shard_schema(full: bool = False) -> pa.Schema:
+    """The shard schema; ``full`` adds the ``image_full`` column (output.store_full_resolution)."""
+    fields = [
+        ("image", IMAGE_TYPE),
+        ("label", pa.int64()),
+        ("identity", pa.int64()),
+        ("sample", pa.int64()),
+        ("seed", pa.int64()),
+        ("id_score", pa.float32()),
+        ("det_score", pa.float32()),
+    ]
+    features = dict(HF_FEATURES)
+    if full:
+        fields.append(("image_full", IMAGE_TYPE))
+        features["image_full"] = {"_type": "Image"}
+    schema = pa.schema(fields)
+    hf = json.dumps({"info": {"features": features}}, sort_keys=True).encode()
+    return schema.with_metadata({b"huggingface": hf})
+
+
+# --------------------------------------------------------------------------- images
+
+
+def encode_image(image: np.ndarray, fmt: str) -> bytes:
+    """HxWx3 uint8 -> encoded bytes (JPEG/WebP quality 95, PNG lossless); deterministic."""
+    from PIL import Image
+
+    pil = Image.fromarray(np.ascontiguousarray(image, np.uint8))
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        pil.save(buf, format="JPEG", quality=95, subsampling=0)
+    elif fmt == "png":
+        pil.save(buf, format="PNG", compress_level=6)
+    elif fmt == "webp":
+        pil.save(buf, format="WEBP", quality=95, method=4)
+    else:
+        raise InputError(f"unknown image format '{fmt}': use jpeg, png or webp")
+    return buf.getvalue()
+
+
+@dataclass
+class ShardRows:
+    """The rows of one shard, column by column."""
+
+    image: list[bytes] = field(default_factory=list)
+    path: list[str] = field(default_factory=list)
+    label: list[int] = field(default_factory=list)
+    identity: list[int] = field(default_factory=list)
+    sample: list[int] = field(default_factory=list)
+    seed: list[int] = field(default_factory=list)
+    id_score: list[float] = field(default_factory=list)
+    det_score: list[float] = field(default_factory=list)
+    image_full: list[bytes] = field(default_factory=list)  # the images as rendered, when stored
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    def add(self, image: bytes, path: str, label: int, identity: int, sample: int, seed: int,
+            id_score: float = float("nan"), det_score: float = float("nan"),
+            image_full: bytes | None = None) -> None:  # fmt: skip
+        if image_full is not None:
+            self.image_full.append(image_full)
+        self.image.append(image)
+        self.path.append(path)
+        self.label.append(int(label))
+        self.identity.append(int(identity))
+        self.sample.append(int(sample))
+        self.seed.append(int(seed))
+        self.id_score.append(float(id_score))
+        self.det_score.append(float(det_score))
+
+    def table(self) -> pa.Table:
+        images = pa.StructArray.from_arrays(
+            [pa.array(self.image, pa.binary()), pa.array(self.path, pa.string())], fields=list(IMAGE_TYPE)
+        )
+        full = bool(self.image_full)
+        if full and len(self.image_full) != len(self.image):
+            raise ValueError("image_full must be given for every row of a shard or for none")
+        extra = []
+        if full:
+            paths = [f"full/{p}" for p in self.path]
+            extra.append(
+                pa.StructArray.from_arrays(
+                    [pa.array(self.image_full, pa.binary()), pa.array(paths, pa.string())], fields=list(IMAGE_TYPE)
+                )
+            )
+        return pa.Table.from_arrays(
+            [
+                images,
+                pa.array(self.label, pa.int64()),
+                pa.array(self.identity, pa.int64()),
+                pa.array(self.sample, pa.int64()),
+                pa.array(self.seed, pa.int64()),
+                pa.array(self.id_score, pa.float32()),
+                pa.array(self.det_score, pa.float32()),
+                *extra,
+            ],
+            schema=shard_schema(full),
+        )
+
+
+# --------------------------------------------------------------------------- atomic files
+
+
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
+
+
+def fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; shards should be as readable as any file
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def table_bytes(table: pa.Table, row_group_size: int = 256) -> bytes:
+    sink = pa.BufferOutputStream()
+    # encoded images do not compress further: no dictionary, cheap snappy pages
+    pq.write_table(table, sink, row_group_size=row_group_size, compression="snappy", use_dictionary=False)
+    return sink.getvalue().to_pybytes()
+
+
+def write_parquet(path: Path, table: pa.Table) -> tuple[str, int]:
+    """Write ``table`` atomically; returns (sha256, size) of the file written."""
+    data = table_bytes(table)
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def clean_temp(directory: Path) -> int:
+    """Remove temp files left by a killed writer (only ours: .NAME.*.tmp)."""
+    removed = 0
+    if not directory.is_dir():
+        return 0
+    for tmp in directory.glob(".*.tmp"):
+        try:
+            tmp.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+# --------------------------------------------------------------------------- shards and markers
+
+
+def marker_path(parquet: Path) -> Path:
+    """The commit marker of a shard file: ``data/.train-SSSSS-of-NNNNN.json``.
+
+    Dot-prefixed on purpose: ``datasets.load_dataset("parquet", data_dir=OUT/"data")`` (and the Hub
+    viewer) read every non-hidden file of a split whose name starts with ``train-`` as Parquet, so a
+    visible ``train-*.json`` next to the shards would make them fail; hidden files are skipped.
+    """
+    parquet = Path(parquet)
+    return parquet.with_name(f".{parquet.stem}.json")
+
+
+def shard_paths(data_dir: Path, shard: Shard) -> tuple[Path, Path]:
+    parquet = data_dir / f"{shard.name}.parquet"
+    return parquet, marker_path(parquet)
+
+
+def write_shard(data_dir: Path, shard: Shard, rows: ShardRows, config_hash: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write a shard's Parquet file, then its commit marker; returns the marker."""
+    parquet, marker = shard_paths(data_dir, shard)
+    sha, size = write_parquet(parquet, rows.table())
+    labels = [x for x in rows.label if x >= 0]
+    info = {
+        "format": MARKER_FORMAT,
+        "shard": shard.name,
+        "index": shard.index,
+        "total": shard.total,
+        "file": parquet.name,
+        "rows": len(rows),
+        "sha256": sha,
+        "bytes": size,
+        "identities": [shard.start, shard.stop],
+        "identities_kept": sorted(set(rows.identity)),
+        "labels": [min(labels), max(labels)] if labels else None,
+        "config_hash": config_hash,
+        **(extra or {}),
+    }
+    atomic_write_json(marker, info)
+    return info
+
+
+def read_marker(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shard_done(data_dir: Path, shard: Shard, config_hash: str) -> dict[str, Any] | None:
+    """The shard's marker if the shard is complete and intact for this config, else None."""
+    parquet, marker = shard_paths(data_dir, shard)
+    info = read_marker(marker)
+    if info is None or info.get("format") != MARKER_FORMAT or info.get("config_hash") != config_hash:
+        return None
+    if info.get("identities") != [shard.start, shard.stop] or info.get("file") != parquet.name:
+        return None
+    try:
+        if parquet.stat().st_size != info.get("bytes") or file_sha256(parquet) != info.get("sha256"):
+            return None
+    except OSError:
+        return None
+    return info
+
+
+# --------------------------------------------------------------------------- lock
+
+
+class RunLock:
+    """An exclusive lock on an output directory (released by the OS if the holder dies)."""
+
+    def __init__(self, directory: Path) -> None:
+        from filelock import FileLock
+
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK_NAME
+        self._lock = FileLock(str(self.path), timeout=0)
+
+    def acquire(self) -> None:
+        from filelock import Timeout
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            raise InputError(
+                f"another synthface run is writing to {self.directory} (lock {self.path} is held): "
+                "wait for it to finish or choose another --out"
+            ) from None
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            self._lock.release()
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()

@@ -1,0 +1,14 @@
+"""Identity-conditioned diffusion generators: the shared sampling loop, model families, dataset runs."""
+
+from synthface.generator.families import ModelMismatchError, check_model, load_model, register_family
+from synthface.generator.pipeline import GeneratorModel, generate, sample_batch
+
+__all__ = [
+    "GeneratorModel",
+    "ModelMismatchError",
+    "check_model",
+    "generate",
+    "load_model",
+    "register_family",
+    "sample_batch",
+]

@@ -1,0 +1,311 @@
+"""synthface's own generator: identity projector (embedding -> K tokens) + diffusers UNet (+ optional VAE).
+
+On disk (diffusers layout)::
+
+    MODEL/synthface.json     format, family "native", conditioning embedder + dim, image size, latent flag
+    MODEL/unet/              UNet2DConditionModel.save_pretrained (safetensors)
+    MODEL/projector/         IdentityProjector.save_pretrained (safetensors)
+    MODEL/vae/               AutoencoderKL.save_pretrained (latent models only)
+    MODEL/scheduler/         the training noise scheduler's config
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from synthface.errors import InputError
+from synthface.generator.families import Family, register_family
+from synthface.generator.pipeline import GeneratorModel
+
+FORMAT = "synthface-native"
+FORMAT_VERSION = 1
+META_FILE = "synthface.json"
+
+
+class IdentityProjector(ModelMixin, ConfigMixin):
+    """Identity embedding (B, D) -> K cross-attention tokens (B, K, C): MLP + LayerNorm.
+
+    A learned set of null tokens stands in for the identity on the unconditional branch; training
+    swaps them in where ``drop_mask`` is true (condition dropout), which is what makes CFG work.
+    """
+
+    @register_to_config
+    def __init__(self, embedding_dim: int = 512, num_tokens: int = 4, token_dim: int = 256, hidden_dim: int = 0):
+        super().__init__()
+        hidden = hidden_dim or max(embedding_dim, token_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(embedding_dim, hidden), nn.GELU(), nn.Linear(hidden, num_tokens * token_dim)
+        )
+        self.norm = nn.LayerNorm(token_dim)
+        self.null_tokens = nn.Parameter(torch.randn(num_tokens, token_dim))
+
+    def forward(self, embeddings: torch.Tensor, drop_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b = embeddings.shape[0]
+        k, c = self.config.num_tokens, self.config.token_dim
+        x = embeddings.to(self.mlp[0].weight.dtype)
+        tokens = self.norm(self.mlp(x).view(b, k, c))
+        if drop_mask is not None:
+            mask = drop_mask.to(device=tokens.device, dtype=torch.bool).view(b, 1, 1)
+            tokens = torch.where(mask, self.null_tokens.to(tokens.dtype).expand(b, k, c), tokens)
+        return tokens
+
+    def null(self, batch: int) -> torch.Tensor:
+        return self.null_tokens.unsqueeze(0).expand(batch, -1, -1)
+
+
+@dataclass
+class NativeMeta:
+    """The contents of synthface.json."""
+
+    embedder: str
+    embedding_dim: int
+    image_size: int
+    latent: bool = False
+    id_tokens: int = 4
+    template_scale: float | None = 0.6
+    family: str = "native"
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: Path) -> "NativeMeta":
+        file = path / META_FILE
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"{path} has no {META_FILE}: not a synthface native model") from None
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read {file}: {type(exc).__name__}; re-save the model") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise InputError(f"{file} is not a synthface native model description (format != {FORMAT})")
+        version = data.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise InputError(
+                f"{file} has format_version {version!r}; this synthface reads <= {FORMAT_VERSION}: upgrade synthface"
+            )
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        try:
+            meta = cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise InputError(f"{file} is missing a key ({exc}); re-save the model") from None
+        meta.extra = {k: v for k, v in data.items() if k not in known}
+        return meta
+
+    def write(self, path: Path) -> None:
+        data = {k: v for k, v in asdict(self).items() if k != "extra"} | dict(self.extra)
+        (path / META_FILE).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+class NativeGenerator(GeneratorModel):
+    """The native family as the sampling loop sees it."""
+
+    family = "native"
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        projector: IdentityProjector,
+        meta: NativeMeta,
+        scheduler_config: dict[str, Any],
+        vae: AutoencoderKL | None = None,
+        source: str = "",
+    ) -> None:
+        self.unet = unet
+        self.projector = projector
+        self.vae = vae
+        self.meta = meta
+        self.scheduler_config = dict(scheduler_config)
+        self.embedder = meta.embedder
+        self.embedding_dim = int(meta.embedding_dim)
+        self.image_size = int(meta.image_size)
+        self.template_scale = meta.template_scale
+        self.source = source
+
+    def condition(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.projector(embeddings.to(self.device))
+
+    def uncondition(self, batch: int) -> torch.Tensor:
+        return self.projector.null(batch)
+
+    def modules(self) -> list[nn.Module]:
+        return [m for m in (self.unet, self.projector, self.vae) if m is not None]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "NativeGenerator":
+        target = torch.device(device) if device is not None else None
+        for module in self.modules():
+            first = next(module.parameters(), None)
+            if first is None:
+                continue
+            if target is not None and not _same_device(first.device, target):
+                module.to(target)
+            if dtype is not None and first.dtype != dtype:
+                module.to(dtype=dtype)
+        return self
+
+    def eval(self) -> "NativeGenerator":
+        for module in self.modules():
+            module.eval()
+        return self
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for m in self.modules() for p in m.parameters())
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model in diffusers layout plus synthface.json (read back with :func:`load_native`)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(path / "unet", safe_serialization=True)
+        self.projector.save_pretrained(path / "projector", safe_serialization=True)
+        if self.vae is not None:
+            self.vae.save_pretrained(path / "vae", safe_serialization=True)
+        DDPMScheduler.from_config(self.scheduler_config).save_pretrained(path / "scheduler")
+        self.meta.latent = self.vae is not None
+        self.meta.write(path)
+        return path
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    if a.type != b.type:
+        return False
+    if a.type == "cpu":
+        return True
+    index = b.index if b.index is not None else (torch.cuda.current_device() if b.type == "cuda" else 0)
+    return (a.index or 0) == index
+
+
+def native_unet_config(
+    sample_size: int,
+    channels: int,
+    block_out_channels: Sequence[int],
+    token_dim: int,
+    layers_per_block: int = 2,
+    attention_head_dim: int = 8,
+    norm_num_groups: int = 32,
+) -> dict[str, Any]:
+    """UNet2DConditionModel kwargs: plain first (highest-resolution) level, cross-attention below it."""
+    n = len(block_out_channels)
+    down = ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (n - 1) if n > 1 else ["CrossAttnDownBlock2D"]
+    up = ["CrossAttnUpBlock2D"] * (n - 1) + ["UpBlock2D"] if n > 1 else ["CrossAttnUpBlock2D"]
+    return {
+        "sample_size": sample_size,
+        "in_channels": channels,
+        "out_channels": channels,
+        "block_out_channels": tuple(block_out_channels),
+        "down_block_types": tuple(down),
+        "up_block_types": tuple(up),
+        "layers_per_block": layers_per_block,
+        "cross_attention_dim": token_dim,
+        "attention_head_dim": attention_head_dim,
+        "norm_num_groups": norm_num_groups,
+    }
+
+
+def default_scheduler_config(latent: bool) -> dict[str, Any]:
+    """The DDPM noise schedule native models train with (clip x0 to [-1, 1] in pixel space only)."""
+    sched = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear" if latent else "squaredcos_cap_v2",
+        prediction_type="epsilon",
+        clip_sample=not latent,
+    )
+    return dict(sched.config)
+
+
+def build_native(
+    embedder: str,
+    embedding_dim: int,
+    image_size: int,
+    block_out_channels: Sequence[int] = (64, 128, 256),
+    id_tokens: int = 4,
+    token_dim: int | None = None,
+    layers_per_block: int = 2,
+    attention_head_dim: int = 8,
+    norm_num_groups: int = 32,
+    vae: AutoencoderKL | None = None,
+    template_scale: float | None = 0.6,
+    seed: int = 0,
+) -> NativeGenerator:
+    """A freshly initialised native model (random weights from ``seed``), pixel space unless ``vae``."""
+    token_dim = int(token_dim or block_out_channels[-1])
+    if vae is not None:
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        if image_size % factor:
+            raise InputError(f"image_size {image_size} is not a multiple of the VAE's downscale factor {factor}")
+        sample_size, channels = image_size // factor, int(vae.config.latent_channels)
+    else:
+        sample_size, channels = image_size, 3
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            **native_unet_config(
+                sample_size, channels, block_out_channels, token_dim, layers_per_block, attention_head_dim,
+                norm_num_groups,
+            )
+        )
+        projector = IdentityProjector(embedding_dim=embedding_dim, num_tokens=id_tokens, token_dim=token_dim)
+    meta = NativeMeta(
+        embedder=embedder,
+        embedding_dim=embedding_dim,
+        image_size=image_size,
+        latent=vae is not None,
+        id_tokens=id_tokens,
+        template_scale=template_scale,
+    )
+    return NativeGenerator(unet, projector, meta, default_scheduler_config(vae is not None), vae).eval()
+
+
+def is_native(path: Path) -> bool:
+    file = path / META_FILE
+    if not file.is_file():
+        return False
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True  # claims to be ours; load_native reports what is wrong with it
+    return isinstance(data, dict) and data.get("family", "native") == "native"
+
+
+def load_native(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> NativeGenerator:
+    """Load a native model written by :meth:`NativeGenerator.save` (or by `synthface train`)."""
+    path = Path(path)
+    meta = NativeMeta.read(path)
+    for part in ("unet", "projector", "scheduler"):
+        if not (path / part).is_dir():
+            raise InputError(f"native model {path} lacks its {part}/ folder: re-save or re-download the model")
+    if meta.latent and not (path / "vae").is_dir():
+        raise InputError(f"native model {path} is latent but has no vae/ folder: re-save the model with its VAE")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype)
+        projector = IdentityProjector.from_pretrained(path / "projector")
+        vae = AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dtype) if meta.latent else None
+        scheduler_config = dict(DDPMScheduler.load_config(path / "scheduler"))
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot load native model {path}: {first}") from None
+    if projector.config.embedding_dim != meta.embedding_dim:
+        raise InputError(
+            f"native model {path}: projector takes {projector.config.embedding_dim}-d embeddings but "
+            f"{META_FILE} says {meta.embedding_dim}: fix {META_FILE} or re-save the model"
+        )
+    model = NativeGenerator(unet, projector, meta, scheduler_config, vae, source=str(path))
+    return model.to(device=torch.device(device)).eval()  # the projector stays fp32; its tokens are cast
+
+
+register_family(
+    Family(
+        name="native",
+        detect=is_native,
+        load=lambda path, device, dtype: load_native(path, device, dtype),
+        expects=f"{META_FILE} + unet/ + projector/ + scheduler/ (a synthface native model)",
+    )
+)

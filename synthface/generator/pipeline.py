@@ -1,0 +1,392 @@
+"""The one classifier-free-guidance sampling loop that every generator family runs through.
+
+A family (native, Arc2Face, ...) hands the loop a :class:`GeneratorModel`: the diffusers UNet, an
+optional VAE, the latent shape, the scheduler config it was trained with, and how to turn identity
+embeddings into the UNet's ``encoder_hidden_states`` for the conditional and unconditional branch.
+
+Determinism: every sample owns a CPU ``torch.Generator`` seeded with its own seed; it draws the
+initial noise and every stochastic scheduler step's noise, so a sample depends on its seed only.
+On top of that the loop keeps each sample's arithmetic independent of the batch around it: the
+conditioning is computed per sample, the timestep embedding once per step (all rows share it), the
+UNet never runs on a single row, and the VAE decodes one sample at a time. On CPU this makes images
+bitwise identical whatever the batch size; on GPUs the BLAS/cuDNN kernel choice still depends on the
+batch shape, so only a fixed batch size is bitwise stable there (process count and resume never
+change a batch, see synthface/dataset/plan.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from synthface.errors import ConfigError
+
+SCHEDULER_NAMES = ("ddpm", "ddim", "dpmsolver++", "lcm")
+
+
+class GeneratorModel(ABC):
+    """What a generator family supplies to :func:`sample_batch`.
+
+    Attributes every family sets: ``family`` (registry name), ``unet`` (a diffusers
+    ``UNet2DConditionModel``), ``vae`` (``AutoencoderKL`` or None for pixel-space models),
+    ``scheduler_config`` (dict of the scheduler it was trained with), ``embedder`` (registry name of
+    the conditioning face embedder), ``embedding_dim``, ``image_size`` (decoded side in pixels) and
+    ``template_scale`` (the five ArcFace points scaled by this around the image centre give the
+    landmarks of a generated face; None when unknown, so a detector must find them).
+    """
+
+    family: str
+    unet: Any
+    vae: Any = None
+    scheduler_config: dict[str, Any]
+    embedder: str
+    embedding_dim: int
+    image_size: int
+    template_scale: float | None = None
+    source: str = ""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        cfg = self.unet.config
+        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+        return (int(cfg.in_channels), int(size), int(size))
+
+    @abstractmethod
+    def condition(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, D) identity embeddings -> (B, T, C) encoder_hidden_states of the conditional branch."""
+
+    @abstractmethod
+    def uncondition(self, batch: int) -> torch.Tensor:
+        """(B, T, C) encoder_hidden_states of the unconditional branch."""
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images in [-1, 1] (identity for pixel-space models); differentiable."""
+        if self.vae is None:
+            return latents
+        scale = float(getattr(self.vae.config, "scaling_factor", 1.0))
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return self.vae.decode(latents / scale + shift).sample
+
+
+# --------------------------------------------------------------------------- schedulers
+
+
+def make_scheduler(name: str, base_config: dict[str, Any]) -> Any:
+    """A fresh diffusers scheduler of kind ``name`` built from the model's training scheduler config."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, LCMScheduler
+    from diffusers.utils import logging as dlogging
+
+    kinds: dict[str, tuple[Any, dict[str, Any]]] = {
+        "ddpm": (DDPMScheduler, {}),
+        "ddim": (DDIMScheduler, {}),
+        "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+        "lcm": (LCMScheduler, {}),
+    }
+    if name not in kinds:
+        raise ConfigError(f"unknown scheduler '{name}': use one of {', '.join(SCHEDULER_NAMES)}")
+    cls, extra = kinds[name]
+    config = {k: v for k, v in base_config.items() if not k.startswith("_")}
+    config.update(extra)
+    previous = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()  # keys of the training scheduler another kind does not use
+    try:
+        return cls.from_config(config)
+    finally:
+        dlogging.set_verbosity(previous)
+
+
+def _set_timesteps(scheduler: Any, name: str, steps: int, device: torch.device) -> None:
+    if name == "lcm":
+        original = max(int(scheduler.config.original_inference_steps), steps)
+        scheduler.set_timesteps(steps, device=device, original_inference_steps=original)
+    else:
+        scheduler.set_timesteps(steps, device=device)
+
+
+# --------------------------------------------------------------------------- batch-invariance helpers
+
+
+_FIXED_ROWS = 8
+
+
+@contextlib.contextmanager
+def _shared_timestep(unet: Any) -> Iterator[None]:
+    """Compute the timestep embedding once per call, with matrix shapes that never change.
+
+    Every row of a call shares the timestep, so the embedding is computed on one row and
+    broadcast over the batch (exact, and cheaper). The (B, C) products whose rounding would
+    otherwise follow the batch size become fixed-shape ones: every 2-D linear layer that sees a
+    single row runs on that row repeated ``_FIXED_ROWS`` times (single-row products take
+    matrix-vector kernels whose rounding was seen to vary between processes).
+    """
+    module = getattr(unet, "time_embedding", None)
+    if module is None:
+        yield
+        return
+
+    def first_row(_mod: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (args[0][:1],) + tuple(args[1:])
+
+    widened: set[int] = set()
+
+    def widen(mod: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        x = args[0]
+        if torch.is_tensor(x) and x.ndim == 2 and x.shape[0] == 1:
+            widened.add(id(mod))
+            return (x.repeat(_FIXED_ROWS, 1),) + tuple(args[1:])
+        return None
+
+    def narrow(mod: Any, _args: tuple[Any, ...], out: Any) -> Any:
+        if id(mod) in widened:
+            widened.discard(id(mod))
+            return out[:1]
+        return None
+
+    handles = [module.register_forward_pre_hook(first_row)]
+    for sub in unet.modules():
+        if isinstance(sub, torch.nn.Linear):
+            handles.append(sub.register_forward_pre_hook(widen))
+            handles.append(sub.register_forward_hook(narrow))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _unet(model: GeneratorModel, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """One UNet call; a single row is padded to two so kernels never take their batch-1 paths."""
+    n = x.shape[0]
+    if n == 1:
+        x, hidden = x.repeat(2, 1, 1, 1), hidden.repeat(2, 1, 1)
+    out = model.unet(x, t, encoder_hidden_states=hidden, return_dict=False)[0]
+    return out[:n]
+
+
+class _Clock:
+    """Accumulates wall seconds per named part into ``timings`` (no-op when it is None)."""
+
+    def __init__(self, timings: dict[str, float] | None, device: torch.device) -> None:
+        self.timings = timings
+        self.cuda = device.type == "cuda"
+
+    @contextlib.contextmanager
+    def __call__(self, part: str) -> Iterator[None]:
+        if self.timings is None:
+            yield
+            return
+        if self.cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- identity guidance
+
+
+def _alpha_bar(scheduler: Any, t: torch.Tensor) -> float:
+    return float(scheduler.alphas_cumprod[int(t)])
+
+
+def _to_eps_x0(pred_type: str, out: torch.Tensor, x: torch.Tensor, a: float) -> tuple[torch.Tensor, torch.Tensor]:
+    sa, sb = math.sqrt(a), math.sqrt(1.0 - a)
+    if pred_type == "epsilon":
+        return out, (x - sb * out) / sa
+    if pred_type == "v_prediction":
+        return sa * out + sb * x, sa * x - sb * out
+    if pred_type == "sample":
+        return (x - sa * out) / max(sb, 1e-8), out
+    raise ConfigError(f"unsupported scheduler prediction_type '{pred_type}' (epsilon, v_prediction or sample)")
+
+
+def _from_eps(pred_type: str, eps: torch.Tensor, x: torch.Tensor, a: float) -> torch.Tensor:
+    sa, sb = math.sqrt(a), math.sqrt(1.0 - a)
+    x0 = (x - sb * eps) / sa
+    if pred_type == "epsilon":
+        return eps
+    if pred_type == "v_prediction":
+        return sa * eps - sb * x0
+    return x0
+
+
+def identity_gradient(
+    model: GeneratorModel,
+    guide: torch.nn.Module,
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    alpha_bar: float,
+    target: torch.Tensor,
+) -> torch.Tensor:
+    """d cos(guide(decode(x0_hat)), target) / d x_t, with x0_hat = (x_t - sqrt(1-a) eps) / sqrt(a).
+
+    ``guide`` maps images (B, 3, H, W) in [0, 1] to embeddings in the conditioning space. The noise
+    prediction is held fixed (the usual classifier-guidance approximation), so the gradient flows
+    through the VAE decoder (if any) and the guide only. Samples are decoded one at a time.
+    """
+    sa, sb = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
+    grads = []
+    with torch.enable_grad():
+        for i in range(x.shape[0]):
+            xi = x[i : i + 1].detach().float().requires_grad_(True)
+            x0 = (xi - sb * eps[i : i + 1].detach().float()) / sa
+            # no clamp: it would zero the gradient wherever a noisy x0 estimate leaves [-1, 1]
+            images = model.decode(x0.to(model.dtype)).float().div(2).add(0.5)
+            emb = guide(images).float()
+            cos = F.cosine_similarity(emb, target[i : i + 1].to(emb.device, emb.dtype), dim=-1).sum()
+            (grad,) = torch.autograd.grad(cos, xi)
+            grads.append(grad)
+    return torch.cat(grads)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def sample_batch(
+    model: GeneratorModel,
+    embeddings: torch.Tensor | np.ndarray | None,
+    seeds: list[int] | np.ndarray,
+    *,
+    scheduler: str = "dpmsolver++",
+    steps: int = 25,
+    guidance_scale: float = 3.0,
+    identity_scale: float = 0.0,
+    identity_guide: torch.nn.Module | None = None,
+    unconditional: bool = False,
+    timings: dict[str, float] | None = None,
+) -> torch.Tensor:
+    """Sample one batch: images (B, 3, H, W) float32 in [0, 1] on the CPU.
+
+    ``embeddings`` (B, D) condition the samples (ignored, may be None, when ``unconditional``);
+    ``seeds`` (B,) seed each sample's own generator. ``guidance_scale`` != 1 runs classifier-free
+    guidance with the conditional and unconditional rows in ONE batched UNet call. With
+    ``identity_scale`` > 0 and a differentiable ``identity_guide`` the noise prediction is pushed
+    along the gradient of cos(guide(x0_hat), embedding).
+    """
+    device, dtype = model.device, model.dtype
+    seeds = [int(s) for s in seeds]
+    n = len(seeds)
+    if n == 0:
+        h = model.image_size
+        return torch.zeros((0, 3, h, h))
+    clock = _Clock(timings, device)
+    if not unconditional:
+        if embeddings is None:
+            raise ConfigError("conditional sampling needs identity embeddings")
+        emb = torch.as_tensor(np.asarray(embeddings, dtype=np.float32) if not torch.is_tensor(embeddings) else embeddings)
+        emb = emb.float()
+        if emb.ndim != 2 or emb.shape[0] != n:
+            raise ConfigError(f"embeddings must have shape ({n}, D), got {tuple(emb.shape)}")
+        if emb.shape[1] != model.embedding_dim:
+            from synthface.generator.families import ModelMismatchError
+
+            raise ModelMismatchError(
+                f"identity embeddings have dimension {emb.shape[1]} but the {model.family} model expects "
+                f"{model.embedding_dim} ({model.embedder} embeddings): use identities from that embedder"
+            )
+    guided = identity_scale > 0
+    if guided and identity_guide is None:
+        raise ConfigError("sampling.identity_scale > 0 needs a differentiable identity guide module")
+
+    generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+    sched = make_scheduler(scheduler, model.scheduler_config)
+    _set_timesteps(sched, scheduler, steps, device)
+    pred_type = str(sched.config.get("prediction_type", "epsilon"))
+
+    from diffusers.utils.torch_utils import randn_tensor
+
+    x = randn_tensor((n, *model.latent_shape), generator=generators, device=device, dtype=torch.float32)
+    x = x * sched.init_noise_sigma
+
+    with torch.no_grad(), clock("condition"):
+        if unconditional:
+            hidden = model.uncondition(n).to(device, dtype)
+            branches = 1
+        else:
+            # one row at a time: the conditioning of a sample never depends on its batch
+            cond = torch.cat([model.condition(emb[i : i + 1].to(device)) for i in range(n)]).to(dtype)
+            if guidance_scale == 1.0:
+                hidden, branches = cond, 1
+            else:
+                hidden, branches = torch.cat([cond, model.uncondition(n).to(device, dtype)]), 2
+
+    target = emb.to(device) if guided and not unconditional else None
+    with torch.no_grad(), _shared_timestep(model.unet):
+        for t in sched.timesteps:
+            with clock("scheduler"):
+                inp = sched.scale_model_input(x, t)
+                rows = torch.cat([inp] * branches) if branches > 1 else inp
+            with clock("unet"):
+                out = _unet(model, rows.to(dtype), t, hidden).float()
+            with clock("scheduler"):
+                if branches == 2:
+                    cond_out, uncond_out = out.chunk(2)
+                    out = uncond_out + guidance_scale * (cond_out - uncond_out)
+            if target is not None:
+                with clock("identity_guidance"):
+                    a = _alpha_bar(sched, t)
+                    eps, _ = _to_eps_x0(pred_type, out, x, a)
+                    grad = identity_gradient(model, identity_guide, x, eps, a, target)  # type: ignore[arg-type]
+                    eps = eps - identity_scale * math.sqrt(1.0 - a) * grad
+                    out = _from_eps(pred_type, eps, x, a)
+            with clock("scheduler"):
+                x = sched.step(out, t, x, generator=generators, return_dict=False)[0]
+
+    with torch.no_grad(), clock("decode"):
+        if model.vae is None:
+            images = x
+        else:
+            images = torch.cat([model.decode(x[i : i + 1].to(dtype)).float() for i in range(n)])
+        images = images.float().div(2).add(0.5).clamp(0, 1).cpu()
+    return images
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) floats in [0, 1] -> (B, H, W, 3) uint8."""
+    return images.mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def generate(
+    model: GeneratorModel,
+    embeddings: np.ndarray | torch.Tensor | None,
+    seeds: list[int] | np.ndarray,
+    *,
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
+    **options: Any,
+) -> np.ndarray:
+    """N images (N, H, W, 3) uint8 for N identity embeddings and seeds, in batches of ``batch_size``.
+
+    ``options`` are :func:`sample_batch`'s keywords (scheduler, steps, guidance_scale, ...). The
+    result does not depend on ``batch_size`` (see the module docstring).
+    """
+    seeds = np.asarray(seeds, dtype=np.int64)
+    out = []
+    for start in range(0, len(seeds), batch_size):
+        stop = min(start + batch_size, len(seeds))
+        emb = None if embeddings is None else embeddings[start:stop]
+        out.append(to_uint8(sample_batch(model, emb, seeds[start:stop], **options)))
+        if on_batch is not None:
+            on_batch(stop - start)
+    if not out:
+        return np.zeros((0, model.image_size, model.image_size, 3), np.uint8)
+    return np.concatenate(out)

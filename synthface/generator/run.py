@@ -1,0 +1,575 @@
+"""A whole `synthface generate` run: plan identities, render each shard, select, write; resumable.
+
+Stages per shard: render (the sampling loop, batch by batch) -> select (per identity: the seam
+where filtering plugs in; with filtering off every sample is kept as generated) -> encode + write
+(Parquet shard, then its commit marker). Under ``accelerate launch`` every process runs this
+function: process 0 locks the output directory, checks/writes config.yaml and computes the
+identity plan, the others receive its verdict and plan through a broadcast, each process writes
+its own shards (s % W == rank), and after a barrier process 0 writes identities.parquet and
+summary.json.
+
+Resume: a shard whose marker matches its Parquet checksum and the config hash is skipped; the
+config hash covers the whole recipe except ``RESUME_FREE_KEYS`` (settings that cannot change an
+image, so a resumed run may change them).
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from synthface.config import GenerateRecipe, config_dict, config_hash, diff_keys, read_resolved, write_resolved
+from synthface.dataset.plan import Job, Shard, make_shards, plan_labels, shard_jobs, shards_for_process
+from synthface.dataset.writer import (
+    IMAGE_EXT,
+    RunLock,
+    ShardRows,
+    atomic_write_bytes,
+    atomic_write_json,
+    clean_temp,
+    encode_image,
+    read_marker,
+    shard_done,
+    shard_paths,
+    table_bytes,
+    write_shard,
+)
+from synthface.errors import ConfigError, InputError, SynthfaceError
+from synthface.generator.families import check_model, load_model
+from synthface.generator.pipeline import GeneratorModel, generate, sample_batch, to_uint8
+from synthface.identities import FaceEmbedding, IdentityPlan, plan_identities, read_plan_metadata
+from synthface.runtime import Progress, progress_or_null, resolve_dtype
+
+RESUME_FREE_KEYS = ("sampling.batch_size",)
+IDENTITIES_FILE = "identities.parquet"
+SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.yaml"
+
+
+# --------------------------------------------------------------------------- the selection seam
+
+
+@dataclass
+class Candidate:
+    """One rendered sample."""
+
+    identity: int
+    sample: int
+    seed: int
+    image: np.ndarray  # HxWx3 uint8, as generated
+
+
+@dataclass
+class Selected:
+    """A sample kept for the dataset, with the image to store and its scores (NaN: not measured)."""
+
+    candidate: Candidate
+    image: np.ndarray
+    id_score: float = float("nan")
+    det_score: float = float("nan")
+
+
+class Selector(Protocol):
+    """Chooses which rendered samples of one identity go into the dataset.
+
+    ``candidates_per_identity(M)`` says how many samples to render per identity (oversampling);
+    ``select(identity, candidates)`` returns the kept ones (an empty list drops the identity).
+    """
+
+    def candidates_per_identity(self, images_per_identity: int) -> int: ...
+
+    def select(self, identity: int, candidates: list[Candidate]) -> list[Selected]: ...
+
+
+class KeepAll:
+    """Selection with filtering off: every sample, as generated, resized to ``output.image_size``."""
+
+    def __init__(self, image_size: int) -> None:
+        self.image_size = image_size
+
+    def candidates_per_identity(self, images_per_identity: int) -> int:
+        return images_per_identity
+
+    def select(self, identity: int, candidates: list[Candidate]) -> list[Selected]:
+        return [Selected(c, resize(c.image, self.image_size)) for c in candidates]
+
+
+class AlignAll:
+    """Selection with filtering off for models whose faces sit anywhere (``template_scale`` None, e.g. Arc2Face).
+
+    Every sample is kept: its face is detected (MTCNN) and warped to the ``output.image_size``
+    ArcFace template, with the detector's score as ``det_score``; an image where no face is found
+    is kept resized whole, with ``det_score`` 0.
+    """
+
+    def __init__(self, image_size: int, device: str = "auto") -> None:
+        self.image_size = image_size
+        self.device = device
+        self._detector: Any = None
+
+    def candidates_per_identity(self, images_per_identity: int) -> int:
+        return images_per_identity
+
+    def select(self, identity: int, candidates: list[Candidate]) -> list[Selected]:
+        from synthface.faces.align import FaceDetector, warp_face
+
+        if self._detector is None:
+            self._detector = FaceDetector(device=self.device)
+        faces = self._detector.detect([c.image for c in candidates])
+        out = []
+        for c, face in zip(candidates, faces):
+            if face is None:
+                out.append(Selected(c, resize(c.image, self.image_size), det_score=0.0))
+            else:
+                out.append(Selected(c, warp_face(c.image, face.landmarks, size=self.image_size), det_score=face.score))
+        return out
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC), np.uint8)
+
+
+def make_selector(recipe: GenerateRecipe, model: GeneratorModel, plan: IdentityPlan | None = None) -> Selector:
+    """With ``filter.enabled`` false: KeepAll, or AlignAll for models without a known face template;
+    else ``synthface.filtering.make_selector(recipe, model, plan)``."""
+    if not recipe.filter.enabled:
+        if model.template_scale is None:
+            return AlignAll(recipe.output.image_size, device=str(model.device))
+        return KeepAll(recipe.output.image_size)
+    try:
+        from synthface import filtering  # type: ignore[attr-defined]
+    except ImportError as exc:
+        if getattr(exc, "name", None) not in ("synthface.filtering", None):
+            raise
+        raise ConfigError(
+            "filter.enabled=true needs the filtering stage (synthface.filtering), which this installation "
+            "lacks: set filter.enabled=false"
+        ) from None
+    return filtering.make_selector(recipe, model, plan)  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------- config guard
+
+
+def resume_guard(config: dict[str, Any]) -> dict[str, Any]:
+    """The config minus the keys a resumed run may change (they cannot change an image)."""
+    guard = copy.deepcopy(config)
+    for dotted in RESUME_FREE_KEYS:
+        node = guard
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return guard
+
+
+def _prepare_output(out: Path, recipe: GenerateRecipe, guard: dict[str, Any], overwrite: bool, lock: RunLock) -> bool:
+    """Lock ``out``, check (or reset) what is there, write config.yaml. Returns True when resuming."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; pass a directory")
+    lock.acquire()
+    data_dir = out / "data"
+    config_path = out / CONFIG_FILE
+    resuming = False
+    if overwrite:
+        from synthface.dataset.card import CARD_FILE
+        from synthface.filtering import FILTER_DIR
+
+        for folder in (data_dir, out / FILTER_DIR):
+            shutil.rmtree(folder, ignore_errors=True)
+        for name in (IDENTITIES_FILE, SUMMARY_FILE, CONFIG_FILE, CARD_FILE):
+            (out / name).unlink(missing_ok=True)
+    elif config_path.exists():
+        try:
+            previous = read_resolved(config_path)
+        except Exception:  # noqa: BLE001 - an unreadable config cannot vouch for the shards
+            raise ConfigError(f"{config_path} is unreadable: pass --overwrite to start over or choose another --out") from None
+        differing = diff_keys(resume_guard(previous), guard)
+        if differing:
+            raise ConfigError(
+                f"{out} was written by a different config (differs in: {', '.join(differing)}): rerun with the "
+                "same recipe to resume, pass --overwrite to start over, or choose another --out"
+            )
+        resuming = True
+    elif data_dir.is_dir() and any(data_dir.glob(".train-*.json")):
+        raise ConfigError(f"{data_dir} holds shards but {out} has no {CONFIG_FILE}: pass --overwrite or choose another --out")
+    clean_temp(data_dir)
+    clean_temp(out)
+    (out / SUMMARY_FILE).unlink(missing_ok=True)
+    write_resolved(recipe, out, CONFIG_FILE)
+    return resuming
+
+
+# --------------------------------------------------------------------------- process coordination
+
+
+def process_state() -> Any:
+    """accelerate's PartialState: rank, world size, device; CPU processes get the gloo backend.
+
+    ``accelerate launch --multi_gpu``/``torchrun`` on a machine without GPUs would otherwise leave
+    every process believing it is alone (process 0 of 1).
+    """
+    import os
+
+    import torch
+    from accelerate import PartialState
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 or int(os.environ.get("LOCAL_RANK", "-1") or -1) >= 0
+    flag = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return PartialState(cpu=flag or (distributed and not torch.cuda.is_available()))
+
+
+def _on_main(state: Any, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on process 0 and hand its result (or its error) to every process."""
+    result, error = None, None
+    if state.is_main_process:
+        try:
+            result = fn()
+        except SynthfaceError as exc:
+            error = exc
+        except BaseException as exc:
+            if state.num_processes > 1:
+                _broadcast(state, [None, SynthfaceError(f"process 0 failed: {type(exc).__name__}: {exc}")])
+            raise
+    if state.num_processes > 1:
+        result, error = _broadcast(state, [result, error])
+    if error is not None:
+        raise error
+    return result
+
+
+def _broadcast(state: Any, box: list[Any]) -> list[Any]:
+    from accelerate.utils import broadcast_object_list
+
+    return list(broadcast_object_list(box, from_process=0))
+
+
+def _gather(state: Any, obj: Any) -> list[Any]:
+    if state.num_processes == 1:
+        return [obj]
+    from accelerate.utils import gather_object
+
+    return list(gather_object([obj]))
+
+
+# --------------------------------------------------------------------------- identities
+
+
+def _identity_plan(
+    recipe: GenerateRecipe, model: GeneratorModel, out: Path, guard_hash: str, device: Any
+) -> IdentityPlan:
+    """Process 0: reuse identities.parquet of this config if present, else plan and write it."""
+    path = out / IDENTITIES_FILE
+    if path.is_file() and read_plan_metadata(path).get("config_hash") == guard_hash:
+        import pyarrow.parquet as pq
+
+        return IdentityPlan.from_table(pq.read_table(path))
+
+    def image_embed() -> Any:
+        from synthface.faces.align import FaceDetector
+        from synthface.faces.embedders import get_embedder
+
+        return FaceEmbedding(get_embedder(model.embedder, device=str(device)), detector=FaceDetector(device=str(device)))
+
+    def generated_embed() -> Any:
+        if model.template_scale is None:
+            return image_embed()
+        from synthface.faces.embedders import get_embedder
+
+        return FaceEmbedding(get_embedder(model.embedder, device=str(device)), template_scale=model.template_scale)
+
+    s = recipe.sampling
+
+    def render_unconditional(seeds: np.ndarray) -> Sequence[np.ndarray]:
+        return list(generate(model, None, seeds, batch_size=s.batch_size, scheduler=s.scheduler, steps=s.steps,
+                             guidance_scale=1.0, unconditional=True))  # fmt: skip
+
+    plan = plan_identities(
+        recipe.identities,
+        recipe.seed,
+        model.embedding_dim,
+        embedder=model.embedder,
+        image_embed=image_embed,
+        generated_embed=generated_embed,
+        render_unconditional=render_unconditional,
+    )
+    atomic_write_bytes(path, table_bytes(plan.to_table({"config_hash": guard_hash})))
+    return plan
+
+
+def identity_guide_for(model: GeneratorModel, device: Any) -> Any:
+    """The differentiable module identity guidance needs: the conditioning embedder's ``differentiable()``."""
+    from synthface.faces.embedders import get_embedder
+
+    embedder = get_embedder(model.embedder, device=str(device))
+    make = getattr(embedder, "differentiable", None)
+    if make is None:
+        raise ConfigError(
+            f"sampling.identity_scale > 0 needs a differentiable '{model.embedder}' embedder and this one is not: "
+            "set sampling.identity_scale=0"
+        )
+    return make()
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def generate_dataset(
+    recipe: GenerateRecipe,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    identity_guide: Any = None,
+    profile: bool = False,
+    state: Any = None,
+) -> dict[str, Any]:
+    """Generate (or resume) the dataset of ``recipe`` into ``out``; returns the run summary.
+
+    Every process of an ``accelerate launch`` calls this; only process 0's summary covers the
+    whole dataset. ``profile`` adds per-stage timings of the sampling loop (condition, unet,
+    scheduler, decode) to the summary (it synchronises the GPU, so it is off by default).
+    """
+    state = state or process_state()
+    out = Path(out)
+    progress = progress_or_null(progress)
+    resolved = config_dict(recipe)
+    guard = resume_guard(resolved)
+    guard_hash = config_hash(guard)
+    data_dir = out / "data"
+    lock = RunLock(out) if state.is_main_process else None
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    try:
+        resuming = _on_main(state, lambda: _prepare_output(out, recipe, guard, overwrite, lock))  # type: ignore[arg-type]
+        device = state.device
+        dtype = resolve_dtype(recipe.sampling.dtype, device)
+        tick = time.perf_counter()
+        model = load_model(recipe.model, device, dtype, options={"arc2face": recipe.arc2face.model_dump()})
+        check_model(model, embedder=recipe.identities.embedder)
+        timings["load"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        plan: IdentityPlan = _on_main(state, lambda: _identity_plan(recipe, model, out, guard_hash, device))
+        check_model(model, dim=plan.dim)
+        timings["plan"] = time.perf_counter() - tick
+        guide = identity_guide
+        if recipe.sampling.identity_scale > 0 and guide is None:
+            guide = identity_guide_for(model, device)
+
+        shards = make_shards(len(plan), recipe.shard_identities)
+        mine = shards_for_process(shards, state.process_index, state.num_processes)
+        tick = time.perf_counter()
+        todo = [s for s in mine if shard_done(data_dir, s, guard_hash) is None]
+        timings["verify"] = time.perf_counter() - tick
+        selector = make_selector(recipe, model, plan)
+        per_identity = selector.candidates_per_identity(recipe.images_per_identity)
+        writer = _ShardRenderer(recipe, model, plan, selector, guide, timings if profile else None)
+        total = sum(int(plan.kept[s.start : s.stop].sum()) for s in todo) * per_identity
+        progress.start(total, "generating")
+        rendered = kept_rows = 0
+        render_start = time.perf_counter()
+        for shard in todo:
+            jobs = shard_jobs(shard, plan, recipe.seed, per_identity)
+
+            def advance(n: int, accepted: int) -> None:
+                nonlocal rendered
+                rendered += n
+                elapsed = max(time.perf_counter() - render_start, 1e-9)
+                progress.advance(n, ips=rendered / elapsed, accepted=kept_rows + accepted)
+
+            rows = writer.render(jobs, advance)
+            tick = time.perf_counter()
+            # a selector's per-shard record (filtering) is written before the shard and noted in its marker
+            shard_extra = getattr(selector, "shard_extra", None)
+            write_shard(data_dir, shard, rows, guard_hash, shard_extra(out, shard) if shard_extra else None)
+            timings["write"] = timings.get("write", 0.0) + time.perf_counter() - tick
+            kept_rows += len(rows)
+        render_seconds = time.perf_counter() - render_start
+        progress.finish()
+        for key, value in writer.timings.items():
+            timings[key] = timings.get(key, 0.0) + value
+        mine_stats = {
+            "rank": state.process_index,
+            "shards_written": len(todo),
+            "shards_skipped": len(mine) - len(todo),
+            "images_rendered": rendered,
+            "rows_written": kept_rows,
+            "seconds": render_seconds,
+            "timings": timings,
+        }
+        state.wait_for_everyone()
+        per_process = _gather(state, mine_stats)
+        summary: dict[str, Any] = {}
+        if state.is_main_process:
+            summary = _finish(out, recipe, model, plan, shards, guard_hash, per_process, resuming, started, selector)
+        state.wait_for_everyone()
+        return summary if state.is_main_process else mine_stats
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+class _ShardRenderer:
+    """Renders a shard's jobs batch by batch, selects per identity, encodes the kept images."""
+
+    def __init__(
+        self,
+        recipe: GenerateRecipe,
+        model: GeneratorModel,
+        plan: IdentityPlan,
+        selector: Selector,
+        guide: Any,
+        profile: dict[str, float] | None,
+    ) -> None:
+        self.recipe, self.model, self.selector, self.guide = recipe, model, selector, guide
+        self.embeddings = plan.embeddings
+        # With every identity kept, label == plan rank among kept identities. A filter that drops
+        # identities after rendering records them per shard (marker "identities_kept"); making the
+        # labels contiguous again is then a relabel pass over the markers once all shards exist.
+        self.labels = plan_labels(plan.kept)
+        self.profile = profile
+        self.timings: dict[str, float] = {}
+        self.fmt = recipe.output.image_format
+
+    def _add(self, part: str, seconds: float) -> None:
+        self.timings[part] = self.timings.get(part, 0.0) + seconds
+
+    def render(self, jobs: list[Job], advance: Callable[[int, int], None]) -> ShardRows:
+        s = self.recipe.sampling
+        rows = ShardRows()
+        pending: dict[int, list[Candidate]] = {}
+        remaining: dict[int, int] = {}
+        for job in jobs:
+            remaining[job.identity] = remaining.get(job.identity, 0) + 1
+        for start in range(0, len(jobs), s.batch_size):
+            batch = jobs[start : start + s.batch_size]
+            ids = [j.identity for j in batch]
+            tick = time.perf_counter()
+            images = to_uint8(
+                sample_batch(
+                    self.model,
+                    self.embeddings[ids],
+                    [j.seed for j in batch],
+                    scheduler=s.scheduler,
+                    steps=s.steps,
+                    guidance_scale=s.guidance_scale,
+                    identity_scale=s.identity_scale,
+                    identity_guide=self.guide,
+                    timings=self.profile,
+                )
+            )
+            self._add("render", time.perf_counter() - tick)
+            for job, image in zip(batch, images):
+                pending.setdefault(job.identity, []).append(Candidate(job.identity, job.sample, job.seed, image))
+                remaining[job.identity] -= 1
+                if remaining[job.identity] == 0:
+                    self._emit(job.identity, pending.pop(job.identity), rows)
+            advance(len(batch), len(rows))
+        return rows
+
+    def _emit(self, identity: int, candidates: list[Candidate], rows: ShardRows) -> None:
+        tick = time.perf_counter()
+        selected = self.selector.select(identity, candidates)
+        self._add("select", time.perf_counter() - tick)
+        tick = time.perf_counter()
+        ext = IMAGE_EXT[self.fmt]
+        for sel in selected:
+            c = sel.candidate
+            rows.add(
+                encode_image(sel.image, self.fmt),
+                f"{c.identity:07d}/{c.sample:04d}.{ext}",
+                int(self.labels[c.identity]),
+                c.identity,
+                c.sample,
+                c.seed,
+                sel.id_score,
+                sel.det_score,
+                image_full=encode_image(c.image, self.fmt) if self.recipe.output.store_full_resolution else None,
+            )
+        self._add("encode", time.perf_counter() - tick)
+
+
+def _finish(
+    out: Path,
+    recipe: GenerateRecipe,
+    model: GeneratorModel,
+    plan: IdentityPlan,
+    shards: list[Shard],
+    guard_hash: str,
+    per_process: list[dict[str, Any]],
+    resuming: bool,
+    started: float,
+    selector: Any = None,
+) -> dict[str, Any]:
+    """Process 0 after the barrier: check every marker, write identities.parquet and summary.json."""
+    data_dir = out / "data"
+    # the selector's final pass over all committed shards (filtering: separation, leakage, contiguous labels)
+    final_pass = getattr(selector, "finalize", None)
+    report = None
+    if final_pass is not None and all(shard_done(data_dir, s, guard_hash) is not None for s in shards):
+        report = final_pass(out, plan, shards, guard_hash)
+    rows = 0
+    present: set[int] = set()
+    missing = []
+    for shard in shards:
+        parquet, marker = shard_paths(data_dir, shard)
+        info = read_marker(marker)
+        if info is None or info.get("config_hash") != guard_hash or not parquet.is_file() or parquet.stat().st_size != info.get("bytes"):
+            missing.append(shard.name)
+            continue
+        rows += int(info["rows"])
+        present.update(int(i) for i in info.get("identities_kept", []))
+    if missing:
+        raise SynthfaceError(f"{len(missing)} shard(s) are missing after the run (first: {missing[0]}): run the same command again to finish them")
+    kept = plan.kept & np.isin(np.arange(len(plan)), sorted(present))
+    reasons = [r if r or k else "filter: no sample kept" for r, k in zip(plan.reasons, kept)]
+    final = IdentityPlan(plan.strategy, plan.embeddings, kept, reasons, plan.seeds, plan.attempts, plan.sources)
+    if report is not None:
+        final.reasons = [r or (report.reasons[i] if not k else "") for i, (r, k) in enumerate(zip(final.reasons, kept))]
+    table = final.to_table({"config_hash": guard_hash})
+    atomic_write_bytes(out / IDENTITIES_FILE, table_bytes(report.extend(table) if report is not None else table))
+    rendered = sum(p["images_rendered"] for p in per_process)
+    seconds = max((p["seconds"] for p in per_process), default=0.0)
+    summary = {
+        "out": str(out),
+        "model": recipe.model,
+        "family": model.family,
+        "embedder": model.embedder,
+        "identities_planned": len(plan),
+        "identities_kept": int(kept.sum()),
+        "images": rows,
+        "shards": len(shards),
+        "shards_written": sum(p["shards_written"] for p in per_process),
+        "shards_skipped": sum(p["shards_skipped"] for p in per_process),
+        "resumed": bool(resuming),
+        "processes": len(per_process),
+        "images_rendered": rendered,
+        "images_per_second": rendered / seconds if seconds > 0 else None,
+        "seconds": time.perf_counter() - started,
+        "config_hash": guard_hash,
+        "timings": per_process[0]["timings"],
+        "files": {
+            "config": str(out / CONFIG_FILE),
+            "identities": str(out / IDENTITIES_FILE),
+            "data": str(data_dir),
+            "summary": str(out / SUMMARY_FILE),
+        },
+    }
+    if report is not None:
+        summary["filter"] = report.summary
+    atomic_write_json(out / SUMMARY_FILE, summary)
+    from synthface.dataset.card import write_card
+
+    write_card(out, recipe, model, summary)
+    return summary

@@ -1,0 +1,85 @@
+"""`synthface inspect`: report JSON and PNGs on filtered and unfiltered datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from helpers_generate import make_tiny_model, read_rows, tiny_recipe
+from test_filter_support import PROJ, ProjEmbedder, make_filtered_dataset, register_proj
+from synthface.cli.app import app
+from synthface.dataset.inspect import similarity_pairs
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def filtered(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_filtered_dataset(tmp_path_factory.mktemp("inspect"), "filter.threshold=0.15", "filter.merge_threshold=0.2")
+
+
+def test_inspect_filtered_dataset(filtered: Path, tmp_path: Path) -> None:
+    register_proj()
+    emb_path = tmp_path / "real.parquet"
+    _real_gallery(emb_path)
+    res = CliRunner().invoke(app, ["inspect", str(filtered), "--out", str(tmp_path / "r"), "--embedder", PROJ,
+                                   "--gallery", str(emb_path), "--json", "-"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    rows = read_rows(filtered)
+    assert report["images"] == len(rows)
+    assert report["identities"] == len({r["label"] for r in rows}) and report["labels_contiguous"]
+    assert report["images_per_identity"]["histogram"] == {"2": report["identities"]}
+    acc = report["acceptance"]
+    assert acc["candidates"] == 6 * 4 and 0 < acc["passed"] <= acc["candidates"]
+    assert acc["status"]["kept"] == len(rows)
+    assert set(report["identities_dropped"]) == {"filter", "separation"}
+    sim = report["similarity"]
+    assert sim["embedder"] == PROJ and sim["images"] == len(rows) and sim["intra"]["count"] == report["identities"]
+    assert report["leakage"]["identities"] == report["identities"]
+    for key in ("contact_sheet", "similarity", "candidate_scores", "leakage"):
+        assert Path(report["files"][key]).read_bytes()[:8] == PNG, key
+    from PIL import Image
+
+    with Image.open(report["files"]["contact_sheet"]) as sheet:
+        assert sheet.height == 112 * report["identities"]  # one row per identity
+    on_disk = json.loads((tmp_path / "r" / "inspect.json").read_text())
+    assert on_disk["images"] == report["images"]
+
+
+def test_inspect_unfiltered_dataset_default_location(tmp_path: Path) -> None:
+    from synthface.generator.run import generate_dataset
+
+    model = make_tiny_model(tmp_path / "model")
+    generate_dataset(tiny_recipe(model), tmp_path / "out")
+    res = CliRunner().invoke(app, ["inspect", str(tmp_path / "out"), "--embedder", "none"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "out" / "inspect" / "inspect.json").read_text())
+    assert report["images"] == 8 and report["identities"] == 4 and "acceptance" not in report
+    assert (tmp_path / "out" / "inspect" / "contact_sheet.png").read_bytes()[:8] == PNG
+    res = CliRunner().invoke(app, ["inspect", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_similarity_pairs() -> None:
+    emb = np.array([[1, 0], [1, 0.1], [0, 1], [0.1, 1]], np.float64)
+    intra, inter = similarity_pairs(emb, np.array([0, 0, 1, 1]), max_pairs=50)
+    assert len(intra) == 2 and (intra > 0.99).all()
+    assert len(inter) > 0 and (inter < 0.2).all()
+
+
+def _real_gallery(path: Path) -> None:
+    """A `synthface embed`-style Parquet of 3 'real people' in the projection embedder's space."""
+    from synthface.faces.embed_folder import embeddings_table
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for _ in range(6)]
+    emb = ProjEmbedder().embed(imgs, np.zeros((6, 5, 2)))
+    table = embeddings_table([f"p{i // 2}/{i}.png" for i in range(6)], [f"p{i // 2}" for i in range(6)], emb,
+                             np.ones(6, np.float32), ["ok"] * 6)  # fmt: skip
+    pq.write_table(table, path)

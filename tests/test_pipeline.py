@@ -1,0 +1,172 @@
+"""The shared sampling loop and the native model: determinism, CFG batching, guidance, save/load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from helpers_generate import EMBED_DIM, IMAGE_SIZE, make_tiny_model
+from synthface.errors import InputError, WeightsError
+from synthface.generator import ModelMismatchError, generate, load_model, sample_batch
+from synthface.generator.native import IdentityProjector, load_native
+from synthface.generator.pipeline import _shared_timestep
+from synthface.testing import TinyEmbedder, tiny_native
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return load_model(model_dir)
+
+
+def _embeddings(n: int, seed: int = 0) -> np.ndarray:
+    e = np.random.default_rng(seed).standard_normal((n, EMBED_DIM)).astype(np.float32)
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "dpmsolver++"])
+def test_same_seed_any_batch_size_gives_identical_images(model, scheduler):
+    emb, seeds = _embeddings(5), np.array([11, 12, 13, 14, 15])
+    options = dict(scheduler=scheduler, steps=2, guidance_scale=2.5)
+    whole = sample_batch(model, emb, seeds, **options)
+    for batch in (1, 3):
+        parts = torch.cat(
+            [sample_batch(model, emb[i : i + batch], seeds[i : i + batch], **options) for i in range(0, 5, batch)]
+        )
+        assert torch.equal(parts, whole), f"batch size {batch} changed the images"
+    # and the uint8 images the writer stores
+    assert np.array_equal(generate(model, emb, seeds, batch_size=2, **options), (whole * 255).round().permute(0, 2, 3, 1).numpy())
+
+
+def test_different_seeds_give_different_images(model):
+    emb = _embeddings(2)
+    a = generate(model, emb, [1, 2], steps=2, scheduler="ddpm")
+    b = generate(model, emb, [3, 4], steps=2, scheduler="ddpm")
+    assert not np.array_equal(a[0], b[0]) and not np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], a[1])
+    assert a.shape == (2, IMAGE_SIZE, IMAGE_SIZE, 3) and a.dtype == np.uint8
+
+
+def test_cfg_runs_cond_and_uncond_in_one_batched_unet_call(model):
+    calls = []
+    handle = model.unet.register_forward_pre_hook(lambda m, args, kwargs: calls.append(args[0].shape[0]), with_kwargs=True)
+    try:
+        sample_batch(model, _embeddings(3), [1, 2, 3], scheduler="ddim", steps=4, guidance_scale=3.0)
+        assert calls == [6, 6, 6, 6]
+        calls.clear()
+        sample_batch(model, _embeddings(3), [1, 2, 3], scheduler="ddim", steps=2, guidance_scale=1.0)
+        assert calls == [3, 3]  # no guidance, no unconditional rows
+    finally:
+        handle.remove()
+
+
+def test_guidance_changes_images_and_unconditional_ignores_identity(model):
+    emb, seeds = _embeddings(2), [5, 6]
+    plain = sample_batch(model, emb, seeds, scheduler="ddim", steps=2, guidance_scale=1.0)
+    guided = sample_batch(model, emb, seeds, scheduler="ddim", steps=2, guidance_scale=4.0)
+    assert not torch.equal(plain, guided)
+    u1 = sample_batch(model, None, seeds, scheduler="ddim", steps=2, unconditional=True)
+    u2 = sample_batch(model, _embeddings(2, seed=9), seeds, scheduler="ddim", steps=2, unconditional=True)
+    assert torch.equal(u1, u2)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "lcm"])
+def test_other_schedulers_are_deterministic(model, scheduler):
+    emb = _embeddings(2)
+    a = sample_batch(model, emb, [7, 8], scheduler=scheduler, steps=2)
+    b = sample_batch(model, emb, [7, 8], scheduler=scheduler, steps=2)
+    assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
+
+
+def test_timestep_sharing_matches_the_plain_unet(model):
+    x = torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+    h = model.condition(torch.from_numpy(_embeddings(4)))
+    t = torch.tensor(500)
+    with torch.no_grad():
+        plain = model.unet(x, t, encoder_hidden_states=h).sample
+        with _shared_timestep(model.unet):
+            shared = model.unet(x, t, encoder_hidden_states=h).sample
+    torch.testing.assert_close(shared, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_identity_guidance_pulls_samples_towards_the_identity(model):
+    guide = TinyEmbedder(dim=EMBED_DIM, seed=3)
+    emb, seeds = _embeddings(3, seed=4), [21, 22, 23]
+    options = dict(scheduler="ddpm", steps=4, guidance_scale=1.0)
+    base = sample_batch(model, emb, seeds, **options)
+    pulled = sample_batch(model, emb, seeds, identity_scale=300.0, identity_guide=guide, **options)
+    target = torch.from_numpy(emb)
+    with torch.no_grad():
+        before = torch.nn.functional.cosine_similarity(guide(base), target).mean().item()
+        after = torch.nn.functional.cosine_similarity(guide(pulled), target).mean().item()
+    assert after > before + 0.2, (before, after)
+    with pytest.raises(Exception, match="identity guide"):
+        sample_batch(model, emb, seeds, identity_scale=1.0, **options)
+
+
+def test_wrong_embedding_dimension_is_refused(model):
+    with pytest.raises(ModelMismatchError, match="dimension 64 .* expects 128"):
+        sample_batch(model, np.zeros((2, 64), np.float32), [1, 2], steps=1)
+
+
+def test_native_model_round_trip(tmp_path, model):
+    path = tmp_path / "m"
+    model_in = tiny_native(embedding_dim=EMBED_DIM, image_size=IMAGE_SIZE, seed=5)
+    model_in.save(path)
+    meta = json.loads((path / "synthface.json").read_text())
+    assert meta["embedder"] == "dlib" and meta["embedding_dim"] == EMBED_DIM and meta["format_version"] == 1
+    assert (path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (path / "projector" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (path / "scheduler" / "scheduler_config.json").is_file()
+    loaded = load_native(path)
+    emb = _embeddings(2)
+    assert torch.equal(
+        sample_batch(model_in, emb, [1, 2], steps=2, scheduler="ddpm"), sample_batch(loaded, emb, [1, 2], steps=2, scheduler="ddpm")
+    )
+    assert sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) < 5_000_000
+
+
+def test_latent_model_with_vae(tmp_path):
+    path = make_tiny_model(tmp_path / "latent", latent=True)
+    model = load_model(path)
+    assert model.vae is not None and model.latent_shape == (4, IMAGE_SIZE // 2, IMAGE_SIZE // 2)
+    emb = _embeddings(3)
+    a = generate(model, emb, [1, 2, 3], batch_size=3, steps=2, scheduler="ddpm")
+    b = generate(model, emb, [1, 2, 3], batch_size=2, steps=2, scheduler="ddpm")
+    assert a.shape == (3, IMAGE_SIZE, IMAGE_SIZE, 3) and np.array_equal(a, b)
+
+
+def test_bf16_sampling_runs(model_dir):
+    model = load_model(model_dir, dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    out = sample_batch(model, _embeddings(2), [1, 2], steps=2, scheduler="dpmsolver++")
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_projector_condition_dropout_swaps_in_null_tokens():
+    proj = IdentityProjector(embedding_dim=8, num_tokens=3, token_dim=16)
+    emb = torch.randn(4, 8)
+    tokens = proj(emb, drop_mask=torch.tensor([True, False, True, False]))
+    assert tokens.shape == (4, 3, 16)
+    assert torch.equal(tokens[0], proj.null_tokens) and torch.equal(tokens[2], proj.null_tokens)
+    torch.testing.assert_close(tokens[1], proj(emb[1:2])[0])
+
+
+def test_model_resolution_errors(tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="expected .*native: synthface.json"):
+        load_model(tmp_path / "empty")
+    with pytest.raises(InputError, match="not found"):
+        load_model(tmp_path / "missing")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(WeightsError, match="hf download nobody-here/no-such-model"):
+        load_model("nobody-here/no-such-model")
