@@ -88,7 +88,7 @@ def main() -> None:
             embedder=args.embedder, threshold=threshold,
             detector_threshold=args.detector_threshold if args.source == "raw" else 0.0,
             oversample=1.0, min_images=1, images_per_identity=10_000, anchor="centre",
-            merge_threshold=1.0, leakage=1.0, gallery=None, image_size=112,
+            merge_threshold=1.0, leakage=1.0, gallery=None, image_size=8,  # stored crops are not used here
         )  # fmt: skip
 
     scorer = FaceScorer(settings(default_threshold(args.embedder)), 1.0 if args.source == "aligned" else None, device="cpu")
@@ -141,7 +141,7 @@ def main() -> None:
         return {"threshold": threshold, "precision": precision, "recall": recall, "rejected": tp + fp,
                 "false_rejects": fp, "missed": fn, "no_face_or_low_detector": no_face}  # fmt: skip
 
-    sweep = [evaluate(round(t, 3)) for t in np.arange(0.70, 0.981, 0.01)]
+    sweep = [evaluate(round(t, 3)) for t in np.arange(0.80, 0.961, 0.01)]
     default = evaluate(default_threshold(args.embedder))
     print(f"\n{'threshold':>9} {'precision':>9} {'recall':>7} {'rejected':>8} {'false rej':>9} {'missed':>6}")
     for r in sweep:
