@@ -21,9 +21,6 @@ from synthface.identities import (
     sample_seeds,
 )
 
-LFW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw" / "lfw-deepfunneled"
-
-
 def _cfg(**kw) -> IdentitiesSection:
     return IdentitiesSection(**kw)
 
@@ -177,9 +174,7 @@ def test_images_strategy_needs_enough_references(tmp_path):
 
 
 @pytest.mark.lfw
-def test_images_strategy_uses_the_reference_faces():
-    if not LFW.is_dir():
-        pytest.skip("needs ../shared/data/lfw (real reference faces)")
+def test_images_strategy_uses_the_reference_faces(lfw_images):
     import shutil
     import tempfile
 
@@ -192,7 +187,7 @@ def test_images_strategy_uses_the_reference_faces():
         refs = Path(tmp)
         for p in people:
             (refs / p).mkdir()
-            for f in sorted((LFW / p).glob("*.jpg"))[:2]:
+            for f in sorted((lfw_images / p).glob("*.jpg"))[:2]:
                 shutil.copy(f, refs / p / f.name)
         face_embed = FaceEmbedding(get_embedder("dlib", device="cpu"), detector=FaceDetector(device="cpu"))
         cfg = _cfg(count=3, strategy="images", images=str(refs), separation=0.9)
