@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from synthface.cli.app import app
+from synthface.generator.families import ModelMismatchError
 
 runner = CliRunner()
 
@@ -113,6 +114,12 @@ def test_align_embed_verify_on_real_faces(tmp_path, small_lfw):
     table = pq.read_table(tmp_path / "e.parquet")
     assert table.num_rows == 4 and table.schema.field("embedding").type.list_size == 128
     assert sorted(set(table["identity"].to_pylist())) == ["Aaron_Peirsol", "Abdullah_Gul"]
+    # the file names its embedder, so a gallery of the wrong embedder is refused by name
+    from synthface.identities import load_gallery, read_embeddings_parquet
+
+    assert read_embeddings_parquet(tmp_path / "e.parquet").embedder == "dlib"
+    with pytest.raises(ModelMismatchError, match="holds .dlib. embeddings but the model is conditioned on 'facenet-vggface2'"):
+        load_gallery(tmp_path / "e.parquet", lambda: None, "facenet-vggface2", 128)
 
     pairs = tmp_path / "pairs.txt"
     pairs.write_text(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,9 @@ def embed_folder(src: str | Path, out: str | Path, recipe: EmbedRecipe, progress
     ids = [str(Path(r).parent) if Path(r).parent != Path(".") else Path(r).stem for r in rel]
     emb = np.nan_to_num(res.embeddings, nan=0.0)
     table = embeddings_table(rel, ids, emb, res.det_scores, res.status)
+    # the embedder travels with the file: a gallery of another embedder is refused by name (identities.py)
+    meta = {"embedder": embedder.name, "dim": embedder.dim, "aligned": bool(recipe.aligned)}
+    table = table.replace_schema_metadata({b"synthface": json.dumps(meta).encode()})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     pq.write_table(table, tmp)

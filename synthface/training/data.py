@@ -104,6 +104,7 @@ class FaceData:
 def list_source(src: str | Path, people: Sequence[str] | None = None, min_images: int = 1) -> SourceItems:
     """List a folder of identity sub-folders or committed synthface shards (errors are one line)."""
     from synthface.dataset.reader import ImageFolderFaces, ShardFaces, committed_shards
+    from synthface.dataset.writer import marker_path
 
     root = Path(src)
     if not root.exists():
@@ -122,7 +123,9 @@ def list_source(src: str | Path, people: Sequence[str] | None = None, min_images
             s = int(np.searchsorted(offsets, raw, side="right") - 1)
             keys.append(f"{files[s].name}:{int(raw - offsets[s])}")
         for path in files:
-            marker = path.with_suffix(".json")
+            marker = marker_path(path)
+            if not marker.is_file() and path.with_suffix(".json").is_file():  # shards written before hidden markers
+                marker = path.with_suffix(".json")
             st = path.stat()
             fingerprint.append(f"{path.name}:{st.st_size}:{marker.read_text(encoding='utf-8') if marker.is_file() else ''}")
         names = [str(v) for v in shards.class_values]
@@ -223,7 +226,9 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def _write_table(path: Path, keys: list[str], identities: list[str], status: list[str], emb: np.ndarray) -> None:
+def _write_table(
+    path: Path, keys: list[str], identities: list[str], status: list[str], emb: np.ndarray, embedder: str | None = None
+) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -236,6 +241,8 @@ def _write_table(path: Path, keys: list[str], identities: list[str], status: lis
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), dim),
         }
     )
+    if embedder is not None:  # lets the cache serve as an identity gallery (identities.py checks the embedder)
+        table = table.replace_schema_metadata({b"synthface": json.dumps({"embedder": embedder, "dim": dim}).encode()})
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     pq.write_table(table, tmp)
     tmp.replace(path)
@@ -394,7 +401,7 @@ def load_faces(
         keys, identities = items.keys, items.identities
         cache.mkdir(parents=True, exist_ok=True)
         _atomic_save_npy(crops_path, crops)
-        _write_table(table_path, keys, identities, status, emb)  # last: its presence marks the cache complete
+        _write_table(table_path, keys, identities, status, emb, embedder_name)  # last: its presence marks the cache complete
     ok = np.array([s == OK for s in status], dtype=bool)
     counts = {s: int(sum(x == s for x in status)) for s in (OK, UNREADABLE, NO_FACE, BAD_SHAPE)}
     crop_row = np.cumsum(ok) - 1  # crops hold the ok rows only

@@ -1,0 +1,127 @@
+"""bench/protocol_lfw.py: step records, skipping, invalidation and interrupted attempts.
+
+The steps' commands are replaced by a fake that writes each step's outputs (the commands
+themselves have their own tests); what is tested here is the driver's bookkeeping.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def protocol():
+    spec = importlib.util.spec_from_file_location("protocol_lfw", ROOT / "bench" / "protocol_lfw.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["protocol_lfw"] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop("protocol_lfw", None)
+
+
+@pytest.fixture()
+def setup(tmp_path, protocol, monkeypatch):
+    (tmp_path / "lfw" / "lfw-deepfunneled").mkdir(parents=True)
+    evaluate = tmp_path / "evaluate.yaml"
+    evaluate.write_text("seed: 0\n")
+    cfg = yaml.safe_load((ROOT / "recipes" / "protocol-lfw-cpu.yaml").read_text())
+    cfg["lfw"] = str(tmp_path / "lfw")
+    cfg["evaluate"] = {"recipe": str(evaluate), "set": {"train.epochs": 1}}
+    work = tmp_path / "work"
+    calls: list[str] = []
+    fail: set[str] = set()
+
+    def fake_run(argv, cwd=None, env=None):
+        step = next(s for s in protocol.build_steps(cfg, work).values() if s.argv == argv)
+        calls.append(step.name)
+        if step.name in fail:
+            return subprocess.CompletedProcess(argv, 1)
+        if step.name == "generator":
+            (work / "cache").mkdir(parents=True, exist_ok=True)
+            (work / "cache" / "faces-abc.parquet").write_bytes(b"")
+        for out in step.outputs:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text("{}")
+        return subprocess.CompletedProcess(argv, 0)
+
+    def fake_report(cfg_, work_, records):
+        (work_ / "report.md").write_text("report")
+        (work_ / "report.json").write_text("{}")
+        calls.append("report")
+
+    monkeypatch.setattr(protocol.subprocess, "run", fake_run)
+    monkeypatch.setattr(protocol, "make_report", fake_report)
+    return cfg, work, calls, fail, evaluate
+
+
+def test_second_run_recomputes_nothing(protocol, setup):
+    cfg, work, calls, _, _ = setup
+    first = protocol.run(cfg, work, None, lambda m: None)
+    assert calls == protocol.STEPS and set(first.values()) == {"ran"}
+    generate_argv = json.loads((work / "steps" / "generate.json").read_text())["argv"]
+    assert f"identities.gallery={work / 'cache' / 'faces-abc.parquet'}" in generate_argv  # the generator's own cache
+    calls.clear()
+    second = protocol.run(cfg, work, None, lambda m: None)
+    assert calls == [] and set(second.values()) == {"skipped"}
+
+
+def test_changed_recipe_reruns_that_step_and_what_follows(protocol, setup):
+    cfg, work, calls, _, evaluate = setup
+    protocol.run(cfg, work, None, lambda m: None)
+    calls.clear()
+    evaluate.write_text("seed: 1\n")
+    outcome = protocol.run(cfg, work, None, lambda m: None)
+    assert calls == ["evaluate-real", "evaluate-synthetic", "report"]
+    assert outcome["generator"] == "skipped" and outcome["generate"] == "skipped"
+
+
+def test_missing_output_reruns_the_step(protocol, setup):
+    cfg, work, calls, _, _ = setup
+    protocol.run(cfg, work, None, lambda m: None)
+    calls.clear()
+    (work / "inspect.json").unlink()
+    protocol.run(cfg, work, None, lambda m: None)
+    assert calls == ["inspect"]  # inspect's record is rewritten with the same fingerprint: report stays valid
+
+
+def test_interrupted_step_fails_then_resumes_and_counts_its_time(protocol, setup):
+    cfg, work, calls, fail, _ = setup
+    fail.add("generator")
+    with pytest.raises(protocol.ProtocolError, match="step generator failed .exit 1.; fix the cause and rerun"):
+        protocol.run(cfg, work, None, lambda m: None)
+    assert not (work / "steps" / "generator.json").exists()
+    assert len(json.loads((work / "steps" / "generator.attempts.json").read_text())["seconds"]) == 1
+    fail.clear()
+    calls.clear()
+    protocol.run(cfg, work, None, lambda m: None)
+    assert calls[:2] == ["generator", "evaluate-real"] and "align" not in calls
+    record = json.loads((work / "steps" / "generator.json").read_text())
+    assert len(record["interrupted_attempts"]) == 1 and record["seconds"] >= record["interrupted_attempts"][0]
+    assert not (work / "steps" / "generator.attempts.json").exists()
+
+
+def test_a_step_needs_its_inputs_done(protocol, setup):
+    cfg, work, _, _, _ = setup
+    with pytest.raises(protocol.ProtocolError, match="step generate needs step generator first"):
+        protocol.run(cfg, work, ["generate"], lambda m: None)
+
+
+def test_protocol_recipe_sections_are_valid_recipes():
+    from synthface.config import EvaluateRecipe, GenerateRecipe, TrainRecipe, load_recipe
+
+    cfg = yaml.safe_load((ROOT / "recipes" / "protocol-lfw-cpu.yaml").read_text())
+    for key, model in (("generator", TrainRecipe), ("generate", GenerateRecipe), ("evaluate", EvaluateRecipe)):
+        section = cfg[key]
+        sets = [f"{k}={v}" for k, v in (section.get("set") or {}).items()]
+        load_recipe(model, ROOT / section["recipe"], sets)
