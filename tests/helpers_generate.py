@@ -23,21 +23,24 @@ def make_tiny_model(path: Path, **kwargs: Any) -> Path:
     return tiny_native_model(path, **kwargs)
 
 
+# 4 identities x 2 images, 2 shards, 2 steps, 16 px PNG, no filter (the --set form of tiny_recipe)
+TINY_SETS = [
+    "identities.count=4",
+    "images_per_identity=2",
+    "shard_identities=2",
+    "sampling.scheduler=ddpm",
+    "sampling.steps=2",
+    "sampling.batch_size=3",
+    "sampling.dtype=fp32",
+    "filter.enabled=false",
+    "output.image_format=png",
+    f"output.image_size={IMAGE_SIZE}",
+]
+
+
 def tiny_recipe(model: Path | str, *sets: str) -> GenerateRecipe:
     """4 identities x 2 images, 2 shards, 2 steps, 16 px PNG, no filter."""
-    base = [
-        f"model={model}",
-        "identities.count=4",
-        "images_per_identity=2",
-        "shard_identities=2",
-        "sampling.scheduler=ddpm",
-        "sampling.steps=2",
-        "sampling.batch_size=3",
-        "sampling.dtype=fp32",
-        "filter.enabled=false",
-        "output.image_format=png",
-        f"output.image_size={IMAGE_SIZE}",
-    ]
+    base = [f"model={model}", *TINY_SETS]
     return load_recipe(GenerateRecipe, None, base + list(sets))
 
 

@@ -11,25 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from helpers_generate import IMAGE_SIZE, make_tiny_model, read_rows, tiny_recipe
+from helpers_generate import IMAGE_SIZE, TINY_SETS, make_tiny_model, read_rows, tiny_recipe
 from synthface.cli.app import app
 from synthface.dataset.writer import RunLock
 from synthface.errors import ConfigError, InputError
 from synthface.generator import ModelMismatchError
 from synthface.generator.run import generate_dataset
 
-RECIPE_SETS = [
-    "identities.count=4",
-    "images_per_identity=2",
-    "shard_identities=2",
-    "sampling.scheduler=ddpm",
-    "sampling.steps=2",
-    "sampling.batch_size=3",
-    "sampling.dtype=fp32",
-    "filter.enabled=false",
-    "output.image_format=png",
-    f"output.image_size={IMAGE_SIZE}",
-]
+RECIPE_SETS = TINY_SETS
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ EPILOG = example(
 python -c "from synthface.testing import tiny_native_model; tiny_native_model('tiny')"
 synthface generate --model tiny --recipe recipes/quickstart-native.yaml --out runs/quickstart
 accelerate launch --num_processes 8 -m synthface generate --model MODEL --recipe recipes/generate-10k-x-50.yaml --out runs/10k
+synthface generate --model MODEL --recipe R.yaml --out runs/10k --part "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT"  # each job of a Slurm array (docs/generate.md)
+synthface generate --model MODEL --recipe R.yaml --out runs/10k  # once every part is done: the final pass
 """
 )
 
@@ -31,6 +33,14 @@ def register(app: typer.Typer) -> None:
         recipe_path: RecipeOpt = None,
         sets: SetOpt = None,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete this run's files in --out and start over.")] = False,
+        part: Annotated[
+            str | None,
+            typer.Option(
+                "--part",
+                help="Render only part I of N (0-based, e.g. 3/8: the shards s with s % N == I), for job arrays; "
+                "skips the final pass: run once more without --part when every part is done.",
+            ),
+        ] = None,
         json_out: JsonOpt = None,
     ) -> None:
         """Generate a labeled synthetic face dataset: Parquet shards under OUT/data, resumable."""
@@ -45,8 +55,17 @@ def register(app: typer.Typer) -> None:
         state = process_state()
         main = state.is_main_process
         bar = RichBar() if main else None
-        summary = generate_dataset(config, out, overwrite=overwrite, progress=bar, state=state)
+        summary = generate_dataset(config, out, overwrite=overwrite, progress=bar, state=state, part=part)
         if not main:
+            return
+        if part is not None:
+            console.print(
+                f"part {summary['part']}: {summary['part_shards']} of its shards committed ({summary['shards_written']} "
+                f"written now, {summary['shards_skipped']} already done; {summary['shards']} shards in all) -> {out}/data; "
+                "when every part is done, run `synthface generate` with the same arguments and no --part to finish the dataset",
+                highlight=False,
+            )
+            write_json(json_out, summary)
             return
         what = "resumed" if summary["resumed"] else "wrote"
         console.print(

@@ -8,6 +8,11 @@ identity plan, the others receive its verdict and plan through a broadcast, each
 its own shards (s % W == rank), and after a barrier process 0 writes identities.parquet and
 summary.json.
 
+Parts (``part="I/N"``, e.g. the jobs of a Slurm array): a part job renders only the shards s with
+s % N == I (its processes split them as above) and skips the final pass; part jobs share --out (see
+``PartLock``), each writes config.yaml if absent (else checks it) and computes the identity plan
+itself. A plain run afterwards finds every shard committed and does the final pass.
+
 Resume: a shard whose marker matches its Parquet checksum and the config hash is skipped; the
 config hash covers the whole recipe except ``RESUME_FREE_KEYS`` (settings that cannot change an
 image, so a resumed run may change them).
@@ -16,8 +21,11 @@ image, so a resumed run may change them).
 from __future__ import annotations
 
 import copy
+import os
+import re
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -28,6 +36,7 @@ from synthface.config import GenerateRecipe, config_dict, config_hash, diff_keys
 from synthface.dataset.plan import Job, Shard, make_shards, plan_labels, shard_jobs, shards_for_process
 from synthface.dataset.writer import (
     IMAGE_EXT,
+    LOCK_NAME,
     RunLock,
     ShardRows,
     atomic_write_bytes,
@@ -174,13 +183,21 @@ def resume_guard(config: dict[str, Any]) -> dict[str, Any]:
     return guard
 
 
-def _prepare_output(out: Path, recipe: GenerateRecipe, guard: dict[str, Any], overwrite: bool, lock: RunLock) -> bool:
-    """Lock ``out``, check (or reset) what is there, write config.yaml. Returns True when resuming."""
+def _prepare_output(
+    out: Path, recipe: GenerateRecipe, guard: dict[str, Any], overwrite: bool, lock: RunLock | PartLock, part: bool
+) -> bool:
+    """Lock ``out``, check (or reset) what is there, write config.yaml. Returns True when resuming.
+
+    A part job leaves everything else alone (other parts are writing): it writes config.yaml only if
+    absent, and cleans no temp files (the final plain run does).
+    """
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; pass a directory")
     lock.acquire()
     data_dir = out / "data"
     config_path = out / CONFIG_FILE
+    # look for shards before config.yaml: a concurrent part job writes config.yaml before its first shard
+    has_shards = data_dir.is_dir() and any(data_dir.glob(".train-*.json"))
     resuming = False
     if overwrite:
         from synthface.dataset.card import CARD_FILE
@@ -191,24 +208,99 @@ def _prepare_output(out: Path, recipe: GenerateRecipe, guard: dict[str, Any], ov
         for name in (IDENTITIES_FILE, SUMMARY_FILE, CONFIG_FILE, CARD_FILE):
             (out / name).unlink(missing_ok=True)
     elif config_path.exists():
-        try:
-            previous = read_resolved(config_path)
-        except Exception:  # noqa: BLE001 - an unreadable config cannot vouch for the shards
-            raise ConfigError(f"{config_path} is unreadable: pass --overwrite to start over or choose another --out") from None
-        differing = diff_keys(resume_guard(previous), guard)
-        if differing:
-            raise ConfigError(
-                f"{out} was written by a different config (differs in: {', '.join(differing)}): rerun with the "
-                "same recipe to resume, pass --overwrite to start over, or choose another --out"
-            )
+        _check_config(out, guard)
         resuming = True
-    elif data_dir.is_dir() and any(data_dir.glob(".train-*.json")):
+    elif has_shards:
         raise ConfigError(f"{data_dir} holds shards but {out} has no {CONFIG_FILE}: pass --overwrite or choose another --out")
+    if part:
+        if not resuming and not _create_config(recipe, config_path):
+            _check_config(out, guard)  # another part job wrote it meanwhile
+        return resuming
     clean_temp(data_dir)
     clean_temp(out)
     (out / SUMMARY_FILE).unlink(missing_ok=True)
     write_resolved(recipe, out, CONFIG_FILE)
     return resuming
+
+
+def _check_config(out: Path, guard: dict[str, Any]) -> None:
+    """Refuse ``out`` unless its config.yaml has this guard (the recipe minus RESUME_FREE_KEYS)."""
+    config_path = out / CONFIG_FILE
+    try:
+        previous = read_resolved(config_path)
+    except Exception:  # noqa: BLE001 - an unreadable config cannot vouch for the shards
+        raise ConfigError(f"{config_path} is unreadable: pass --overwrite to start over or choose another --out") from None
+    differing = diff_keys(resume_guard(previous), guard)
+    if differing:
+        raise ConfigError(
+            f"{out} was written by a different config (differs in: {', '.join(differing)}): rerun with the "
+            "same recipe to resume, pass --overwrite to start over, or choose another --out"
+        )
+
+
+def _create_config(recipe: GenerateRecipe, path: Path) -> bool:
+    """Write config.yaml unless it exists; False if it did. Atomic (a hard link of a complete temp
+    file), so concurrent part jobs see all of it or none and exactly one of them writes it."""
+    tmp = write_resolved(recipe, path.parent, f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- parts (job arrays)
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """``"I/N"`` (0-based part I of N) -> (I, N); InputError for anything else."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if match is None:
+        raise InputError(f"--part must be I/N (part I of N, counted from 0, e.g. 0/8), got '{text}'")
+    index, parts = int(match[1]), int(match[2])
+    if parts < 1 or index >= parts:
+        raise InputError(f"--part {text}: needs N >= 1 and 0 <= I < N (parts are numbered 0 to N-1)")
+    return index, parts
+
+
+class PartLock:
+    """Part I/N's hold on --out: ``.synthface.part-I-of-N.lock`` exclusively (one job per part) and
+    the run lock ``.synthface.lock`` shared, so part jobs run side by side while a plain run (which
+    takes the run lock exclusively) cannot run beside them. The OS releases both if the holder dies;
+    on a filesystem without flock support the part jobs go on unguarded."""
+
+    def __init__(self, out: Path, index: int, parts: int) -> None:
+        import fcntl
+
+        self.out = out
+        self.locks = [
+            (out / LOCK_NAME, fcntl.LOCK_SH, "a synthface run without --part is writing to"),
+            (out / f".synthface.part-{index}-of-{parts}.lock", fcntl.LOCK_EX, f"another job is writing part {index}/{parts} to"),
+        ]
+        self.fds: list[int] = []
+
+    def acquire(self) -> None:
+        import fcntl
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        for path, mode, who in self.locks:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                self.release()
+                raise InputError(f"{who} {self.out} (lock {path} is held): wait for it to finish or choose another --out") from None
+            except OSError:  # no flock here
+                os.close(fd)
+                continue
+            self.fds.append(fd)
+
+    def release(self) -> None:
+        while self.fds:
+            os.close(self.fds.pop())
 
 
 # --------------------------------------------------------------------------- process coordination
@@ -267,9 +359,9 @@ def _gather(state: Any, obj: Any) -> list[Any]:
 
 
 def _identity_plan(
-    recipe: GenerateRecipe, model: GeneratorModel, out: Path, guard_hash: str, device: Any
+    recipe: GenerateRecipe, model: GeneratorModel, out: Path, guard_hash: str, device: Any, write: bool = True
 ) -> IdentityPlan:
-    """Process 0: reuse identities.parquet of this config if present, else plan and write it."""
+    """Process 0: reuse identities.parquet of this config if present, else plan (and write it unless ``write`` is false)."""
     path = out / IDENTITIES_FILE
     if path.is_file() and read_plan_metadata(path).get("config_hash") == guard_hash:
         import pyarrow.parquet as pq
@@ -304,7 +396,8 @@ def _identity_plan(
         generated_embed=generated_embed,
         render_unconditional=render_unconditional,
     )
-    atomic_write_bytes(path, table_bytes(plan.to_table({"config_hash": guard_hash})))
+    if write:
+        atomic_write_bytes(path, table_bytes(plan.to_table({"config_hash": guard_hash})))
     return plan
 
 
@@ -334,13 +427,22 @@ def generate_dataset(
     identity_guide: Any = None,
     profile: bool = False,
     state: Any = None,
+    part: str | None = None,
 ) -> dict[str, Any]:
     """Generate (or resume) the dataset of ``recipe`` into ``out``; returns the run summary.
 
     Every process of an ``accelerate launch`` calls this; only process 0's summary covers the
     whole dataset. ``profile`` adds per-stage timings of the sampling loop (condition, unet,
     scheduler, decode) to the summary (it synchronises the GPU, so it is off by default).
+    ``part="I/N"`` renders only the shards s with s % N == I and skips the final pass; process 0
+    then returns a part summary (``part``, ``part_shards``: that many committed, ``shards``, ...).
     """
+    index, parts = parse_part(part) if part is not None else (0, 1)
+    if part is not None and overwrite:
+        raise InputError(
+            "--overwrite cannot be combined with --part (it would delete the other parts' shards): "
+            "delete --out, or run once with --overwrite and no --part"
+        )
     state = state or process_state()
     out = Path(out)
     progress = progress_or_null(progress)
@@ -348,11 +450,13 @@ def generate_dataset(
     guard = resume_guard(resolved)
     guard_hash = config_hash(guard)
     data_dir = out / "data"
-    lock = RunLock(out) if state.is_main_process else None
+    lock: RunLock | PartLock | None = None
+    if state.is_main_process:
+        lock = RunLock(out) if part is None else PartLock(out, index, parts)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     try:
-        resuming = _on_main(state, lambda: _prepare_output(out, recipe, guard, overwrite, lock))  # type: ignore[arg-type]
+        resuming = _on_main(state, lambda: _prepare_output(out, recipe, guard, overwrite, lock, part is not None))  # type: ignore[arg-type]
         device = state.device
         dtype = resolve_dtype(recipe.sampling.dtype, device)
         tick = time.perf_counter()
@@ -360,7 +464,7 @@ def generate_dataset(
         check_model(model, embedder=recipe.identities.embedder)
         timings["load"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        plan: IdentityPlan = _on_main(state, lambda: _identity_plan(recipe, model, out, guard_hash, device))
+        plan: IdentityPlan = _on_main(state, lambda: _identity_plan(recipe, model, out, guard_hash, device, part is None))
         check_model(model, dim=plan.dim)
         timings["plan"] = time.perf_counter() - tick
         guide = identity_guide
@@ -368,7 +472,8 @@ def generate_dataset(
             guide = identity_guide_for(model, device)
 
         shards = make_shards(len(plan), recipe.shard_identities)
-        mine = shards_for_process(shards, state.process_index, state.num_processes)
+        ours = shards_for_process(shards, index, parts)  # this part's shards: all of them without --part
+        mine = ours[state.process_index :: state.num_processes]
         tick = time.perf_counter()
         todo = [s for s in mine if shard_done(data_dir, s, guard_hash) is None]
         timings["verify"] = time.perf_counter() - tick
@@ -411,7 +516,9 @@ def generate_dataset(
         state.wait_for_everyone()
         per_process = _gather(state, mine_stats)
         summary: dict[str, Any] = {}
-        if state.is_main_process:
+        if state.is_main_process and part is not None:
+            summary = _part_summary(out, f"{index}/{parts}", ours, shards, guard_hash, per_process)
+        elif state.is_main_process:
             summary = _finish(out, recipe, model, plan, shards, guard_hash, per_process, resuming, started, selector)
         state.wait_for_everyone()
         return summary if state.is_main_process else mine_stats
@@ -498,6 +605,26 @@ class _ShardRenderer:
                 image_full=encode_image(c.image, self.fmt) if self.recipe.output.store_full_resolution else None,
             )
         self._add("encode", time.perf_counter() - tick)
+
+
+def _part_summary(
+    out: Path, part: str, ours: list[Shard], shards: list[Shard], guard_hash: str, per_process: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Process 0 of a part job after the barrier: its shards are all committed (a failure raised)."""
+    return {
+        "out": str(out),
+        "part": part,
+        "part_shards": len(ours),
+        "shards": len(shards),
+        "shards_written": sum(p["shards_written"] for p in per_process),
+        "shards_skipped": sum(p["shards_skipped"] for p in per_process),
+        "processes": len(per_process),
+        "images_rendered": sum(p["images_rendered"] for p in per_process),
+        "rows_written": sum(p["rows_written"] for p in per_process),
+        "seconds": max((p["seconds"] for p in per_process), default=0.0),
+        "config_hash": guard_hash,
+        "timings": per_process[0]["timings"],
+    }
 
 
 def _finish(
