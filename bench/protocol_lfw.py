@@ -112,13 +112,17 @@ def build_steps(cfg: dict, work: Path) -> dict[str, Step]:
             [work / f"eval-{arm}" / "report.json"], f + [split, pairs],
         )  # fmt: skip
     r, f = recipe_args(cfg["generate"])
+    procs = int(cfg["generate"].get("processes", 1))
+    # several processes split the shards (on CPU too: --multi_gpu without GPUs starts gloo processes)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(procs),
+              "-m", "synthface"] if procs > 1 else exe  # fmt: skip
     try:
         gallery = ["--set", f"identities.gallery={cache_parquet(work)}"]
     except ProtocolError:
         gallery = []  # the generator step has not cached its embeddings yet; generate cannot run before it
     steps["generate"] = Step(
         "generate",
-        exe + ["generate", "--model", str(work / "generator" / "model"), *r, *sets(cfg["generate"]), *gallery,
+        launch + ["generate", "--model", str(work / "generator" / "model"), *r, *sets(cfg["generate"]), *gallery,
                "--out", str(work / "synthetic"), "--json", str(work / "generate.json")],
         [work / "generate.json"], f,
     )  # fmt: skip
