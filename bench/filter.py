@@ -25,7 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 BENCH = Path(__file__).resolve().parent
@@ -47,13 +46,21 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save", type=Path, default=None)
+    ap.add_argument("--model", type=Path, default=None, help="a trained native model (default: random weights)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     images = args.batch * args.batches
     per_identity = 4
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(tmp) / "model"
-        params = bench_model(model_dir)
+        if args.model is None:
+            model_dir = Path(tmp) / "model"
+            params, what, template = bench_model(model_dir), "random weights", 0.6
+        else:
+            from synthface.generator.families import load_model
+
+            model_dir, what = args.model, f"trained: {args.model}"
+            loaded = load_model(model_dir)
+            params, template = sum(p.numel() for p in loaded.unet.parameters()), loaded.template_scale
         base = [
             f"model={model_dir}", f"identities.count={images // per_identity}", f"images_per_identity={per_identity}",
             f"shard_identities={args.batch // per_identity}", "sampling.scheduler=dpmsolver++", f"sampling.steps={args.steps}",
@@ -66,7 +73,7 @@ def main() -> None:
         ])  # fmt: skip
         generate_dataset(off, Path(tmp) / "warm", overwrite=True)  # imports, allocator
         t = time.perf_counter()
-        s_off = generate_dataset(off, Path(tmp) / "off", overwrite=True, profile=True)
+        generate_dataset(off, Path(tmp) / "off", overwrite=True, profile=True)
         off_s = time.perf_counter() - t
         t = time.perf_counter()
         s_on = generate_dataset(on, Path(tmp) / "on", overwrite=True, profile=True)
@@ -79,7 +86,7 @@ def main() -> None:
 
         renders = [load_image(r["image"]) for r in iter_rows(Path(tmp) / "off")]
         settings = FilterSettings.from_recipe(on, "dlib")
-        scorer = FaceScorer(settings, 0.6, device="cpu")
+        scorer = FaceScorer(settings, template, device="cpu")
         scorer.score(renders[:2], [0, 1])  # load the embedder
         t = time.perf_counter()
         scorer.score(renders, list(range(len(renders))))
@@ -101,7 +108,7 @@ def main() -> None:
     lines = [
         "synthface filter throughput (bench/filter.py)",
         f"machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), no GPU; torch {torch.__version__}",
-        f"model: native UNet 32 px, {params / 1e6:.1f}M parameters (random weights), {args.steps} DPM-Solver++ steps, "
+        f"model: native UNet 32 px, {params / 1e6:.1f}M parameters ({what}), {args.steps} DPM-Solver++ steps, "
         f"batch {args.batch}; {images} images",
         "",
         f"{'':50s}{'seconds':>9s}{'per s':>9s}{'ratio':>8s}",

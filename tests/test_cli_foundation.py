@@ -136,3 +136,28 @@ def test_align_embed_verify_on_real_faces(tmp_path, small_lfw):
     assert (tmp_path / "v" / "roc.png").is_file() and (tmp_path / "v" / "config.yaml").is_file()
     saved = np.load(tmp_path / "v" / "embeddings.npz")
     assert saved["embeddings"].shape == (5, 128) and int(np.isnan(saved["embeddings"][:, 0]).sum()) == 1
+
+
+def test_plain_progress_lines_rate_excludes_a_resumed_runs_jump(monkeypatch):
+    """In logs (no terminal) a resumed run starts at its checkpoint: that jump is not counted as speed."""
+    import io
+
+    from rich.console import Console
+
+    from synthface.cli import common
+
+    out = io.StringIO()
+    clock = iter([100.0, 100.0, 130.0, 160.0])
+    monkeypatch.setattr(common, "console", Console(file=out, force_terminal=False, width=200))
+    monkeypatch.setattr(common.time, "monotonic", lambda: next(clock))
+    bar = common.RichBar(("loss",), log_every=0.0)
+    bar.start(500, "training")
+    bar.advance(300)  # the steps done before the resume
+    bar.advance(6, loss=0.1)
+    bar.advance(3, loss=0.2)
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "training: 300/500 (0s)",
+        "training: 306/500 (0.2/s, 30s) loss=0.1",
+        "training: 309/500 (0.1/s, 60s) loss=0.2",
+    ]

@@ -93,7 +93,8 @@ class RichBar:
     def start(self, total: int | None, description: str) -> None:
         self.finish()
         if not console.is_terminal:  # batch jobs and logs: a plain line every `log_every` seconds
-            self._plain = {"total": total, "done": 0, "desc": description, "t0": time.monotonic(), "last": 0.0}
+            now = time.monotonic()
+            self._plain = {"total": total, "done": 0, "desc": description, "t0": now, "last": 0.0, "mark": (0, now)}
             return
         columns: list[Any] = [
             SpinnerColumn(),
@@ -128,10 +129,13 @@ class RichBar:
         elapsed = now - state["t0"]
         total = state["total"]
         of = f"/{total}" if total else ""
-        rate = state["done"] / elapsed if elapsed > 0 else 0.0
+        # the rate over the interval since the previous line: a resumed run's first jump (the steps
+        # already done) is not work done now
+        done0, t0 = state["mark"]
+        state["mark"] = (state["done"], now)
+        rate = f"{(state['done'] - done0) / (now - t0):.3g}/s, " if now - t0 > 1.0 else ""
         extra = "  ".join(f"{k}={_fmt(v)}" for k, v in info.items())
-        console.print(f"{state['desc']}: {state['done']}{of} ({rate:.3g}/s, {elapsed:.0f}s) {extra}".rstrip(),
-                      highlight=False)
+        console.print(f"{state['desc']}: {state['done']}{of} ({rate}{elapsed:.0f}s) {extra}".rstrip(), highlight=False)
 
     def finish(self) -> None:
         self._plain = None
