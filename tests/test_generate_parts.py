@@ -4,7 +4,9 @@ dataset of one uninterrupted run; parts share --out; bad parts and foreign confi
 from __future__ import annotations
 
 import json
-import threading
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from synthface.cli.app import app
 from synthface.config import write_resolved
 from synthface.dataset.writer import RunLock
 from synthface.errors import ConfigError, InputError
-from synthface.generator.run import PartLock, generate_dataset, parse_part, process_state
+from synthface.generator.run import PartLock, generate_dataset, parse_part
 
 SETS = ["identities.count=6"]  # 3 shards of 2 identities x 2 images
 CLI_SETS = [*TINY_SETS, *SETS]  # the later identities.count wins
@@ -75,25 +77,22 @@ def test_parts_then_a_plain_run_equal_one_uninterrupted_run(model_dir, reference
 
 
 def test_parts_running_at_the_same_time_share_the_output(model_dir, reference, tmp_path):
+    # two OS processes, as a job array runs them (threads would share torch/accelerate global state)
     out = tmp_path / "out"
-    state = process_state()
-    start = threading.Barrier(2)
-    results: dict[str, object] = {}
-
-    def part(name: str) -> None:
-        start.wait()
-        try:
-            results[name] = generate_dataset(tiny_recipe(model_dir, *SETS), out, part=name, state=state)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            results[name] = exc
-
-    threads = [threading.Thread(target=part, args=(name,)) for name in ("0/2", "1/2")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert all(isinstance(r, dict) for r in results.values()), results
-    assert sum(r["shards_written"] for r in results.values()) == 3  # type: ignore[index]
+    sets = [arg for s in CLI_SETS for arg in ("--set", s)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "synthface", "generate", "--model", str(model_dir), *sets, "--out", str(out),
+             "--part", part, "--json", str(tmp_path / f"part{part[0]}.json")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        for part in ("0/2", "1/2")
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    results = [json.loads((tmp_path / f"part{i}.json").read_text()) for i in (0, 1)]
+    assert sum(r["shards_written"] for r in results) == 3
     assert not (out / "identities.parquet").exists()
     generate_dataset(tiny_recipe(model_dir, *SETS), out)
     assert _files(out) == _files(reference)
