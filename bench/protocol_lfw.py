@@ -231,6 +231,10 @@ def make_report(cfg: dict, work: Path, records: dict[str, dict]) -> None:
         "| training set | accuracy (%) | TAR@FAR=1e-3 (%) | identities | images |", "| --- | --- | --- | --- | --- |",
         row("real (LFW train half)", summary["real"]), row("synthetic (synthface)", summary["synthetic"]), "",
         f"**Ratio synthetic / real accuracy: {summary['ratio']:.3f}**", "",
+        f"Filter: {insp['acceptance']['passed']} of {insp['acceptance']['candidates']} candidates passed "
+        f"(acceptance {100 * insp['acceptance']['rate']:.1f}%); identities kept {insp['identities']} of "
+        f"{insp['identities_planned']}, dropped: {json.dumps(insp.get('identities_dropped', {}))}; images per identity "
+        f"{insp['images_per_identity']['mean']:.2f} (min {insp['images_per_identity']['min']:.0f}).", "",
         "## Synthetic set", "", "```json", json.dumps({k: gen.get(k) for k in sorted(gen) if not isinstance(gen.get(k), (dict, list))}, indent=1), "```", "",
         "Figures: `synthetic/inspect/` (similarity.png, candidate_scores.png, contact_sheet.png); real contact sheet: "
         "`real_contact_sheet.png`; ROC curves and training curves: `eval-real/`, `eval-synthetic/`.", "",
