@@ -33,3 +33,14 @@ def lfw_pairs() -> Path:
 
 def lfw_image(root: Path, name: str, index: int) -> Path:
     return root / name / f"{name}_{index:04d}.jpg"
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models run fastest on one torch thread; on a shared busy CPU more threads only contend."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

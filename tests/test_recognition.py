@@ -25,12 +25,7 @@ COS = [0.955336489125606, 0.29552020666133955, -0.955336489125606]
 S = 2.0
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _head(cls, **kw):

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from synthface.errors import InputError
+from synthface.figures import save_figure
 from synthface.runtime import Progress, progress_or_null
 
 REPORT_FILE = "inspect.json"
@@ -128,7 +129,7 @@ def _hist_png(path: Path, series: dict[str, np.ndarray], title: str, xlabel: str
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from synthface.figures import save_figure
 from synthface.recognition.verification import VerificationResult, far_key, plot_roc
 
 TAR_KEY = far_key(1e-3)
@@ -56,11 +57,7 @@ def plot_training(histories: dict[str, list[dict]], path: Path) -> Path | None:
         ax.grid(True, alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def build_report(

@@ -20,6 +20,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from synthface.errors import InputError
+from synthface.figures import save_figure
 
 FailedPolicy = Literal["wrong", "exclude"]
 DEFAULT_FAR = 1e-3
@@ -491,8 +492,4 @@ def plot_roc(
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

@@ -10,6 +10,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from synthface.figures import save_figure
+
 LOSS_FIELDS = ["step", "loss", "lr", "epoch", "seconds"]
 
 
@@ -83,10 +85,8 @@ def plot_loss(rows: Sequence[dict[str, float]], path: Path, title: str = "genera
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
+    save_figure(fig, path)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
