@@ -25,6 +25,10 @@ class Section(BaseModel):
 class AlignRecipe(Section):
     seed: int = 0
     image_size: int = Field(112, ge=32, le=1024, description="output side in pixels (112 = ArcFace template)")
+    template_scale: float = Field(
+        1.0, gt=0.1, le=1.0,
+        description="ArcFace points scaled by this around the centre: 1 = tight template, 0.6 = loose crop with context",
+    )
     image_format: Literal["png", "jpeg"] = "png"
     select: Literal["largest", "center"] = Field("center", description="face to keep when several are found")
     min_face_size: int = Field(20, ge=8)
@@ -150,6 +154,23 @@ class NativeModelSection(Section):
     attention_head_dim: int = Field(8, ge=1)
     token_dim: int | None = Field(None, ge=8, description="identity token width; null: the last block's channels")
     norm_num_groups: int = Field(32, ge=1)
+    class_embedding: bool = Field(
+        False, description="also add the identity to the UNet's time embedding (diffusers projection class embedding)"
+    )
+    center_condition: bool = Field(
+        False, description="centre conditioning embeddings on the training mean (stored with the model, applied at sampling)"
+    )
+    prediction_type: Literal["epsilon", "v_prediction"] = Field("epsilon", description="what the UNet predicts")
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] | None = Field(
+        None, description="noise schedule; null: scaled_linear for latent models, squaredcos_cap_v2 in pixel space"
+    )
+    zero_terminal_snr: bool = Field(False, description="rescale betas so the last timestep is pure noise (needs v_prediction)")
+    timestep_spacing: Literal["leading", "trailing", "linspace"] = Field(
+        "leading", description="how samplers pick their timesteps (trailing starts at the last, pure-noise one)"
+    )
+    latent_scaling: Literal["vae", "auto"] = Field(
+        "vae", description="latent scale: the VAE's own scaling_factor, or auto = 1/std of the training latents"
+    )
 
 
 class GeneratorTrainSection(Section):
@@ -167,6 +188,7 @@ class GeneratorTrainSection(Section):
     clip_grad_norm: float | None = Field(1.0, gt=0.0)
     ema_warmup: bool = Field(True, description="EMA decay ramps up as 1 - (1 + step) ** -ema_power")
     ema_power: float = Field(0.6667, gt=0.0, le=1.0)
+    snr_gamma: float | None = Field(None, gt=0.0, description="min-SNR-gamma loss weighting (Hang et al. 2023); null: plain MSE")
     augment: list[Literal["flip", "color_jitter"]] = ["flip", "color_jitter"]
     jitter: float = Field(0.05, ge=0.0, le=0.5, description="max brightness/contrast/saturation change")
     log_every: int = Field(10, ge=1)

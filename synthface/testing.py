@@ -11,7 +11,7 @@ Its images are noise-like (random weights): it proves the mechanics, not the qua
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -27,8 +27,12 @@ def tiny_native(
     seed: int = 0,
     latent: bool = False,
     block_out_channels: Sequence[int] = (16, 32),
+    **options: Any,
 ) -> NativeGenerator:
-    """An in-memory tiny native model (~0.3M parameters; a tiny random VAE when ``latent``)."""
+    """An in-memory tiny native model (~0.3M parameters; a tiny random VAE when ``latent``).
+
+    ``options`` go to :func:`build_native` (class_embedding, condition_mean, scheduler_config).
+    """
     vae = None
     if latent:
         from diffusers import AutoencoderKL
@@ -58,6 +62,7 @@ def tiny_native(
         norm_num_groups=8,
         vae=vae,
         seed=seed,
+        **options,
     )
 
 

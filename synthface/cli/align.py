@@ -21,7 +21,7 @@ def align(
 ) -> None:
     """Detect faces (MTCNN) and warp each to the ArcFace 112x112 five-point template.
 
-    Reruns skip crops that already exist. Recipe keys: image_size, image_format (png|jpeg),
+    Reruns skip crops that already exist. Recipe keys: image_size, template_scale (1 tight, 0.6 loose), image_format (png|jpeg),
     select (largest|center), min_face_size, detector_threshold, batch_size, workers, device.
     """
     from synthface.faces.align_folder import align_folder

@@ -112,7 +112,7 @@ def align_folder(
                 summary.no_face += 1
                 summary.failures[rel] = "no_face"
                 continue
-            crop = warp_face(img, face.landmarks, size=recipe.image_size)
+            crop = warp_face(img, face.landmarks, size=recipe.image_size, scale=recipe.template_scale)
             _atomic_save(crop, todo[i][1], recipe.image_format)
             summary.aligned += 1
         progress.advance(len(batch), aligned=summary.aligned, no_face=summary.no_face)

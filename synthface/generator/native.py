@@ -5,13 +5,14 @@ On disk (diffusers layout)::
     MODEL/synthface.json     format, family "native", conditioning embedder + dim, image size, latent flag
     MODEL/unet/              UNet2DConditionModel.save_pretrained (safetensors)
     MODEL/projector/         IdentityProjector.save_pretrained (safetensors)
-    MODEL/vae/               AutoencoderKL.save_pretrained (latent models only)
+    MODEL/vae/               AutoencoderKL or TinyAutoencoder (TAEF2) .save_pretrained (latent models only)
     MODEL/scheduler/         the training noise scheduler's config
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,9 +23,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from synthface.errors import InputError
+from synthface.errors import ConfigError, InputError
 from synthface.generator.families import Family, register_family
 from synthface.generator.pipeline import GeneratorModel
+from synthface.generator.taef2 import vae_class, vae_downscale_factor
 
 FORMAT = "synthface-native"
 FORMAT_VERSION = 1
@@ -75,6 +77,8 @@ class NativeMeta:
     family: str = "native"
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
+    # mean of the training conditioning embeddings: subtracted (then re-normalised) at training and sampling
+    condition_mean: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -106,6 +110,24 @@ class NativeMeta:
         (path / META_FILE).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def prepare_condition(embeddings: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
+    """What the projector and the UNet's class embedding see: the embedding centred on the training mean.
+
+    ``(e - mean) / |e - mean| * sqrt(D)``: centring removes the direction every face shares (so two
+    people differ in most of the vector, not a small part of it) and the scale gives unit-variance
+    entries. Without a stored mean (older models) the embedding passes through unchanged.
+    """
+    if mean is None:
+        return embeddings
+    x = embeddings.float() - mean.to(embeddings.device, torch.float32)
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6) * math.sqrt(x.shape[-1])
+
+
+def uses_class_embedding(unet: Any) -> bool:
+    """True when the UNet adds a projected identity to its time embedding (class_embed_type 'projection')."""
+    return getattr(unet.config, "class_embed_type", None) == "projection"
+
+
 class NativeGenerator(GeneratorModel):
     """The native family as the sampling loop sees it."""
 
@@ -130,12 +152,24 @@ class NativeGenerator(GeneratorModel):
         self.image_size = int(meta.image_size)
         self.template_scale = meta.template_scale
         self.source = source
+        mean = meta.condition_mean
+        self.condition_mean = torch.tensor(mean, dtype=torch.float32) if mean is not None else None
+
+    def prepared(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return prepare_condition(embeddings.to(self.device), self.condition_mean)
 
     def condition(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.projector(embeddings.to(self.device))
+        return self.projector(self.prepared(embeddings))
 
     def uncondition(self, batch: int) -> torch.Tensor:
         return self.projector.null(batch)
+
+    def class_labels(self, embeddings: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        if not uses_class_embedding(self.unet):
+            return None
+        if embeddings is None:  # the unconditional branch: the training mean itself (zeros once centred)
+            return torch.zeros(batch, self.embedding_dim, device=self.device)
+        return self.prepared(embeddings)
 
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.unet, self.projector, self.vae) if m is not None]
@@ -191,12 +225,20 @@ def native_unet_config(
     layers_per_block: int = 2,
     attention_head_dim: int = 8,
     norm_num_groups: int = 32,
+    class_embedding_dim: int | None = None,
 ) -> dict[str, Any]:
-    """UNet2DConditionModel kwargs: plain first (highest-resolution) level, cross-attention below it."""
+    """UNet2DConditionModel kwargs: plain first (highest-resolution) level, cross-attention below it.
+
+    ``class_embedding_dim`` adds the identity to the time embedding too (diffusers' projection class
+    embedding), besides the cross-attention tokens.
+    """
     n = len(block_out_channels)
     down = ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (n - 1) if n > 1 else ["CrossAttnDownBlock2D"]
     up = ["CrossAttnUpBlock2D"] * (n - 1) + ["UpBlock2D"] if n > 1 else ["CrossAttnUpBlock2D"]
-    return {
+    extra: dict[str, Any] = {}
+    if class_embedding_dim:
+        extra = {"class_embed_type": "projection", "projection_class_embeddings_input_dim": int(class_embedding_dim)}
+    return extra | {
         "sample_size": sample_size,
         "in_channels": channels,
         "out_channels": channels,
@@ -210,13 +252,27 @@ def native_unet_config(
     }
 
 
-def default_scheduler_config(latent: bool) -> dict[str, Any]:
-    """The DDPM noise schedule native models train with (clip x0 to [-1, 1] in pixel space only)."""
+def default_scheduler_config(
+    latent: bool,
+    prediction_type: str = "epsilon",
+    beta_schedule: str | None = None,
+    zero_terminal_snr: bool = False,
+    timestep_spacing: str = "leading",
+) -> dict[str, Any]:
+    """The DDPM noise schedule native models train with (clip x0 to [-1, 1] in pixel space only).
+
+    ``zero_terminal_snr`` rescales the betas so the last timestep is pure noise (Lin et al. 2024);
+    it needs v-prediction, and samplers should then start there (``timestep_spacing`` 'trailing').
+    """
+    if zero_terminal_snr and prediction_type != "v_prediction":
+        raise ConfigError("model.zero_terminal_snr needs model.prediction_type=v_prediction (epsilon is undefined at SNR 0)")
     sched = DDPMScheduler(
         num_train_timesteps=1000,
-        beta_schedule="scaled_linear" if latent else "squaredcos_cap_v2",
-        prediction_type="epsilon",
+        beta_schedule=beta_schedule or ("scaled_linear" if latent else "squaredcos_cap_v2"),
+        prediction_type=prediction_type,
         clip_sample=not latent,
+        rescale_betas_zero_snr=zero_terminal_snr,
+        timestep_spacing=timestep_spacing,
     )
     return dict(sched.config)
 
@@ -234,11 +290,18 @@ def build_native(
     vae: AutoencoderKL | None = None,
     template_scale: float | None = 0.6,
     seed: int = 0,
+    class_embedding: bool = False,
+    condition_mean: Sequence[float] | None = None,
+    scheduler_config: dict[str, Any] | None = None,
 ) -> NativeGenerator:
-    """A freshly initialised native model (random weights from ``seed``), pixel space unless ``vae``."""
+    """A freshly initialised native model (random weights from ``seed``), pixel space unless ``vae``.
+
+    ``class_embedding`` also adds the (prepared) identity to the UNet's time embedding;
+    ``condition_mean`` centres the conditioning (see :func:`prepare_condition`).
+    """
     token_dim = int(token_dim or block_out_channels[-1])
     if vae is not None:
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        factor = vae_downscale_factor(vae)
         if image_size % factor:
             raise InputError(f"image_size {image_size} is not a multiple of the VAE's downscale factor {factor}")
         sample_size, channels = image_size // factor, int(vae.config.latent_channels)
@@ -249,7 +312,7 @@ def build_native(
         unet = UNet2DConditionModel(
             **native_unet_config(
                 sample_size, channels, block_out_channels, token_dim, layers_per_block, attention_head_dim,
-                norm_num_groups,
+                norm_num_groups, embedding_dim if class_embedding else None,
             )
         )
         projector = IdentityProjector(embedding_dim=embedding_dim, num_tokens=id_tokens, token_dim=token_dim)
@@ -260,8 +323,10 @@ def build_native(
         latent=vae is not None,
         id_tokens=id_tokens,
         template_scale=template_scale,
+        condition_mean=[float(v) for v in condition_mean] if condition_mean is not None else None,
     )
-    return NativeGenerator(unet, projector, meta, default_scheduler_config(vae is not None), vae).eval()
+    sched = scheduler_config if scheduler_config is not None else default_scheduler_config(vae is not None)
+    return NativeGenerator(unet, projector, meta, sched, vae).eval()
 
 
 def is_native(path: Path) -> bool:
@@ -287,7 +352,7 @@ def load_native(path: str | Path, device: torch.device | str = "cpu", dtype: tor
     try:
         unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype)
         projector = IdentityProjector.from_pretrained(path / "projector")
-        vae = AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dtype) if meta.latent else None
+        vae = vae_class(path / "vae").from_pretrained(path / "vae", torch_dtype=dtype) if meta.latent else None
         scheduler_config = dict(DDPMScheduler.load_config(path / "scheduler"))
     except (OSError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
@@ -296,6 +361,11 @@ def load_native(path: str | Path, device: torch.device | str = "cpu", dtype: tor
         raise InputError(
             f"native model {path}: projector takes {projector.config.embedding_dim}-d embeddings but "
             f"{META_FILE} says {meta.embedding_dim}: fix {META_FILE} or re-save the model"
+        )
+    if meta.condition_mean is not None and len(meta.condition_mean) != meta.embedding_dim:
+        raise InputError(
+            f"native model {path}: condition_mean has {len(meta.condition_mean)} values but embedding_dim is "
+            f"{meta.embedding_dim}: fix {META_FILE} or re-save the model"
         )
     model = NativeGenerator(unet, projector, meta, scheduler_config, vae, source=str(path))
     return model.to(device=torch.device(device)).eval()  # the projector stays fp32; its tokens are cast

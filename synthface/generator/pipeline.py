@@ -74,6 +74,13 @@ class GeneratorModel(ABC):
     def uncondition(self, batch: int) -> torch.Tensor:
         """(B, T, C) encoder_hidden_states of the unconditional branch."""
 
+    def class_labels(self, embeddings: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """(B, E) ``class_labels`` for UNets that add the identity to the time embedding, else None.
+
+        ``embeddings`` None asks for the unconditional branch's.
+        """
+        return None
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> images in [-1, 1] (identity for pixel-space models); differentiable."""
         if self.vae is None:
@@ -126,7 +133,7 @@ _FIXED_ROWS = 8
 
 @contextlib.contextmanager
 def _shared_timestep(unet: Any) -> Iterator[None]:
-    """Compute the timestep embedding once per call, with matrix shapes that never change.
+    """Compute the timestep embedding once per call (and any class embedding row by row), with fixed matrix shapes.
 
     Every row of a call shares the timestep, so the embedding is computed on one row and
     broadcast over the batch (exact, and cheaper). The (B, C) products whose rounding would
@@ -158,6 +165,14 @@ def _shared_timestep(unet: Any) -> Iterator[None]:
         return None
 
     handles = [module.register_forward_pre_hook(first_row)]
+    labels = getattr(unet, "class_embedding", None)
+    if labels is not None:
+        # the identity's class embedding makes the time embedding differ per row: it, and every
+        # projection of it into a resnet, runs one (fixed-shape) row at a time. On GPUs only a fixed
+        # batch size is bitwise stable anyway, so there the batched products stay.
+        if unet.device.type == "cpu":
+            handles.append(_RowWise(labels))
+            handles.extend(_RowWise(sub) for name, sub in unet.named_modules() if name.endswith("time_emb_proj"))
     for sub in unet.modules():
         if isinstance(sub, torch.nn.Linear):
             handles.append(sub.register_forward_pre_hook(widen))
@@ -169,12 +184,38 @@ def _shared_timestep(unet: Any) -> Iterator[None]:
             handle.remove()
 
 
-def _unet(model: GeneratorModel, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+class _RowWise:
+    """Runs a module one row at a time until removed (a hook handle's interface).
+
+    A bare Linear sees each row repeated ``_FIXED_ROWS`` times (a fixed-shape product, see
+    :func:`_shared_timestep`); other modules run per row and their inner Linears get those hooks.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        forward = module.forward
+        if isinstance(module, torch.nn.Linear):
+
+            def row(x: torch.Tensor) -> torch.Tensor:
+                return forward(x.repeat(_FIXED_ROWS, 1))[:1]
+
+        else:
+            row = forward  # its inner modules run through __call__, so their hooks fire
+        module.forward = lambda x, *a, **k: torch.cat([row(x[i : i + 1], *a, **k) for i in range(x.shape[0])])
+
+    def remove(self) -> None:
+        del self.module.forward  # back to the class's forward
+
+
+def _unet(
+    model: GeneratorModel, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor, labels: torch.Tensor | None = None
+) -> torch.Tensor:
     """One UNet call; a single row is padded to two so kernels never take their batch-1 paths."""
     n = x.shape[0]
     if n == 1:
         x, hidden = x.repeat(2, 1, 1, 1), hidden.repeat(2, 1, 1)
-    out = model.unet(x, t, encoder_hidden_states=hidden, return_dict=False)[0]
+        labels = labels.repeat(2, 1) if labels is not None else None
+    out = model.unet(x, t, encoder_hidden_states=hidden, class_labels=labels, return_dict=False)[0]
     return out[:n]
 
 
@@ -202,6 +243,9 @@ class _Clock:
 
 
 # --------------------------------------------------------------------------- identity guidance
+
+
+MIN_GUIDED_ALPHA_BAR = 1e-4  # identity guidance skips steps noisier than this (zero-terminal-SNR schedules start at 0)
 
 
 def _alpha_bar(scheduler: Any, t: torch.Tensor) -> float:
@@ -320,14 +364,19 @@ def sample_batch(
     with torch.no_grad(), clock("condition"):
         if unconditional:
             hidden = model.uncondition(n).to(device, dtype)
+            labels = model.class_labels(None, n)
             branches = 1
         else:
             # one row at a time: the conditioning of a sample never depends on its batch
             cond = torch.cat([model.condition(emb[i : i + 1].to(device)) for i in range(n)]).to(dtype)
+            labels = model.class_labels(emb.to(device), n)
             if guidance_scale == 1.0:
                 hidden, branches = cond, 1
             else:
                 hidden, branches = torch.cat([cond, model.uncondition(n).to(device, dtype)]), 2
+                if labels is not None:
+                    labels = torch.cat([labels, model.class_labels(None, n)])
+        labels = labels.to(device, dtype) if labels is not None else None
 
     target = emb.to(device) if guided and not unconditional else None
     with torch.no_grad(), _shared_timestep(model.unet):
@@ -336,12 +385,13 @@ def sample_batch(
                 inp = sched.scale_model_input(x, t)
                 rows = torch.cat([inp] * branches) if branches > 1 else inp
             with clock("unet"):
-                out = _unet(model, rows.to(dtype), t, hidden).float()
+                out = _unet(model, rows.to(dtype), t, hidden, labels).float()
             with clock("scheduler"):
                 if branches == 2:
                     cond_out, uncond_out = out.chunk(2)
                     out = uncond_out + guidance_scale * (cond_out - uncond_out)
-            if target is not None:
+            # at (near) zero SNR the x0 estimate is undefined and carries no identity: no guidance there
+            if target is not None and _alpha_bar(sched, t) > MIN_GUIDED_ALPHA_BAR:
                 with clock("identity_guidance"):
                     a = _alpha_bar(sched, t)
                     eps, _ = _to_eps_x0(pred_type, out, x, a)

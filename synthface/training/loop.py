@@ -62,7 +62,11 @@ RESUMABLE_CHANGES = {
 
 
 class Denoiser(nn.Module):
-    """Projector + UNet as one trainable module: (noisy, t, embeddings, drop_mask) -> predicted noise."""
+    """Projector + UNet as one trainable module: (noisy, t, prepared embeddings, drop_mask) -> prediction.
+
+    Dropped rows get the projector's null tokens and, when the UNet has a class embedding, the
+    unconditional class input (zeros: the training mean once centred), as the sampler's uncond branch.
+    """
 
     def __init__(self, unet: nn.Module, projector: nn.Module) -> None:
         super().__init__()
@@ -70,8 +74,39 @@ class Denoiser(nn.Module):
         self.projector = projector
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor, drop_mask: torch.Tensor) -> torch.Tensor:
+        from synthface.generator.native import uses_class_embedding
+
         hidden = self.projector(embeddings, drop_mask)
-        return self.unet(noisy, timesteps, encoder_hidden_states=hidden, return_dict=False)[0]
+        labels = None
+        if uses_class_embedding(self.unet):
+            keep = (~drop_mask.to(embeddings.device, torch.bool)).view(-1, 1)
+            labels = embeddings * keep.to(embeddings.dtype)
+        return self.unet(noisy, timesteps, encoder_hidden_states=hidden, class_labels=labels, return_dict=False)[0]
+
+
+def loss_weights(scheduler: Any, timesteps: torch.Tensor, gamma: float | None) -> torch.Tensor | None:
+    """Min-SNR-gamma weights per sample (None: plain MSE), for the scheduler's prediction type.
+
+    epsilon: min(SNR, g) / SNR; v_prediction: min(SNR, g) / (SNR + 1) (the same weighting of x0 error).
+    """
+    if gamma is None:
+        return None
+    a = scheduler.alphas_cumprod.to(torch.float64)[timesteps]
+    snr = a / (1.0 - a).clamp_min(1e-12)
+    clipped = snr.clamp(max=gamma)
+    if scheduler.config.prediction_type == "v_prediction":
+        return (clipped / (snr + 1.0)).float()
+    return (clipped / snr.clamp_min(1e-12)).float()
+
+
+def training_target(scheduler: Any, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict: the noise, or the velocity sqrt(a) noise - sqrt(1 - a) x0."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, timesteps)
+    raise ConfigError(f"unsupported prediction_type '{kind}' for training: use epsilon or v_prediction")
 
 
 @dataclass
@@ -130,19 +165,26 @@ def _mixed_precision(name: str, device_type: str) -> str:
 
 
 def load_vae(spec: str, device: torch.device) -> Any:
-    """An AutoencoderKL from a local folder (itself or its vae/ sub-folder) or a Hub id."""
+    """The latent space: a folder holding the two TAEF2 files (taef2_encoder.pth, taef2_decoder.pth),
+    or an AutoencoderKL / TinyAutoencoder save_pretrained folder (itself or its vae/ sub-folder), or a Hub id."""
     from diffusers import AutoencoderKL
 
+    from synthface.generator.taef2 import is_taef2_folder, load_taef2, vae_class
+
     path = Path(spec).expanduser()
+    if is_taef2_folder(path):
+        return load_taef2(path).to(device).eval().requires_grad_(False)
     kwargs: dict[str, Any] = {}
     if path.is_dir() and (path / "vae").is_dir() and not (path / "config.json").is_file():
         kwargs["subfolder"] = "vae"
+    cls = vae_class(path / kwargs.get("subfolder", "")) if path.is_dir() else AutoencoderKL
     try:
-        vae = AutoencoderKL.from_pretrained(str(path) if path.exists() else spec, **kwargs)
+        vae = cls.from_pretrained(str(path) if path.exists() else spec, **kwargs)
     except Exception as exc:  # noqa: BLE001 - offline, bad repo id, wrong files ...
         raise WeightsError(
-            f"cannot load the VAE '{spec}' ({type(exc).__name__}): pass a local AutoencoderKL folder with "
-            f"--set model.vae=DIR, or fetch it first (huggingface-cli download {spec})"
+            f"cannot load the VAE '{spec}' ({type(exc).__name__}): pass a folder holding taef2_encoder.pth and "
+            f"taef2_decoder.pth (madebyollin/taesd) or a local AutoencoderKL folder with --set model.vae=DIR, "
+            f"or fetch it first (huggingface-cli download {spec})"
         ) from None
     return vae.to(device).eval().requires_grad_(False)
 
@@ -181,6 +223,15 @@ def latent_cache(vae_spec: str, faces: FaceData, cache_dir: Path, vae: Any, batc
     cache_dir.mkdir(parents=True, exist_ok=True)
     _atomic_save_npy(path, latents)
     return np.load(path, mmap_mode="r")
+
+
+def latent_std(latents: np.ndarray, limit: int = 4096) -> float:
+    """The standard deviation of cached latents (an evenly spaced subset of at most ``limit`` faces)."""
+    idx = np.unique(np.linspace(0, len(latents) - 1, min(limit, len(latents))).round().astype(int))
+    std = float(np.asarray(latents[idx], dtype=np.float32).std())
+    if not np.isfinite(std) or std <= 0:
+        raise InputError("the cached training latents are constant or not finite: delete the latent cache and retry")
+    return std
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
@@ -271,9 +322,16 @@ class Trainer:
 
     def make_model(self, faces: FaceData, vae: Any) -> Any:
         """A freshly initialised native model (seeded by the recipe's seed) for these faces."""
-        from synthface.generator.native import build_native
+        from synthface.generator.native import build_native, default_scheduler_config
 
-        c = self.config
+        c, m = self.config, self.config.model
+        mean = None
+        if m.center_condition:
+            raw = faces.conditions(c.data.condition).astype(np.float64)
+            mean = raw.mean(axis=0)
+        sched = default_scheduler_config(
+            vae is not None, m.prediction_type, m.beta_schedule, m.zero_terminal_snr, m.timestep_spacing
+        )
         return build_native(
             embedder=c.embedder,
             embedding_dim=int(faces.image_embeddings.shape[1]),
@@ -287,6 +345,9 @@ class Trainer:
             vae=vae,
             template_scale=faces.template_scale,
             seed=c.seed,
+            class_embedding=m.class_embedding,
+            condition_mean=mean,
+            scheduler_config=sched,
         )
 
     # ----------------------------------------------------------------- run
@@ -306,7 +367,7 @@ class Trainer:
 
         c, t = self.config, self.config.train
         if c.model.latent and not c.model.vae:
-            raise ConfigError("model.latent is true but model.vae is empty: name an AutoencoderKL (Hub id or folder)")
+            raise ConfigError("model.latent is true but model.vae is empty: name a TAEF2 folder or an AutoencoderKL (Hub id or folder)")
         wall0 = time.perf_counter()
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -327,6 +388,10 @@ class Trainer:
                                  c.data.batch_size, device, self.progress)
                     if vae is not None else None
                 )
+            latent_gain = 1.0
+            if latents is not None and c.model.latent_scaling == "auto":
+                latent_gain = 1.0 / latent_std(latents)
+                vae.register_to_config(scaling_factor=float(getattr(vae.config, "scaling_factor", 1.0)) * latent_gain)
             if main:
                 write_resolved(c, self.run_dir)
             summary: dict[str, Any] = {"run_dir": str(self.run_dir), "data": faces.summary(), "config_hash": config_hash(c)}
@@ -366,7 +431,9 @@ class Trainer:
                 log.path.unlink()
             accelerator.wait_for_everyone()
 
-            conds = torch.from_numpy(faces.conditions(c.data.condition))
+            from synthface.generator.native import prepare_condition
+
+            conds = prepare_condition(torch.from_numpy(faces.conditions(c.data.condition)), model.condition_mean)
             crops = torch.from_numpy(faces.crops)
             world, rank = accelerator.num_processes, accelerator.process_index
             grid_ids = sample_identities(faces, t.sample_identities)
@@ -381,7 +448,7 @@ class Trainer:
                     flips = (torch.rand(len(idx), generator=gen) < 0.5).long() if "flip" in t.augment else torch.zeros(len(idx), dtype=torch.long)
                     sel = np.asarray(latents[np.sort(idx.numpy())])  # memmap reads want sorted indices
                     order = np.argsort(np.argsort(idx.numpy()))
-                    x0 = torch.from_numpy(sel[order]).float()[torch.arange(len(idx)), flips]
+                    x0 = torch.from_numpy(sel[order]).float()[torch.arange(len(idx)), flips] * latent_gain
                 else:
                     x0 = augment_pixels(crops[idx], t.augment, t.jitter, gen)
                 return Batch(x0, conds[idx]), gen
@@ -402,12 +469,18 @@ class Trainer:
                     steps_t = torch.randint(0, noise_sched.config.num_train_timesteps, (b.x0.shape[0],), generator=gen)
                     mask = drop_mask(b.x0.shape[0], t.cond_dropout, gen)
                     noisy = noise_sched.add_noise(b.x0, noise, steps_t)
+                    target = training_target(noise_sched, b.x0, noise, steps_t)
+                    weights = loss_weights(noise_sched, steps_t, t.snr_gamma)
                     sync = micro == t.grad_accum - 1
                     ctx = contextlib.nullcontext() if sync else accelerator.no_sync(denoiser)
                     with ctx:
                         with accelerator.autocast():
                             pred = denoiser(noisy.to(device), steps_t.to(device), b.cond.to(device), mask.to(device))
-                        loss = F.mse_loss(pred.float(), noise.to(device).float())
+                        if weights is None:
+                            loss = F.mse_loss(pred.float(), target.to(device).float())
+                        else:
+                            per = F.mse_loss(pred.float(), target.to(device).float(), reduction="none").mean(dim=(1, 2, 3))
+                            loss = (per * weights.to(device)).mean()
                         accelerator.backward(loss / t.grad_accum)
                     losses.append(loss.detach())
                 if t.clip_grad_norm:
@@ -524,12 +597,14 @@ class Trainer:
         seeds = np.array([self.config.seed * 1000 + j for _ in ids for j in range(n_seeds)])
         was_training = denoiser.training
         denoiser.eval()
+        options = {"scheduler": t.sample_scheduler, "steps": t.sample_steps}
         with torch.random.fork_rng(devices=[]), self._ema_weights(ema, params):
-            images = generate(
-                view, emb, seeds, batch_size=max(2, len(seeds)), scheduler=t.sample_scheduler, steps=t.sample_steps,
-                guidance_scale=t.guidance_scale,
-            )
+            images = generate(view, emb, seeds, batch_size=max(2, len(seeds)), guidance_scale=t.guidance_scale, **options)
+            # the same seeds without identity: the last row of the grid, and the yardstick of how much the condition matters
+            uncond = generate(view, None, seeds[:n_seeds], batch_size=max(2, n_seeds), guidance_scale=1.0,
+                              unconditional=True, **options)
         denoiser.train(was_training)
+        self._log_condition_effect(step, images.reshape(len(ids), n_seeds, *images.shape[1:]), uncond)
         rows = []
         for k, ident in enumerate(ids):
             real = faces.crops[int(np.flatnonzero(faces.labels == ident)[0])]
@@ -538,8 +613,25 @@ class Trainer:
 
                 real = np.asarray(Image.fromarray(real).resize(images.shape[1:3][::-1], Image.BICUBIC))
             rows.append([real] + list(images[k * n_seeds : (k + 1) * n_seeds]))
+        rows.append([np.full_like(rows[0][0], 255)] + list(uncond))
         scale = max(1, 96 // images.shape[1])
         return save_png(image_grid(rows, scale=scale), self.run_dir / "samples" / f"step-{step:07d}.png")
+
+    def _log_condition_effect(self, step: int, cond: np.ndarray, uncond: np.ndarray) -> None:
+        """Append to samples/condition.csv how far renders of one seed move with the identity (0-255 units).
+
+        ``cond_vs_uncond``: mean |conditional - unconditional| render of the same seed;
+        ``between_identities``: mean |render of identity a - render of identity b| of the same seed.
+        Both stay near 0 while the model ignores its condition.
+        """
+        c = cond.astype(np.float32)
+        vs_uncond = float(np.abs(c - uncond.astype(np.float32)[None]).mean())
+        between = float(np.abs(c[:, None] - c[None]).mean() * len(c) / max(len(c) - 1, 1)) if len(c) > 1 else 0.0
+        path = self.run_dir / "samples" / "condition.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else ["step,cond_vs_uncond,between_identities"]
+        lines = [ln for ln in lines if not ln.startswith(f"{step},")] + [f"{step},{vs_uncond:.3f},{between:.3f}"]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def _export(self, accelerator, denoiser, ema, params, model, step: int) -> Path:
         target = self.run_dir / "model"
