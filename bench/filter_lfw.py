@@ -73,6 +73,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--cache", type=Path, default=None, help="folder of per-person detection/embedding results (reused)")
     ap.add_argument("--cached-only", action="store_true", help="evaluate only the people already in --cache")
+    ap.add_argument("--sweep", type=float, nargs=3, default=(0.80, 0.96, 0.01), metavar=("START", "STOP", "STEP"),
+                    help="thresholds swept (dlib's scale by default; sface: 0.20 0.60 0.02)")
     args = ap.parse_args()
 
     root, ext = (args.aligned, "png") if args.source == "aligned" else (args.raw, "jpg")
@@ -141,7 +143,8 @@ def main() -> None:
         return {"threshold": threshold, "precision": precision, "recall": recall, "rejected": tp + fp,
                 "false_rejects": fp, "missed": fn, "no_face_or_low_detector": no_face}  # fmt: skip
 
-    sweep = [evaluate(round(t, 3)) for t in np.arange(0.80, 0.961, 0.01)]
+    start, stop, step = args.sweep
+    sweep = [evaluate(round(t, 3)) for t in np.arange(start, stop + step / 10, step)]
     default = evaluate(default_threshold(args.embedder))
     print(f"\n{'threshold':>9} {'precision':>9} {'recall':>7} {'rejected':>8} {'false rej':>9} {'missed':>6}")
     for r in sweep:

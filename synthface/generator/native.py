@@ -7,6 +7,9 @@ On disk (diffusers layout)::
     MODEL/projector/         IdentityProjector.save_pretrained (safetensors)
     MODEL/vae/               AutoencoderKL or TinyAutoencoder (TAEF2) .save_pretrained (latent models only)
     MODEL/scheduler/         the training noise scheduler's config
+    MODEL/gallery.parquet    the training faces' conditioning embeddings (written by `synthface train`):
+                             `identities.strategy: gallery` draws new identities from their statistics
+                             and keeps them away from these real people when no gallery is named
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from synthface.generator.taef2 import vae_class, vae_downscale_factor
 FORMAT = "synthface-native"
 FORMAT_VERSION = 1
 META_FILE = "synthface.json"
+GALLERY_FILE = "gallery.parquet"
 
 
 class IdentityProjector(ModelMixin, ConfigMixin):

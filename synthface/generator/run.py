@@ -358,6 +358,16 @@ def _gather(state: Any, obj: Any) -> list[Any]:
 # --------------------------------------------------------------------------- identities
 
 
+def _with_model_gallery(cfg: Any, model: GeneratorModel) -> Any:
+    """The gallery strategy without a named gallery uses the one a trained native model carries."""
+    from synthface.generator.native import GALLERY_FILE
+
+    own = Path(model.source) / GALLERY_FILE if model.source else None
+    if cfg.strategy == "gallery" and not cfg.gallery and own is not None and own.is_file():
+        return cfg.model_copy(update={"gallery": str(own)})
+    return cfg
+
+
 def _identity_plan(
     recipe: GenerateRecipe, model: GeneratorModel, out: Path, guard_hash: str, device: Any, write: bool = True
 ) -> IdentityPlan:
@@ -388,7 +398,7 @@ def _identity_plan(
                              guidance_scale=1.0, unconditional=True))  # fmt: skip
 
     plan = plan_identities(
-        recipe.identities,
+        _with_model_gallery(recipe.identities, model),
         recipe.seed,
         model.embedding_dim,
         embedder=model.embedder,
@@ -412,6 +422,12 @@ def identity_guide_for(model: GeneratorModel, device: Any) -> Any:
             f"sampling.identity_scale > 0 needs a differentiable '{model.embedder}' embedder and this one is not: "
             "set sampling.identity_scale=0"
         )
+    import inspect
+
+    # embedders whose guide warps the generated crop to their own template (sface) take its geometry
+    params = inspect.signature(make).parameters
+    if model.template_scale is not None and "template_scale" in params and "image_size" in params:
+        return make(image_size=model.image_size, template_scale=model.template_scale)
     return make()
 
 

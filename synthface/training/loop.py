@@ -272,6 +272,7 @@ class Trainer:
         self.resume = resume
         self.progress = progress_or_null(progress)
         self.embedder = embedder
+        self._gallery: Path | None = None  # the cached embeddings table, exported with the model
 
     # ----------------------------------------------------------------- preparation
 
@@ -293,6 +294,9 @@ class Trainer:
                     f"recipe ({resolved}) or start a new --out"
                 )
 
+    def _cache_dir(self) -> Path:
+        return Path(self.config.data.cache) if self.config.data.cache else self.run_dir / "cache"
+
     def prepare_data(self, device: torch.device) -> FaceData:
         c = self.config
         people = None
@@ -300,7 +304,7 @@ class Trainer:
             from synthface.dataset.reader import read_people
 
             people = read_people(c.data.people)
-        cache = Path(c.data.cache) if c.data.cache else self.run_dir / "cache"
+        cache = self._cache_dir()
         return load_faces(
             self.data_src,
             c.embedder,
@@ -382,9 +386,10 @@ class Trainer:
             set_seed(c.seed)
             with accelerator.main_process_first():
                 faces = self.prepare_data(device)
+                self._gallery = self._cache_dir() / f"faces-{faces.cache_key}.parquet"
                 vae = load_vae(c.model.vae, device) if c.model.latent else None
                 latents = (
-                    latent_cache(str(c.model.vae), faces, Path(c.data.cache) if c.data.cache else self.run_dir / "cache", vae,
+                    latent_cache(str(c.model.vae), faces, self._cache_dir(), vae,
                                  c.data.batch_size, device, self.progress)
                     if vae is not None else None
                 )
@@ -642,6 +647,10 @@ class Trainer:
         view.meta.extra = dict(model.meta.extra, train_steps=step)
         with self._ema_weights(ema, params):
             view.save(tmp)
+        if self._gallery is not None and self._gallery.is_file():
+            from synthface.generator.native import GALLERY_FILE
+
+            shutil.copyfile(self._gallery, tmp / GALLERY_FILE)
         if target.exists():
             shutil.rmtree(target)
         tmp.replace(target)
