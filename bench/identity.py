@@ -107,16 +107,21 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--judges", default=None,
+                    help="comma-separated judging embedders (default: dlib and the conditioning embedder, which always "
+                    "judges too); e.g. --judges sface on a machine without dlib (docs/device.md)")
+    ap.add_argument("--device", default="cpu", help="torch device of the model, MTCNN and identity guidance (cuda on a GPU)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/identity.json"))
     ap.add_argument("--sheet", default=str(ROOT / "bench/results/identity_contact_sheet.png"))
     args = ap.parse_args()
     t0 = time.time()
 
-    model = load_model(args.model)
+    model = load_model(args.model, device=args.device)
     size, scale = model.image_size, model.template_scale if model.template_scale is not None else 1.0
     cond_embedder = get_embedder(model.embedder)
-    dlib = get_embedder("dlib")
-    detector = FaceDetector(device="cpu")
+    names_j = [j.strip() for j in (args.judges or "dlib").split(",") if j.strip() and j.strip() != model.embedder]
+    judges = {model.embedder: cond_embedder} | {j: get_embedder(j) for j in names_j}  # name -> embedder
+    detector = FaceDetector(device=args.device)
 
     # ---- real references
     people = test_people(Path(args.split), Path(args.aligned), args.people)
@@ -124,15 +129,16 @@ def main() -> None:
     paths = [p for _, files in people for p in files]
     labels_real = np.array([i for i, (_, files) in enumerate(people) for _ in files])
     crops_real = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
-    cond_real = embed_aligned(cond_embedder, crops_real, args.aligned_scale)
-    dlib_real = embed_aligned(dlib, crops_real, args.aligned_scale)
+    real = {j: embed_aligned(e, crops_real, args.aligned_scale) for j, e in judges.items()}
 
     def means(emb: np.ndarray) -> np.ndarray:
         sums = np.zeros((len(names), emb.shape[1]))
         np.add.at(sums, labels_real, emb)
         return normalise(sums)
 
-    id_cond, id_dlib = means(cond_real), means(dlib_real)
+    ids = {j: means(e) for j, e in real.items()}
+    id_cond = ids[model.embedder]
+    sheet_judge = "dlib" if "dlib" in judges else model.embedder  # colours the contact sheet
     k = args.per_person
 
     # ---- the ceiling: real photos at the model's size through its autoencoder (if any), judged the same way
@@ -140,11 +146,13 @@ def main() -> None:
     small = np.stack([np.asarray(Image.fromarray(crops_real[j]).resize((size, size), Image.LANCZOS)) for j in picks])
     if model.vae is not None:
         with torch.no_grad():
-            x = torch.from_numpy(small).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-            rec = torch.cat([model.vae.decode(model.vae.encode(x[i : i + 16]).latent_dist.mean).sample for i in range(0, len(x), 16)])
+            x = torch.from_numpy(small).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(model.device, model.dtype)
+            rec = torch.cat([model.vae.decode(model.vae.encode(x[i : i + 16]).latent_dist.mean).sample.float().cpu()
+                             for i in range(0, len(x), 16)])
         small = rec.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()
     roundtrip = {}
-    for judge, emb_real, name in ((dlib, dlib_real, "dlib"), (cond_embedder, cond_real, model.embedder)):
+    for name, judge in judges.items():
+        emb_real = real[name]
         e = embed_aligned(judge, small, scale)
         sums = np.zeros((len(names), emb_real.shape[1]))
         np.add.at(sums, labels_real, emb_real)
@@ -172,7 +180,7 @@ def main() -> None:
     for s in scales:
         options = dict(scheduler=args.scheduler, steps=args.steps, guidance_scale=args.guidance)
         if s > 0:
-            options.update(identity_scale=s, identity_guide=identity_guide_for(model, "cpu"))
+            options.update(identity_scale=s, identity_guide=identity_guide_for(model, args.device))
         n_people = len(names) if s == 0 or args.guided_people is None else min(args.guided_people, len(names))
         cond = np.repeat(id_cond[:n_people], k, axis=0)
         labels = np.repeat(np.arange(n_people), k)
@@ -180,26 +188,23 @@ def main() -> None:
         t1 = time.time()
         images = generate(model, cond, seeds, batch_size=args.batch_size, **options)
         t_gen = time.time() - t1
-        g_dlib, g_cond = embed_aligned(dlib, images, scale), embed_aligned(cond_embedder, images, scale)
+        g = {j: embed_aligned(e, images, scale) for j, e in judges.items()}
         perm = np.random.default_rng(args.seed).permutation(len(names))
         r: dict[str, object] = {"identity_scale": s, "people": n_people, "generate_seconds": round(t_gen, 1)}
-        r["dlib"] = identify(g_dlib, labels, id_dlib) | {"shuffled_top1": identify(g_dlib, perm[labels], id_dlib)["top1"]}
-        r[model.embedder] = identify(g_cond, labels, id_cond) | {"shuffled_top1": identify(g_cond, perm[labels], id_cond)["top1"]}
+        for j in judges:
+            r[j] = identify(g[j], labels, ids[j]) | {"shuffled_top1": identify(g[j], perm[labels], ids[j])["top1"]}
         r["detection_rate"] = detection_rate(detector, images)
         if new_ids is not None:
             m = len(new_ids) if s == 0 or args.guided_people is None else min(args.guided_people, len(new_ids))
             seeds_new = np.array([20_000_000 + 100 * i + j for i in range(m) for j in range(k)])
             new_images = generate(model, np.repeat(new_ids[:m], k, axis=0), seeds_new, batch_size=args.batch_size, **options)
             labels_new = np.repeat(np.arange(m), k)
-            r["new_identities"] = {
-                "identities": m,
-                "dlib": pair_accuracy(embed_aligned(dlib, new_images, scale), labels_new, args.seed),
-                model.embedder: pair_accuracy(embed_aligned(cond_embedder, new_images, scale), labels_new, args.seed),
-                "detection_rate": detection_rate(detector, new_images),
-            }
+            r["new_identities"] = {"identities": m} | {
+                j: pair_accuracy(embed_aligned(e, new_images, scale), labels_new, args.seed) for j, e in judges.items()
+            } | {"detection_rate": detection_rate(detector, new_images)}
         runs.append(r)
         if sheet is None:
-            hits = np.argmax(g_dlib @ id_dlib.T, axis=1) == labels
+            hits = np.argmax(g[sheet_judge] @ ids[sheet_judge].T, axis=1) == labels
             rows = []
             for i in range(min(10, n_people)):
                 real = np.asarray(Image.fromarray(crops_real[int(np.flatnonzero(labels_real == i)[0])]).resize((size, size)))
@@ -220,9 +225,10 @@ def main() -> None:
     summary = {
         "model": args.model,
         "embedder": model.embedder,
-        "id_rate_dlib": base["dlib"]["top1"],
+        "judges": list(judges),
+        "id_rate_dlib": base["dlib"]["top1"] if "dlib" in judges else None,
         f"id_rate_{model.embedder}": base[model.embedder]["top1"],
-        "synthetic_pair_accuracy_dlib": base["new_identities"]["dlib"]["accuracy"] if new_ids is not None else None,
+        "synthetic_pair_accuracy_dlib": base["new_identities"]["dlib"]["accuracy"] if new_ids is not None and "dlib" in judges else None,
         "detection_rate": base["detection_rate"],
         "chance": 1.0 / len(names),
         "train_cpu_minutes": train_minutes,
@@ -232,7 +238,7 @@ def main() -> None:
                      "scheduler": args.scheduler, "steps": args.steps, "aligned": args.aligned},
         "sheet": str(sheet) if sheet else None,
         "sheet_legend": "row = test-half person; first column: a real photo at the model's size; then renders from the "
-        "person's mean embedding, green border = dlib identifies the person, red = not",
+        f"person's mean embedding, green border = {sheet_judge} identifies the person, red = not",
         "seconds": {"references": round(t_ref, 1), "total": round(time.time() - t0, 1)},
         "people_names": names,
     }
