@@ -14,12 +14,12 @@ import torch
 from synthface.errors import WeightsError
 from synthface.generator import generate, load_model, sample_batch
 from synthface.generator.native import build_native, load_native
+from synthface.dataset.writer import file_sha256
 from synthface.generator.taef2 import (
     DECODER_FILE,
     ENCODER_FILE,
     KNOWN_SHA256,
     TinyAutoencoder,
-    _sha256,
     is_taef2_folder,
     load_taef2,
     vae_class,
@@ -59,7 +59,7 @@ def _centre_crop(path, size: int = 128) -> torch.Tensor:
 
 def test_published_checksums_match_the_files(taef2_dir):
     for name in (ENCODER_FILE, DECODER_FILE):
-        assert _sha256(taef2_dir / name) == KNOWN_SHA256[name]
+        assert file_sha256(taef2_dir / name) == KNOWN_SHA256[name]
 
 
 def test_real_taef2_shapes_and_interface(taef2, one_thread):

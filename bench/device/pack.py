@@ -35,7 +35,6 @@ the budget, 2 when an input is missing. The device side unpacks with bench/devic
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -49,6 +48,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from synthface.dataset.writer import file_sha256 as sha256  # noqa: E402
 
 MIB = 1 << 20
 FORMAT = "synthface-device-pack"
@@ -80,13 +82,6 @@ class Refused(Exception):
         super().__init__(message)
         self.code = code
 
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def mib(n: int) -> str:

@@ -33,18 +33,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from synthface.dataset.writer import file_sha256  # noqa: E402
+
 FORMAT = "synthface-model-parts"
 CARD = "card.json"
 PART_LIMIT = int(15.5 * (1 << 20))  # under the tool's 16 MiB per file, with room for the header
 SEP = "::"
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _dtype_name(t: Any) -> str:
@@ -83,7 +81,7 @@ def split_model(model_dir: str | Path, out_dir: str | Path, *, max_parts: int = 
     for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(model_dir).as_posix()
         if rel in external:
-            outside[rel] = {"bytes": path.stat().st_size, "sha256": _sha256(path), "in": external[rel]}
+            outside[rel] = {"bytes": path.stat().st_size, "sha256": file_sha256(path), "in": external[rel]}
         elif path.suffix == ".safetensors":
             keep = rel.split("/", 1)[0] in keep_fp32
             for key, t in load_file(str(path)).items():
@@ -121,7 +119,7 @@ def split_model(model_dir: str | Path, out_dir: str | Path, *, max_parts: int = 
     for k, names in enumerate(groups, 1):
         target = out_dir / f"model-{k:05d}-of-{n:05d}.safetensors"
         save_file({name: tensors[name] for name in names}, str(target), metadata={"format": FORMAT, "part": f"{k}/{n}"})
-        parts.append({"file": target.name, "bytes": target.stat().st_size, "sha256": _sha256(target), "tensors": len(names)})
+        parts.append({"file": target.name, "bytes": target.stat().st_size, "sha256": file_sha256(target), "tensors": len(names)})
     extra = {}
     for item in card_extra or []:
         p = Path(item)
@@ -164,9 +162,9 @@ def _find_external(size: int, digest: str, places: list[Path]) -> bytes | None:
                             return data
         elif place.is_dir():
             for p in place.rglob("*"):
-                if p.is_file() and p.stat().st_size == size and _sha256(p) == digest:
+                if p.is_file() and p.stat().st_size == size and file_sha256(p) == digest:
                     return p.read_bytes()
-        elif place.is_file() and place.stat().st_size == size and _sha256(place) == digest:
+        elif place.is_file() and place.stat().st_size == size and file_sha256(place) == digest:
             return place.read_bytes()
     return None
 
@@ -200,7 +198,7 @@ def restore_model(parts_dir: str | Path, model_dir: str | Path, search: list[str
         path = parts_dir / part["file"]
         if not path.is_file():
             raise FileNotFoundError(f"part {path} is missing")
-        if _sha256(path) != part["sha256"]:
+        if file_sha256(path) != part["sha256"]:
             raise ValueError(f"part {path} is damaged (sha256 differs from {CARD})")
         for name, t in load_file(str(path)).items():
             rel, _, key = name.partition(SEP)

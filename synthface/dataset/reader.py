@@ -27,7 +27,6 @@ Formats:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from synthface.dataset.writer import file_sha256
 from synthface.errors import InputError
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -165,13 +165,6 @@ class ImageFolderFaces(FaceImages):
 # --------------------------------------------------------------------------- Parquet shards
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def _marker_names(parquet: Path) -> tuple[Path, Path]:
     """Where a shard's commit marker may be: ``.train-...json`` (what synthface writes), or ``train-...json``."""
@@ -193,7 +186,7 @@ def committed_shards(directory: str | Path, verify: bool = True) -> list[Path]:
             except (OSError, ValueError):
                 raise InputError(f"commit marker {marker} is unreadable: delete it and the shard, then resume") from None
             expected = meta.get("sha256") if isinstance(meta, dict) else None
-            if expected and _sha256(path) != expected:
+            if expected and file_sha256(path) != expected:
                 raise InputError(f"shard {path} does not match its commit marker checksum: the file is damaged")
         shards.append(path)
     return shards

@@ -18,7 +18,6 @@ latents have overall mean -0.01 and std 0.91, per-channel means -1.09 .. 0.95 an
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from synthface.dataset.writer import file_sha256
 from synthface.errors import InputError, WeightsError
 
 ENCODER_FILE = "taef2_encoder.pth"
@@ -184,18 +184,11 @@ def is_taef2_folder(folder: str | Path) -> bool:
     return path.is_dir() and any((path / name).is_file() for name in (ENCODER_FILE, DECODER_FILE))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _state_dict(path: Path, verify: bool) -> dict[str, torch.Tensor]:
     expected = KNOWN_SHA256.get(path.name)
     if verify and expected is not None:
-        actual = _sha256(path)
+        actual = file_sha256(path)
         if actual != expected:
             raise WeightsError(
                 f"{path} has sha256 {actual} but the published {path.name} has {expected}: "
