@@ -72,6 +72,20 @@ def embed_crops(embedder, crops: np.ndarray, template_scale: float, min_side: in
     return np.concatenate(out)
 
 
+def marked_rows(reals: list[np.ndarray], images: np.ndarray, hits: np.ndarray, k: int, border: int = 1) -> list[list[np.ndarray]]:
+    """Contact-sheet rows: a real face, then the person's k renders framed green (identified) or red (not)."""
+    rows = []
+    for i, real in enumerate(reals):
+        row = [real]
+        for j in range(k):
+            img = images[i * k + j].copy()
+            colour = (0, 200, 0) if hits[i * k + j] else (220, 0, 0)
+            img[:border], img[-border:], img[:, :border], img[:, -border:] = colour, colour, colour, colour
+            row.append(img)
+        rows.append(row)
+    return rows
+
+
 def identify(gen_emb: np.ndarray, gen_labels: np.ndarray, identities: np.ndarray) -> dict[str, float]:
     sims = gen_emb @ identities.T
     order = np.argsort(-sims, axis=1)
@@ -170,19 +184,13 @@ def main() -> None:
     headline = runs[0]
     images, g_emb = sheet_images
     hits = np.argmax(g_emb @ identities.T, axis=1) == labels
-    rows = []
+    reals = []
     for i in range(min(args.sheet_people, len(names))):
         real = real_rows.get(i)
         if real is None:
             real = np.asarray(Image.open(people[i][1][0]).convert("RGB").resize((size, size), Image.LANCZOS))
-        row = [real]
-        for j in range(k):
-            img = images[i * k + j].copy()
-            colour = (0, 200, 0) if hits[i * k + j] else (220, 0, 0)
-            img[:1], img[-1:], img[:, :1], img[:, -1:] = colour, colour, colour, colour
-            row.append(img)
-        rows.append(row)
-    sheet = image_grid(rows, scale=max(1, 96 // size))
+        reals.append(real)
+    sheet = image_grid(marked_rows(reals, images, hits, k), scale=max(1, 96 // size))
     save_png(sheet, Path(args.sheet))
 
     summary = {

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from identification import identify, normalise, test_people  # noqa: E402
+from identification import identify, marked_rows, normalise, test_people  # noqa: E402
 
 from synthface.faces.align import FaceDetector, template_landmarks  # noqa: E402
 from synthface.faces.embedders import get_embedder  # noqa: E402
@@ -205,17 +205,9 @@ def main() -> None:
         runs.append(r)
         if sheet is None:
             hits = np.argmax(g[sheet_judge] @ ids[sheet_judge].T, axis=1) == labels
-            rows = []
-            for i in range(min(10, n_people)):
-                real = np.asarray(Image.fromarray(crops_real[int(np.flatnonzero(labels_real == i)[0])]).resize((size, size)))
-                row = [real]
-                for j in range(k):
-                    img = images[i * k + j].copy()
-                    colour = (0, 200, 0) if hits[i * k + j] else (220, 0, 0)
-                    img[:2], img[-2:], img[:, :2], img[:, -2:] = colour, colour, colour, colour
-                    row.append(img)
-                rows.append(row)
-            sheet = save_png(image_grid(rows, scale=1), Path(args.sheet))
+            reals = [np.asarray(Image.fromarray(crops_real[int(np.flatnonzero(labels_real == i)[0])]).resize((size, size)))
+                     for i in range(min(10, n_people))]
+            sheet = save_png(image_grid(marked_rows(reals, images, hits, k, border=2), scale=1), Path(args.sheet))
 
     base = runs[0]
     train_minutes = None
