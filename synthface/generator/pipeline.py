@@ -11,7 +11,10 @@ conditioning is computed per sample, the timestep embedding once per step (all r
 UNet never runs on a single row, and the VAE decodes one sample at a time. On CPU this makes images
 bitwise identical whatever the batch size; on GPUs the BLAS/cuDNN kernel choice still depends on the
 batch shape, so only a fixed batch size is bitwise stable there (process count and resume never
-change a batch, see synthface/dataset/plan.py).
+change a batch, see synthface/dataset/plan.py). There the per-row work would buy nothing and costs
+launches (one VAE decode per sample, two hooks on every linear layer at every step), so on an
+accelerator the conditioning, the linear layers and the decode run batched
+(:func:`batch_invariant` says which).
 """
 
 from __future__ import annotations
@@ -131,6 +134,11 @@ def _set_timesteps(scheduler: Any, name: str, steps: int, device: torch.device) 
 _FIXED_ROWS = 8
 
 
+def batch_invariant(device: torch.device) -> bool:
+    """Whether the loop keeps a sample's arithmetic independent of its batch on ``device`` (the CPU only)."""
+    return device.type == "cpu"
+
+
 @contextlib.contextmanager
 def _shared_timestep(unet: Any) -> Iterator[None]:
     """Compute the timestep embedding once per call (and any class embedding row by row), with fixed matrix shapes.
@@ -165,18 +173,18 @@ def _shared_timestep(unet: Any) -> Iterator[None]:
         return None
 
     handles = [module.register_forward_pre_hook(first_row)]
-    labels = getattr(unet, "class_embedding", None)
-    if labels is not None:
-        # the identity's class embedding makes the time embedding differ per row: it, and every
-        # projection of it into a resnet, runs one (fixed-shape) row at a time. On GPUs only a fixed
-        # batch size is bitwise stable anyway, so there the batched products stay.
-        if unet.device.type == "cpu":
+    if batch_invariant(unet.device):
+        # On GPUs only a fixed batch size is bitwise stable anyway: there the batched products stay.
+        labels = getattr(unet, "class_embedding", None)
+        if labels is not None:
+            # the identity's class embedding makes the time embedding differ per row: it, and every
+            # projection of it into a resnet, runs one (fixed-shape) row at a time
             handles.append(_RowWise(labels))
             handles.extend(_RowWise(sub) for name, sub in unet.named_modules() if name.endswith("time_emb_proj"))
-    for sub in unet.modules():
-        if isinstance(sub, torch.nn.Linear):
-            handles.append(sub.register_forward_pre_hook(widen))
-            handles.append(sub.register_forward_hook(narrow))
+        for sub in unet.modules():
+            if isinstance(sub, torch.nn.Linear):
+                handles.append(sub.register_forward_pre_hook(widen))
+                handles.append(sub.register_forward_hook(narrow))
     try:
         yield
     finally:
@@ -333,6 +341,7 @@ def sample_batch(
         h = model.image_size
         return torch.zeros((0, 3, h, h))
     clock = _Clock(timings, device)
+    per_row = batch_invariant(device)
     if not unconditional:
         if embeddings is None:
             raise ConfigError("conditional sampling needs identity embeddings")
@@ -367,8 +376,11 @@ def sample_batch(
             labels = model.class_labels(None, n)
             branches = 1
         else:
-            # one row at a time: the conditioning of a sample never depends on its batch
-            cond = torch.cat([model.condition(emb[i : i + 1].to(device)) for i in range(n)]).to(dtype)
+            # on the CPU one row at a time: the conditioning of a sample never depends on its batch
+            if per_row:
+                cond = torch.cat([model.condition(emb[i : i + 1].to(device)) for i in range(n)]).to(dtype)
+            else:
+                cond = model.condition(emb.to(device)).to(dtype)
             labels = model.class_labels(emb.to(device), n)
             if guidance_scale == 1.0:
                 hidden, branches = cond, 1
@@ -404,8 +416,10 @@ def sample_batch(
     with torch.no_grad(), clock("decode"):
         if model.vae is None:
             images = x
-        else:
+        elif per_row:
             images = torch.cat([model.decode(x[i : i + 1].to(dtype)).float() for i in range(n)])
+        else:
+            images = model.decode(x.to(dtype)).float()
         images = images.float().div(2).add(0.5).clamp(0, 1).cpu()
     return images
 
