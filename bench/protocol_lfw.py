@@ -1,4 +1,4 @@
-"""The scaled-down synthetic-versus-real protocol on LFW (DESIGN.md), step by step and resumable.
+"""The scaled-down synthetic-versus-real protocol on LFW (docs/protocol.md), step by step and resumable.
 
 Steps (each one synthface command, outputs under WORK):
 
