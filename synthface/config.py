@@ -81,6 +81,9 @@ class SamplingSection(Section):
     identity_scale: float = Field(0.0, ge=0.0)
     batch_size: int = Field(32, ge=1)
     dtype: Literal["fp32", "fp16", "bf16"] = "bf16"
+    channels_last: bool = Field(False, description="UNet and VAE in channels-last memory format (faster convolutions on GPUs)")
+    compile: bool = Field(False, description="torch.compile the UNet; the first batch pays the compilation (a GPU option)")
+    vae_tiling: bool = Field(False, description="decode in tiles: large images on small memory (AutoencoderKL models)")
 
 
 class FilterSection(Section):

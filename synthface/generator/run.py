@@ -51,6 +51,7 @@ from synthface.dataset.writer import (
 )
 from synthface.errors import ConfigError, InputError, SynthfaceError
 from synthface.generator.families import check_model, load_model
+from synthface.generator.fastpath import apply_fast_path
 from synthface.generator.pipeline import GeneratorModel, generate, sample_batch, to_uint8
 from synthface.identities import FaceEmbedding, IdentityPlan, plan_identities, read_plan_metadata
 from synthface.runtime import Progress, progress_or_null, resolve_dtype
@@ -478,6 +479,8 @@ def generate_dataset(
         tick = time.perf_counter()
         model = load_model(recipe.model, device, dtype, options={"arc2face": recipe.arc2face.model_dump()})
         check_model(model, embedder=recipe.identities.embedder)
+        s = recipe.sampling
+        apply_fast_path(model, channels_last=s.channels_last, compile=s.compile, vae_tiling=s.vae_tiling)
         timings["load"] = time.perf_counter() - tick
         tick = time.perf_counter()
         plan: IdentityPlan = _on_main(state, lambda: _identity_plan(recipe, model, out, guard_hash, device, part is None))
