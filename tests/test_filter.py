@@ -270,3 +270,29 @@ def test_card_loads_with_datasets(filtered: Path) -> None:
     assert len(ds) == len(rows)
     assert sorted(ds["label"]) == sorted(r["label"] for r in rows)
     assert ds[0]["image"].size == (16, 16)
+
+
+def test_leakage_check_uses_the_gallery_the_model_carries(tmp_path):
+    """Identities drawn from a native model's own gallery.parquet are checked for leakage against it too."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from helpers_generate import make_tiny_model
+    from synthface.generator.native import GALLERY_FILE
+    from synthface.generator.run import generate_dataset
+    from test_filter_support import PROJ, PROJ_DIM, filtered_recipe, register_proj
+
+    register_proj()
+    model = make_tiny_model(tmp_path / "model", embedding_dim=PROJ_DIM, embedder=PROJ)
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((12, PROJ_DIM)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    table = pa.table({"key": [f"{i}.png" for i in range(12)], "identity": [f"p{i // 2}" for i in range(12)],
+                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), PROJ_DIM)})  # fmt: skip
+    table = table.replace_schema_metadata({"synthface": json.dumps({"embedder": PROJ, "dim": PROJ_DIM})})
+    pq.write_table(table, model / GALLERY_FILE)
+    summary = generate_dataset(filtered_recipe(model, "identities.strategy=gallery", "filter.leakage=1.0"), tmp_path / "out")
+    leakage = summary["filter"]["leakage"]
+    assert leakage["gallery"] == str(model / GALLERY_FILE) and leakage["persons"] == 6

@@ -369,6 +369,18 @@ def _with_model_gallery(cfg: Any, model: GeneratorModel) -> Any:
     return cfg
 
 
+def _with_model_leakage_gallery(recipe: GenerateRecipe, model: GeneratorModel) -> GenerateRecipe:
+    """The filter's leakage check against the gallery a native model carries, when identities come from it.
+
+    Only when the filter embeds with the model's conditioning embedder (the gallery's space); with
+    another filter embedder, ``filter.gallery`` names a gallery in that embedder's space.
+    """
+    identities = _with_model_gallery(recipe.identities, model)
+    if identities is recipe.identities or recipe.filter.gallery or recipe.filter.embedder != model.embedder:
+        return recipe
+    return recipe.model_copy(update={"identities": identities})
+
+
 def _identity_plan(
     recipe: GenerateRecipe, model: GeneratorModel, out: Path, guard_hash: str, device: Any, write: bool = True
 ) -> IdentityPlan:
@@ -481,6 +493,7 @@ def generate_dataset(
         check_model(model, embedder=recipe.identities.embedder)
         s = recipe.sampling
         apply_fast_path(model, channels_last=s.channels_last, compile=s.compile, vae_tiling=s.vae_tiling)
+        recipe = _with_model_leakage_gallery(recipe, model)
         timings["load"] = time.perf_counter() - tick
         tick = time.perf_counter()
         plan: IdentityPlan = _on_main(state, lambda: _identity_plan(recipe, model, out, guard_hash, device, part is None))
