@@ -43,7 +43,7 @@ def load_set(path: str, max_identities: int, per_identity: int, seed: int) -> tu
         rows = np.flatnonzero(data.labels == c)[:per_identity]
         for i in rows:
             img, _ = data[int(i)]
-            crops.append((img.permute(1, 2, 0).numpy() * 127.5 + 127.5).round().clip(0, 255).astype(np.uint8))
+            crops.append(img.permute(1, 2, 0).numpy())  # the readers decode to uint8 (3, H, W)
             labels.append(int(c))
     return crops, np.asarray(labels)
 

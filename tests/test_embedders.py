@@ -151,3 +151,15 @@ def test_dlib_separates_real_people(lfw_images):
     same = min(sim[0, 1], sim[2, 3])
     different = max(sim[0, 2], sim[0, 3], sim[1, 2], sim[1, 3])
     assert same > 0.9 and same - different > 0.08
+
+
+def test_dlib_takes_non_contiguous_views():
+    """A (3, H, W) tensor's permuted view, as readers give them, embeds like its contiguous copy."""
+    import torch
+
+    chw = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (3, 112, 112), dtype=np.uint8))
+    view = chw.permute(1, 2, 0).numpy()
+    assert not view.flags["C_CONTIGUOUS"]
+    emb = get_embedder("dlib")
+    lms = template_landmarks(112, 1)
+    assert np.array_equal(emb.embed([view], lms), emb.embed([np.ascontiguousarray(view)], lms))

@@ -114,6 +114,7 @@ class DlibEmbedder:
         bxs = np.asarray(boxes, np.float32) if boxes is not None else boxes_from_landmarks(lms)
         out = []
         for img, box in zip(images, bxs):
+            img = np.ascontiguousarray(img)  # dlib takes C-contiguous arrays only (a transposed view raises)
             x1, y1, x2, y2 = (int(round(float(v))) for v in box)
             rect = self._dlib.rectangle(x1, y1, x2, y2)
             shape = self._shape(img, rect)
