@@ -53,15 +53,10 @@ def unchanged(before: dict[str, bytes], root: Path, new_files: bool = False) -> 
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("bad") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def finished(model_dir, tmp_path_factory):
+def finished(tiny_model, tmp_path_factory):
     """A finished tiny dataset (copy it before changing it)."""
     out = tmp_path_factory.mktemp("bad") / "finished"
-    result = cli("generate", "--model", model_dir, "--out", out, *SETS)
+    result = cli("generate", "--model", tiny_model, "--out", out, *SETS)
     assert result.exit_code == 0, result.stderr
     return out
 
@@ -86,15 +81,15 @@ def test_overwrite_with_a_mistyped_model_keeps_the_dataset(dataset, tmp_path):
     unchanged(before, dataset)
 
 
-def test_overwrite_with_a_missing_gallery_keeps_the_dataset(dataset, model_dir, tmp_path):
+def test_overwrite_with_a_missing_gallery_keeps_the_dataset(dataset, tiny_model, tmp_path):
     before = snapshot(dataset)
-    result = generate(model_dir, dataset, "--overwrite", "--set", "identities.strategy=gallery",
+    result = generate(tiny_model, dataset, "--overwrite", "--set", "identities.strategy=gallery",
                       "--set", f"identities.gallery={tmp_path / 'none.parquet'}")  # fmt: skip
     refused(result, "none.parquet")
     unchanged(before, dataset)
 
 
-def test_a_folder_of_user_files_is_refused_even_with_overwrite(model_dir, tmp_path):
+def test_a_folder_of_user_files_is_refused_even_with_overwrite(tiny_model, tmp_path):
     home = tmp_path / "home"
     (home / "data").mkdir(parents=True)
     (home / "data" / "precious.csv").write_text("a,b\n1,2\n")
@@ -102,28 +97,28 @@ def test_a_folder_of_user_files_is_refused_even_with_overwrite(model_dir, tmp_pa
     (home / "summary.json").write_text('{"mine": true}\n')
     before = snapshot(home)
     for extra in ((), ("--overwrite",)):
-        refused(generate(model_dir, home, *extra), "is not empty and is not a synthface generate output")
+        refused(generate(tiny_model, home, *extra), "is not empty and is not a synthface generate output")
         unchanged(before, home)
 
 
-def test_overwrite_deletes_only_what_the_run_wrote(dataset, model_dir):
+def test_overwrite_deletes_only_what_the_run_wrote(dataset, tiny_model):
     (dataset / "data" / "precious.csv").write_text("keep me\n")
     (dataset / "notes").mkdir()
     (dataset / "notes" / "n.txt").write_text("keep me too\n")
     (dataset / ".notes.tmp").write_text("a user's temp-looking file\n")
     mine = {k: v for k, v in snapshot(dataset).items() if k in ("data/precious.csv", "notes/n.txt", ".notes.tmp")}
-    result = generate(model_dir, dataset, "--overwrite")
+    result = generate(tiny_model, dataset, "--overwrite")
     assert result.exit_code == 0, result.stderr
     unchanged(mine, dataset, new_files=True)
     assert len(list((dataset / "data").glob("train-*.parquet"))) == 2
 
 
-def test_a_users_readme_in_a_run_is_never_replaced(dataset, model_dir):
+def test_a_users_readme_in_a_run_is_never_replaced(dataset, tiny_model):
     (dataset / "README.md").write_text("# my own card\n")
     before = snapshot(dataset)
-    assert generate(model_dir, dataset).exit_code == 0  # resume: nothing to do
+    assert generate(tiny_model, dataset).exit_code == 0  # resume: nothing to do
     assert (dataset / "README.md").read_text() == "# my own card\n"
-    assert generate(model_dir, dataset, "--overwrite").exit_code == 0
+    assert generate(tiny_model, dataset, "--overwrite").exit_code == 0
     assert (dataset / "README.md").read_bytes() == before["README.md"]
 
 
@@ -138,26 +133,26 @@ def test_verify_out_refuses_a_dataset(dataset, tmp_path):
 # --------------------------------------------------------------------------- issue 16 item 2: validate before creating --out
 
 
-def test_a_run_failing_on_its_inputs_creates_no_output_folder(model_dir, tmp_path):
+def test_a_run_failing_on_its_inputs_creates_no_output_folder(tiny_model, tmp_path):
     out = tmp_path / "new"
     refused(generate(tmp_path / "missing-model", out), "model directory not found")
     gallery = ["--set", "identities.strategy=gallery", "--set", f"identities.gallery={tmp_path / 'none.parquet'}"]
-    refused(generate(model_dir, out, *gallery), "none.parquet")
+    refused(generate(tiny_model, out, *gallery), "none.parquet")
     assert not out.exists()
-    assert generate(model_dir, out).exit_code == 0  # the corrected rerun is not "written by a different config"
+    assert generate(tiny_model, out).exit_code == 0  # the corrected rerun is not "written by a different config"
 
 
-def test_a_folder_without_committed_shards_takes_a_new_config(dataset, model_dir):
+def test_a_folder_without_committed_shards_takes_a_new_config(dataset, tiny_model):
     for marker in (dataset / "data").glob(".train-*.json"):
         marker.unlink()  # a run that failed before committing a shard
-    result = generate(model_dir, dataset, "--set", "seed=7")
+    result = generate(tiny_model, dataset, "--set", "seed=7")
     assert result.exit_code == 0, result.stderr
     assert "seed: 7" in (dataset / "config.yaml").read_text()
 
 
-def test_a_folder_with_committed_shards_keeps_its_config(dataset, model_dir):
+def test_a_folder_with_committed_shards_keeps_its_config(dataset, tiny_model):
     before = snapshot(dataset)
-    refused(generate(model_dir, dataset, "--set", "seed=7"), "differs in: seed", "--overwrite")
+    refused(generate(tiny_model, dataset, "--set", "seed=7"), "differs in: seed", "--overwrite")
     unchanged(before, dataset)
 
 
@@ -193,27 +188,27 @@ def _gallery(path: Path, seed: int) -> Path:
     return path
 
 
-def test_resume_with_another_identity_plan_is_refused(model_dir, tmp_path):
+def test_resume_with_another_identity_plan_is_refused(tiny_model, tmp_path):
     gallery = _gallery(tmp_path / "gallery.parquet", 0)
     out = tmp_path / "out"
     sets = ["--set", "identities.strategy=gallery", "--set", f"identities.gallery={gallery}", "--set", "identities.leakage=1"]
-    assert generate(model_dir, out, *sets).exit_code == 0
+    assert generate(tiny_model, out, *sets).exit_code == 0
     _unfinish(out)
     (out / "identities.parquet").unlink()
     _gallery(gallery, 1)  # the gallery changed under the run: the plan drawn from it differs
     before = snapshot(out)
-    refused(generate(model_dir, out, *sets), "identity plan differs")
+    refused(generate(tiny_model, out, *sets), "identity plan differs")
     unchanged(before, out)
 
 
-def test_a_damaged_identities_file_is_not_trusted(dataset, model_dir):
+def test_a_damaged_identities_file_is_not_trusted(dataset, tiny_model):
     import pyarrow.parquet as pq
 
     _unfinish(dataset)
     table = pq.read_table(dataset / "identities.parquet")
     seeds = table.column("seed").to_numpy() + 1
     pq.write_table(table.set_column(table.schema.get_field_index("seed"), "seed", [seeds]), dataset / "identities.parquet")
-    result = generate(model_dir, dataset)  # planned again from the recipe: the same plan, so the run finishes
+    result = generate(tiny_model, dataset)  # planned again from the recipe: the same plan, so the run finishes
     assert result.exit_code == 0, result.stderr
     assert (pq.read_table(dataset / "identities.parquet").column("seed").to_numpy() == seeds - 1).all()
 
@@ -351,8 +346,8 @@ def test_embed_counts_images_too_small_for_the_detector(small_images, tmp_path):
         ("identities.count=1000000000000", "less than or equal"),
     ],
 )
-def test_nonsense_recipe_values_are_refused(model_dir, tmp_path, override, words):
-    refused(generate(model_dir, tmp_path / "out", "--set", override), words)
+def test_nonsense_recipe_values_are_refused(tiny_model, tmp_path, override, words):
+    refused(generate(tiny_model, tmp_path / "out", "--set", override), words)
     assert not (tmp_path / "out").exists()
 
 
@@ -363,10 +358,10 @@ def test_floats_in_exponent_form_are_numbers():
 
 
 @pytest.mark.parametrize("content", [b"seed: \xff\xfe\n", ("a: " + "[" * 20000 + "]" * 20000).encode()])
-def test_unreadable_recipes_are_one_line(model_dir, tmp_path, content):
+def test_unreadable_recipes_are_one_line(tiny_model, tmp_path, content):
     path = tmp_path / "r.yaml"
     path.write_bytes(content)
-    refused(generate(model_dir, tmp_path / "out", "--recipe", path), "r.yaml")
+    refused(generate(tiny_model, tmp_path / "out", "--recipe", path), "r.yaml")
 
 
 def _edit_json(path: Path, **changes) -> None:
@@ -387,32 +382,32 @@ def _edit_json(path: Path, **changes) -> None:
         ("scheduler/scheduler_config.json", {"beta_schedule": "wiggly"}, "scheduler_config.json is unusable"),
     ],
 )
-def test_a_model_description_contradicting_its_weights_is_refused(model_dir, tmp_path, file, changes, words):
+def test_a_model_description_contradicting_its_weights_is_refused(tiny_model, tmp_path, file, changes, words):
     model = tmp_path / "model"
-    shutil.copytree(model_dir, model)
+    shutil.copytree(tiny_model, model)
     _edit_json(model / file, **changes)
     refused(generate(model, tmp_path / "out"), words)
     assert not (tmp_path / "out").exists()
 
 
-def test_json_summary_to_a_folder_is_one_line_and_keeps_the_run(model_dir, tmp_path):
+def test_json_summary_to_a_folder_is_one_line_and_keeps_the_run(tiny_model, tmp_path):
     out = tmp_path / "out"
-    refused(generate(model_dir, out, "--json", tmp_path), "Is a directory")
-    assert generate(model_dir, out).exit_code == 0  # the run itself finished: nothing left to do
-    assert "0 written now, 2 already done" in generate(model_dir, out).stderr
+    refused(generate(tiny_model, out, "--json", tmp_path), "Is a directory")
+    assert generate(tiny_model, out).exit_code == 0  # the run itself finished: nothing left to do
+    assert "0 written now, 2 already done" in generate(tiny_model, out).stderr
 
 
-def test_a_lock_file_that_cannot_be_created_is_not_called_held(model_dir, tmp_path):
+def test_a_lock_file_that_cannot_be_created_is_not_called_held(tiny_model, tmp_path):
     out = tmp_path / "out"
     (out / ".synthface.lock").mkdir(parents=True)
-    text = refused(generate(model_dir, out), "cannot create the lock file")
+    text = refused(generate(tiny_model, out), "cannot create the lock file")
     assert "held" not in text
 
 
-def test_out_that_is_a_file_is_refused(model_dir, tmp_path):
+def test_out_that_is_a_file_is_refused(tiny_model, tmp_path):
     target = tmp_path / "file"
     target.write_text("mine\n")
-    refused(generate(model_dir, target), "is a file")
+    refused(generate(tiny_model, target), "is a file")
     assert target.read_text() == "mine\n"
 
 
