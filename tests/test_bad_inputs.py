@@ -459,3 +459,10 @@ def test_a_fifo_named_like_an_image_is_not_read(small_images, tmp_path):
     result = cli("align", small_images, tmp_path / "aligned")
     assert result.exit_code == 0, result.stderr
     assert "(of 4)" in result.stderr
+
+
+def test_evaluate_out_refuses_a_dataset(dataset):
+    before = snapshot(dataset)
+    refused(cli("evaluate", "--train", f"synth={dataset}", "--bench", f"x={dataset}/pairs.bin", "--out", dataset),
+            "not a synthface evaluate output")  # fmt: skip
+    unchanged(before, dataset)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -260,7 +259,7 @@ def _prepare_output(
             _reset(out)  # nothing committed: a run that failed before rendering; take the new config
         else:
             resuming = True
-    if resuming:
+    if resuming and has_shards:
         _check_inputs(out, inputs)
     if part:
         if not resuming and not _create_once(config_path, lambda tmp: write_resolved(recipe, out, tmp)):
