@@ -466,3 +466,9 @@ def test_evaluate_out_refuses_a_dataset(dataset):
     refused(cli("evaluate", "--train", f"synth={dataset}", "--bench", f"x={dataset}/pairs.bin", "--out", dataset),
             "not a synthface evaluate output")  # fmt: skip
     unchanged(before, dataset)
+
+
+def test_out_under_a_file_is_one_line(tiny_model, tmp_path):
+    (tmp_path / "file").write_text("mine\n")
+    refused(generate(tiny_model, tmp_path / "file" / "out"), "Not a directory")
+    assert (tmp_path / "file").read_text() == "mine\n"
