@@ -213,10 +213,11 @@ def write_parquet(path: Path, table: pa.Table) -> tuple[str, int]:
 
 # what atomic_write_bytes leaves behind when killed: ".NAME." + mkstemp's 8 random characters + ".tmp"
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
-SHARD_NAME = re.compile(r"^train-\d{5}-of-\d{5}$")
+# a shard's Parquet file and its commit marker (see marker_path)
+SHARD_FILES = re.compile(r"\.?train-\d{5}-of-\d{5}\.(parquet|json)")
 
 
-def clean_temp(directory: Path, names: re.Pattern[str]) -> int:
+def clean_temp(directory: Path, names: re.Pattern[str] = SHARD_FILES) -> int:
     """Remove temp files a killed writer left in ``directory``: only ours, ``.NAME.XXXXXXXX.tmp``
     with NAME a file synthface writes there (``names`` matches it whole); a user's ``.notes.tmp`` stays."""
     removed = 0

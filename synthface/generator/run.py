@@ -36,6 +36,7 @@ from synthface.dataset.plan import Job, Shard, make_shards, plan_labels, shard_j
 from synthface.dataset.writer import (
     IMAGE_EXT,
     LOCK_NAME,
+    SHARD_FILES,
     RunLock,
     ShardRows,
     atomic_write_bytes,
@@ -186,7 +187,6 @@ def resume_guard(config: dict[str, Any]) -> dict[str, Any]:
 
 # the files of a run in --out and in data/ (clean_temp removes only temp files of these)
 RUN_FILES = re.compile(r"config\.yaml|identities\.parquet|summary\.json|inputs\.json|README\.md")
-SHARD_FILES = re.compile(r"\.?train-\d{5}-of-\d{5}\.(parquet|json)")
 
 
 def _committed_markers(data_dir: Path) -> list[dict[str, Any]]:
@@ -250,10 +250,10 @@ def _prepare_output(
     elif config_path.exists():
         differing = _config_diff(out, guard)
         if differing and (has_shards or part):
-            what = "is unreadable" if differing == ["(unreadable)"] else f"differs in: {', '.join(differing)}"
+            what = f"{CONFIG_FILE} is unreadable" if differing == ["(unreadable)"] else f"differs in: {', '.join(differing)}"
             raise ConfigError(
-                f"{out} holds shards written by a different config ({CONFIG_FILE} {what}): rerun with the "
-                "same recipe to resume, pass --overwrite to start over, or choose another --out"
+                f"{out} was written by a different config ({what}): rerun with the same recipe to resume, "
+                "pass --overwrite to start over, or choose another --out"
             )
         if differing:
             _reset(out)  # nothing committed: a run that failed before rendering; take the new config
