@@ -140,7 +140,8 @@ class IdentityPlan:
 
 def read_plan(path: Path) -> IdentityPlan | None:
     """The plan stored in ``path`` (identities.parquet), or None when it is unreadable or its
-    embeddings and seeds do not match the digest recorded with them (a damaged or edited file)."""
+    embeddings and seeds do not match the digest recorded with them (a damaged or edited file; a
+    file written before digests were recorded is taken as it is)."""
     import pyarrow.parquet as pq
 
     try:
@@ -149,7 +150,7 @@ def read_plan(path: Path) -> IdentityPlan | None:
         recorded = json.loads((table.schema.metadata or {}).get(b"synthface", b"{}")).get("digest")
     except Exception:  # noqa: BLE001 - pyarrow raises many types on a bad file
         return None
-    return plan if recorded == plan.digest() else None
+    return plan if recorded in (None, plan.digest()) else None
 
 
 def read_plan_metadata(path: Path) -> dict[str, Any]:
