@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -14,9 +15,16 @@ from .errors import ConfigError
 
 
 class Section(BaseModel):
-    """Base of every recipe section: unknown keys are errors, values are validated on assignment."""
+    """Base of every recipe section: unknown keys are errors, values are validated on assignment.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    Strict: a value must already have its key's type (``count: true`` or ``steps: "3"`` is an error,
+    not 1 or 3; an integer is accepted for a float), and every float must be finite (no inf, nan,
+    or 1e400).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, protected_namespaces=(), strict=True, allow_inf_nan=False
+    )
 
 
 # --------------------------------------------------------------------------- align / embed / verify
@@ -65,7 +73,7 @@ class VerifyRecipe(Section):
 
 
 class IdentitiesSection(Section):
-    count: int = Field(10000, ge=1)
+    count: int = Field(10000, ge=1, le=100_000_000)
     strategy: Literal["uniform", "gallery", "images", "unconditional"] = "uniform"
     separation: float = Field(0.3, ge=-1.0, le=1.0, description="max cosine allowed between two identities")
     gallery: str | None = None
@@ -327,11 +335,31 @@ R = TypeVar("R", bound=Section)
 # --------------------------------------------------------------------------- loading and overrides
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """YAML's safe loader that also reads ``1e-4`` and ``5E+3`` as floats (YAML 1.2; PyYAML's 1.1
+    rules need a dot, so strict recipe types would refuse them as strings)."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path} (pass an existing YAML file to --recipe)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"recipe {path} is not UTF-8 text: save it as UTF-8 YAML and retry") from None
+    except RecursionError:
+        raise ConfigError(f"recipe {path} is nested too deeply to be a recipe: check the file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -350,8 +378,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r} is not of the form key.sub=value (example: --set identities.count=6)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = parse_yaml(raw) if raw.strip() else None
+    except (yaml.YAMLError, RecursionError):
         value = raw
     return key.split("."), value
 
@@ -435,19 +463,22 @@ def diff_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[st
     return out
 
 
+RESOLVED_HEADER = "# synthface resolved config"
+
+
 def write_resolved(config: BaseModel, directory: str | Path, name: str = "config.yaml") -> Path:
     """Write the fully resolved config (with its hash) next to a command's output."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
     data = config_dict(config)
-    text = f"# synthface resolved config, hash {config_hash(data)}\n" + yaml.safe_dump(data, sort_keys=False)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    text = f"{RESOLVED_HEADER}, hash {config_hash(data)}\n" + yaml.safe_dump(data, sort_keys=False)
+    from synthface.dataset.writer import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode("utf-8"))
     return path
 
 
 def read_resolved(path: str | Path) -> dict[str, Any]:
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    data = parse_yaml(Path(path).read_text(encoding="utf-8"))
     return data if isinstance(data, dict) else {}

@@ -94,6 +94,13 @@ class IdentityPlan:
         """Contiguous labels over kept identities (-1 where not kept)."""
         return np.where(self.kept, np.cumsum(self.kept) - 1, -1).astype(np.int64)
 
+    def digest(self) -> str:
+        """sha256 of what the renders depend on: the embeddings and the identity seeds."""
+        import hashlib
+
+        data = np.ascontiguousarray(self.embeddings, "<f4").tobytes() + np.ascontiguousarray(self.seeds, "<i8").tobytes()
+        return hashlib.sha256(data).hexdigest()
+
     def to_table(self, metadata: dict[str, Any] | None = None) -> Any:
         import pyarrow as pa
 
@@ -111,7 +118,7 @@ class IdentityPlan:
                 "source": pa.array(list(self.sources) if self.sources else [""] * n, pa.string()),
             }
         )
-        meta = {"strategy": self.strategy, "dim": d, **(metadata or {})}
+        meta = {"strategy": self.strategy, "dim": d, "digest": self.digest(), **(metadata or {})}
         return table.replace_schema_metadata({b"synthface": json.dumps(meta, sort_keys=True).encode()})
 
     @classmethod
@@ -129,6 +136,21 @@ class IdentityPlan:
             attempts=np.asarray(table.column("attempts").to_numpy(), np.int32),
             sources=[str(s) for s in table.column("source").to_pylist()],
         )
+
+
+def read_plan(path: Path) -> IdentityPlan | None:
+    """The plan stored in ``path`` (identities.parquet), or None when it is unreadable or its
+    embeddings and seeds do not match the digest recorded with them (a damaged or edited file; a
+    file written before digests were recorded is taken as it is)."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+        plan = IdentityPlan.from_table(table)
+        recorded = json.loads((table.schema.metadata or {}).get(b"synthface", b"{}")).get("digest")
+    except Exception:  # noqa: BLE001 - pyarrow raises many types on a bad file
+        return None
+    return plan if recorded in (None, plan.digest()) else None
 
 
 def read_plan_metadata(path: Path) -> dict[str, Any]:

@@ -108,7 +108,7 @@ def test_torn_shard_is_redone_and_overwrite_starts_over(model_dir, tmp_path):
     rows = read_rows(out)
     shard = out / "data" / "train-00001-of-00002.parquet"
     shard.write_bytes(shard.read_bytes()[:100])  # a torn write that somehow got a marker
-    (out / "data" / ".train-00001-of-00002.parquet.x1.tmp").write_bytes(b"partial")  # a killed writer's temp file
+    (out / "data" / ".train-00001-of-00002.parquet.a1b2c3d4.tmp").write_bytes(b"partial")  # a killed writer's temp file
     summary = generate_dataset(recipe, out)
     assert summary["shards_written"] == 1 and summary["shards_skipped"] == 1 and summary["resumed"]
     assert read_rows(out) == rows and not list((out / "data").glob(".*.tmp"))
@@ -152,5 +152,5 @@ def test_data_without_config_is_not_adopted(model_dir, tmp_path):
     out = tmp_path / "out"
     generate_dataset(tiny_recipe(model_dir), out)
     (out / "config.yaml").unlink()
-    with pytest.raises(ConfigError, match="holds shards but"):
+    with pytest.raises(InputError, match="is not a synthface generate output"):
         generate_dataset(tiny_recipe(model_dir), out)

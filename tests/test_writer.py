@@ -90,8 +90,9 @@ def test_atomic_writes_leave_no_temp_files_and_stale_ones_are_cleaned(tmp_path):
     target = tmp_path / "x.json"
     atomic_write_bytes(target, b"{}")
     assert json.loads(target.read_text()) == {} and not list(tmp_path.glob(".*.tmp"))
-    (tmp_path / ".train-00000-of-00001.parquet.abc.tmp").write_bytes(b"partial")
-    assert clean_temp(tmp_path) == 1 and not list(tmp_path.glob(".*.tmp"))
+    (tmp_path / ".train-00000-of-00001.parquet.abc123_z.tmp").write_bytes(b"partial")  # mkstemp's 8 characters
+    (tmp_path / ".notes.tmp").write_bytes(b"a user's file")
+    assert clean_temp(tmp_path) == 1 and [p.name for p in tmp_path.glob(".*.tmp")] == [".notes.tmp"]
     assert oct(target.stat().st_mode & 0o777) != oct(0o600)
 
 

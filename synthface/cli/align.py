@@ -32,7 +32,7 @@ def align(
     data = summary.to_dict()
     console.print(
         f"aligned {summary.aligned}, already there {summary.skipped_existing}, "
-        f"no face {summary.no_face}, unreadable {summary.unreadable} (of {summary.total}) -> {dst}"
+        f"no face {summary.no_face}, too small {summary.too_small}, unreadable {summary.unreadable} (of {summary.total}) -> {dst}"
     )
     write_json(json_out, data)
 

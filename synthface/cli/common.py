@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Annotated, Any, Callable, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -39,6 +42,14 @@ JsonOpt = Annotated[
     typer.Option("--json", help="Write a machine-readable summary to PATH ('-' for stdout).", show_default=False),
 ]
 
+AllowPartialOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-partial",
+        help="Read an incomplete dataset (shards missing, run unfinished): only its committed shards.",
+    ),
+]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -47,18 +58,77 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def one_line(text: str, limit: int = 400) -> str:
+    """``text`` as one line of at most ``limit`` characters; a message that embeds a traceback (a
+    DataLoader worker's) is cut to its last line, the error itself."""
+    text = str(text)
+    if "Traceback (most recent call last)" in text:
+        text = text.strip().splitlines()[-1]
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def log_dir() -> Path:
+    """Where unexpected errors' tracebacks go: ``$XDG_STATE_HOME/synthface/logs`` (``~/.local/state``)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "synthface" / "logs"
+
+
+def log_traceback(exc: BaseException) -> Path | None:
+    """Write ``exc``'s full traceback to a new file under :func:`log_dir` (the temp folder if that is
+    not writable); None when no file could be written."""
+    import tempfile
+
+    name = f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    for folder in (log_dir(), Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / name
+            path.write_text(f"synthface {' '.join(sys.argv[1:])}\n{text}", encoding="utf-8")
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def _os_error(exc: OSError) -> str:
+    what = exc.strerror or type(exc).__name__
+    where = f" {exc.filename}" if exc.filename else ""
+    hint = {
+        28: "free some space or choose another folder",  # ENOSPC
+        30: "choose a writable folder",  # EROFS
+        13: "check the permissions or choose another folder",  # EACCES
+        20: "a part of the path is a file: choose another folder",  # ENOTDIR
+        21: "pass a file, not a folder",  # EISDIR
+    }.get(exc.errno or 0, "check the path and retry")
+    return f"cannot use{where}: {what}: {hint}"
+
+
 def handle_errors(func: F) -> F:
-    """Turn SynthfaceError into a one-line message and exit code 2; Ctrl-C into exit 130."""
+    """Turn every error into one line on stderr: SynthfaceError and OSError (a full disk, a read-only
+    or non-directory path) exit 2; Ctrl-C exits 130; anything else exits 1 and names the file holding
+    its full traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+            raise
         except SynthfaceError as exc:
-            fail(str(exc))
+            fail(one_line(str(exc)))
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: work written so far is kept; run the same command again to resume")
             raise typer.Exit(130) from None
+        except OSError as exc:
+            fail(one_line(_os_error(exc)))
+        except (RecursionError, MemoryError) as exc:
+            fail(f"input too deeply nested or too large ({type(exc).__name__}): check the files passed to this command")
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, the traceback in a file
+            path = log_traceback(exc)
+            where = f"full traceback in {path}" if path else "no traceback file could be written"
+            fail(f"unexpected {type(exc).__name__}: {one_line(str(exc), 300)} ({where}); please report it", code=1)
 
     return wrapper  # type: ignore[return-value]
 

@@ -33,7 +33,7 @@ def embed(
     write_resolved(cfg, out.parent, out.stem + ".config.yaml")
     console.print(
         f"embedded {summary['embedded']} of {summary['total']} images with {summary['embedder']} "
-        f"(no face {summary['no_face']}, unreadable {summary['unreadable']}) -> {out}"
+        f"(no face {summary['no_face']}, too small {summary['too_small']}, unreadable {summary['unreadable']}) -> {out}"
     )
     write_json(json_out, summary)
 

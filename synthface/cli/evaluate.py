@@ -10,6 +10,7 @@ import typer
 
 from synthface.cli.common import JsonOpt, RecipeOpt, RichBar, SetOpt, console, example, handle_errors, recipe, write_json
 from synthface.config import EvaluateRecipe, config_dict, config_hash, write_resolved
+from synthface.output_folder import check_output_folder
 from synthface.errors import InputError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -67,6 +68,7 @@ def run_evaluate(
     missing = [f"{n}={p}" for n, p in trains.items() if not Path(p).exists()]
     if missing:
         raise InputError(f"training set {missing[0]} does not exist: pass a dataset folder, ImageFolder or train.rec")
+    check_output_folder(out, "evaluate", "config.yaml", EvaluateRecipe)
     state = PartialState()
     runs = out / "runs"
     if bench_only is None and not resume:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from synthface.cli.common import JsonOpt, RecipeOpt, RichBar, SetOpt, console, example, handle_errors, recipe, write_json
+from synthface.cli.common import AllowPartialOpt, JsonOpt, RecipeOpt, RichBar, SetOpt, console, example, handle_errors, recipe, write_json
 from synthface.config import InspectRecipe, write_resolved
 
 EPILOG = example(
@@ -24,6 +24,7 @@ def inspect_cmd(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Report directory (default: SRC/inspect).", show_default=False)] = None,
     embedder: Annotated[str | None, typer.Option("--embedder", "-e", help="Embedder of the similarity histograms ('none' skips them; recipe key: embedder).", show_default=False)] = None,
     gallery: Annotated[str | None, typer.Option("--gallery", help="`synthface embed` Parquet of real people: leakage report (recipe key: gallery).", show_default=False)] = None,
+    allow_partial: AllowPartialOpt = False,
     recipe_path: RecipeOpt = None,
     sets: SetOpt = None,
     json_out: JsonOpt = None,
@@ -36,7 +37,7 @@ def inspect_cmd(
     target = out or (src / "inspect")
     report = inspect_dataset(
         src, target, embedder=cfg.embedder, max_identities=cfg.max_identities, sheet_identities=cfg.sheet_identities,
-        sheet_images=cfg.sheet_images, gallery=cfg.gallery, device=cfg.device, progress=RichBar(),
+        sheet_images=cfg.sheet_images, gallery=cfg.gallery, device=cfg.device, progress=RichBar(), allow_partial=allow_partial,
     )  # fmt: skip
     write_resolved(cfg, target, "inspect.config.yaml")
     acc = report.get("acceptance", {}).get("rate")

@@ -9,6 +9,7 @@ import typer
 
 from synthface.cli.common import JsonOpt, RecipeOpt, RichBar, SetOpt, console, example, handle_errors, recipe, write_json
 from synthface.config import VerifyRecipe, write_resolved
+from synthface.output_folder import check_output_folder
 
 
 @handle_errors
@@ -33,6 +34,8 @@ def verify(
 
     overrides = list(sets or []) + ([f"embedder={embedder}"] if embedder else [])
     cfg = recipe(VerifyRecipe, recipe_path, overrides)
+    if out is not None:
+        check_output_folder(out, "verify", "config.yaml", VerifyRecipe)
     result = verify_embedder(pairs, images, cfg, progress=RichBar())
     summary = result.summary()
     if out is not None:

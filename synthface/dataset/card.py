@@ -162,8 +162,21 @@ def _pct(x: Any) -> str:
     return f"{100 * x:.1f}%" if isinstance(x, (int, float)) else "n/a"
 
 
-def write_card(out: str | Path, recipe: Any, model: Any, summary: dict[str, Any]) -> Path:
+def is_own_card(path: str | Path) -> bool:
+    """True when ``path`` is a card synthface wrote (its header's tags name synthface)."""
+    try:
+        tags = read_header(path).get("tags")
+    except (OSError, ValueError, yaml.YAMLError, AttributeError, RecursionError):
+        return False
+    return isinstance(tags, list) and "synthface" in tags
+
+
+def write_card(out: str | Path, recipe: Any, model: Any, summary: dict[str, Any]) -> Path | None:
+    """Write OUT/README.md; None (nothing written) when a README.md that synthface did not write is there."""
     from synthface.dataset.writer import atomic_write_bytes
+
+    if (Path(out) / CARD_FILE).exists() and not is_own_card(Path(out) / CARD_FILE):
+        return None
 
     from synthface.dataset.writer import marker_path, read_marker
 

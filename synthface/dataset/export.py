@@ -32,13 +32,18 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import struct
 import tarfile
+import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from synthface.dataset.shards import committed_shards
+from synthface.dataset.writer import DIR_MODE
 from synthface.errors import InputError
 from synthface.runtime import Progress, progress_or_null
 
@@ -46,6 +51,7 @@ FORMATS = ("imagefolder", "webdataset", "recordio")
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
 EXT_OF = {b"\xff\xd8": "jpg", b"\x89P": "png", b"RI": "webp"}
+EXPORT_CONFIG = "export.config.yaml"
 
 
 def image_ext(data: bytes) -> str:
@@ -55,32 +61,30 @@ def image_ext(data: bytes) -> str:
     raise InputError("a stored image is neither JPEG, PNG nor WebP: the shard is damaged")
 
 
-def committed(src: str | Path, verify: bool = True) -> list[Path]:
-    """The dataset's shard files whose commit marker exists (and, with ``verify``, whose checksum matches)."""
-    from synthface.dataset.writer import file_sha256, marker_path, read_marker
-
-    data = Path(src) / "data"
-    out = []
-    for path in sorted(data.glob("train-*.parquet")):
-        info = read_marker(marker_path(path))
-        if info is None:
-            continue  # not committed: a crashed or running writer's file
-        if verify and info.get("sha256") and file_sha256(path) != info["sha256"]:
-            raise InputError(f"shard {path} does not match its commit marker checksum: rerun `synthface generate` on {src}")
-        out.append(path)
-    return out
-
-
-def iter_rows(src: str | Path, columns: tuple[str, ...] = ("label", "identity", "sample", "seed", "id_score", "det_score")) -> Iterator[dict[str, Any]]:
-    """Rows (label >= 0) of every committed shard, in (label, sample) order, with ``image`` bytes."""
+def _read_table(path: Path, columns: list[str]) -> Any:
     import pyarrow.parquet as pq
 
-    shards = committed(src)
+    try:
+        return pq.read_table(path, columns=columns)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types on a bad file
+        text = " ".join(str(exc).split())[:200]
+        raise InputError(f"cannot read shard {path} ({text}): rerun `synthface generate` on its dataset to redo it") from None
+
+
+def iter_rows(
+    src: str | Path,
+    columns: tuple[str, ...] = ("label", "identity", "sample", "seed", "id_score", "det_score"),
+    allow_partial: bool = False,
+    shards: list[Path] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Rows (label >= 0) of every committed shard (or of ``shards``), in (label, sample) order, with ``image`` bytes."""
+    if shards is None:
+        shards = committed_shards(src, allow_partial=allow_partial)
     if not shards:
         raise InputError(f"no committed shards (data/*.parquet with a .json marker) in {src}: run `synthface generate` first")
     tables = []
     for path in shards:
-        t = pq.read_table(path, columns=["label", "sample"])
+        t = _read_table(path, ["label", "sample"])
         labels = t.column("label").to_numpy()
         tables.append((path, labels, t.column("sample").to_numpy()))
     order = sorted(
@@ -90,7 +94,7 @@ def iter_rows(src: str | Path, columns: tuple[str, ...] = ("label", "identity", 
     for label, _, k, r in order:
         if k not in cache:
             cache.clear()  # rows come shard by shard: one shard in memory at a time
-            cache[k] = pq.read_table(tables[k][0], columns=["image", *columns])
+            cache[k] = _read_table(tables[k][0], ["image", *columns])
         t = cache[k]
         row = {c: t.column(c)[r].as_py() for c in columns}
         image = t.column("image")[r].as_py()
@@ -115,44 +119,76 @@ def _meta(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _prepare(out: Path, overwrite: bool) -> None:
+def _check_out(src: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an OUT that is a file, overlaps the dataset, or holds other files (an earlier export
+    may be replaced with ``overwrite``); touches nothing."""
+    from synthface.config import ExportRecipe
+    from synthface.output_folder import check_output_folder
+
+    a, b = src.resolve(), out.resolve()
+    if a == b or b.is_relative_to(a) or a.is_relative_to(b):
+        raise InputError(f"export OUT {out} overlaps the dataset {src}: choose a folder outside it")
     if out.exists() and not out.is_dir():
-        raise InputError(f"{out} is a file: pass a directory")
+        raise InputError(f"export OUT {out} is a file: pass a new or empty folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"{out} is not empty: pass --overwrite or choose another OUT")
-    out.mkdir(parents=True, exist_ok=True)
+        raise InputError(f"export OUT {out} is not empty: pass --overwrite to replace an earlier export, or choose another OUT")
+    check_output_folder(out, "export", EXPORT_CONFIG, ExportRecipe, option="export OUT")
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Put the complete export ``tmp`` in place of ``out`` (renames in one folder: no partial OUT)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def export(src: str | Path, fmt: str, out: str | Path, *, overwrite: bool = False, shard_size: int = 10000,
-           progress: Progress | None = None) -> dict[str, Any]:  # fmt: skip
-    """Export ``src``'s committed shards to ``fmt`` in ``out``; returns a summary."""
+           progress: Progress | None = None, allow_partial: bool = False, config: Any = None) -> dict[str, Any]:  # fmt: skip
+    """Export ``src``'s committed shards to ``fmt`` in ``out``; returns a summary.
+
+    The export is written to a temporary folder beside ``out`` and renamed into place when complete
+    (with ``overwrite``, replacing an earlier export whole); ``config`` (the resolved recipe) is
+    written with it as export.config.yaml. An incomplete dataset is refused unless ``allow_partial``.
+    """
+    from synthface.config import write_resolved
+
     if fmt not in FORMATS:
         raise InputError(f"unknown export format '{fmt}': use {', '.join(FORMATS)}")
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise InputError(f"dataset {src} not found: pass the --out directory of `synthface generate`")
-    if out.resolve() == src.resolve():
-        raise InputError("export OUT must differ from the dataset directory")
-    rows = iter_rows(src)
-    _prepare(out, overwrite)
-    bar = progress_or_null(progress)
-    bar.start(None, f"export {fmt}")
-    if fmt == "imagefolder":
-        info = _imagefolder(rows, out, bar, label_width(src))
-    elif fmt == "webdataset":
-        info = _webdataset(rows, out, shard_size, bar)
-    else:
-        info = _recordio(rows, out, bar)
-    bar.finish()
+    shards = committed_shards(src, allow_partial=allow_partial)
+    rows = iter_rows(src, shards=shards)
+    _check_out(src, out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        os.chmod(tmp, DIR_MODE)
+        bar = progress_or_null(progress)
+        bar.start(None, f"export {fmt}")
+        if fmt == "imagefolder":
+            info = _imagefolder(rows, tmp, bar, label_width(shards))
+        elif fmt == "webdataset":
+            info = _webdataset(rows, tmp, shard_size, bar)
+        else:
+            info = _recordio(rows, tmp, bar)
+        bar.finish()
+        if config is not None:
+            write_resolved(config, tmp, EXPORT_CONFIG)
+        _publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return {"src": str(src), "format": fmt, "out": str(out), **info}
 
 
-def label_width(src: str | Path) -> int:
+def label_width(shards: list[Path]) -> int:
     """Digits of the zero-padded label folder names (at least 5)."""
-    import pyarrow.parquet as pq
-
-    top = max((int(max(pq.read_table(p, columns=["label"]).column("label").to_pylist() or [0])) for p in committed(src, verify=False)), default=0)
-    return max(5, len(str(top)))
+    top = max((max(_read_table(p, ["label"]).column("label").to_pylist() or [0]) for p in shards), default=0)
+    return max(5, len(str(int(top))))
 
 
 def _imagefolder(rows: Iterator[dict[str, Any]], out: Path, bar: Any, width: int) -> dict[str, Any]:

@@ -26,13 +26,13 @@ from synthface.runtime import Progress, progress_or_null
 REPORT_FILE = "inspect.json"
 
 
-def _read_shards(src: Path) -> Any:
+def _read_shards(src: Path, allow_partial: bool = False) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from synthface.dataset.export import committed
+    from synthface.dataset.shards import committed_shards
 
-    shards = committed(src)
+    shards = committed_shards(src, allow_partial=allow_partial)
     if not shards:
         raise InputError(f"no committed shards in {src}: pass the --out directory of `synthface generate`")
     tables = [pq.read_table(p, columns=["label", "identity", "sample", "id_score", "det_score"]) for p in shards]
@@ -145,10 +145,12 @@ def inspect_dataset(
     gallery: str | None = None,
     device: str = "auto",
     progress: Progress | None = None,
+    allow_partial: bool = False,
 ) -> dict[str, Any]:
     """Write the report (JSON + PNGs) of the dataset in ``src`` to ``out`` (default SRC/inspect); returns it.
 
-    ``embedder`` "none" skips the similarity histograms (no embedder needed).
+    ``embedder`` "none" skips the similarity histograms (no embedder needed). An incomplete dataset
+    is refused unless ``allow_partial`` (then the report covers the committed shards).
     """
     import pyarrow.parquet as pq
 
@@ -158,14 +160,17 @@ def inspect_dataset(
     if not src.is_dir():
         raise InputError(f"dataset {src} not found: pass the --out directory of `synthface generate`")
     out = Path(out) if out is not None else src / "inspect"
-    out.mkdir(parents=True, exist_ok=True)
     bar = progress_or_null(progress)
-    shards, rows = _read_shards(src)
+    shards, rows = _read_shards(src, allow_partial)
     config: dict[str, Any] = {}
     if (src / "config.yaml").is_file():
-        import yaml
+        from synthface.config import read_resolved
 
-        config = yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8")) or {}
+        try:
+            config = read_resolved(src / "config.yaml")
+        except Exception:  # noqa: BLE001 - yaml and decoding errors alike
+            raise InputError(f"{src}/config.yaml is unreadable: regenerate the dataset or restore the file") from None
+    out.mkdir(parents=True, exist_ok=True)
     labels = np.asarray(rows.column("label").to_numpy(), np.int64)
     valid = labels >= 0
     _, counts = np.unique(labels[valid], return_counts=True)
@@ -181,7 +186,10 @@ def inspect_dataset(
         "files": {},
     }
     ident_path = src / "identities.parquet"
-    identities = pq.read_table(ident_path) if ident_path.is_file() else None
+    try:
+        identities = pq.read_table(ident_path) if ident_path.is_file() else None
+    except Exception:  # noqa: BLE001 - pyarrow raises many types on a bad file
+        raise InputError(f"{ident_path} is damaged: run `synthface generate` with the same arguments to rewrite it") from None
     if identities is not None:
         kept = np.asarray(identities.column("kept").to_numpy(zero_copy_only=False), bool)
         reasons = [r for r, k in zip(identities.column("reason").to_pylist(), kept) if not k]

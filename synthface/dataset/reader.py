@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from synthface.dataset.writer import file_sha256
+from synthface.dataset.shards import committed_shards
 from synthface.errors import InputError
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -166,40 +166,17 @@ class ImageFolderFaces(FaceImages):
 
 
 
-def _marker_names(parquet: Path) -> tuple[Path, Path]:
-    """Where a shard's commit marker may be: ``.train-...json`` (what synthface writes), or ``train-...json``."""
-    return parquet.with_name(f".{parquet.stem}.json"), parquet.with_suffix(".json")
-
-
-def committed_shards(directory: str | Path, verify: bool = True) -> list[Path]:
-    """Parquet shards of a synthface dataset whose commit marker exists (and whose checksum matches)."""
-    directory = Path(directory)
-    data = directory / "data" if (directory / "data").is_dir() else directory
-    shards = []
-    for path in sorted(data.glob("*.parquet")):
-        marker = next((m for m in _marker_names(path) if m.is_file()), None)
-        if marker is None:
-            continue  # not committed: a crashed or running writer's file
-        if verify:
-            try:
-                meta = json.loads(marker.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                raise InputError(f"commit marker {marker} is unreadable: delete it and the shard, then resume") from None
-            expected = meta.get("sha256") if isinstance(meta, dict) else None
-            if expected and file_sha256(path) != expected:
-                raise InputError(f"shard {path} does not match its commit marker checksum: the file is damaged")
-        shards.append(path)
-    return shards
-
-
 class ShardFaces(FaceImages):
     """Rows of committed synthface Parquet shards (``image.bytes`` or ``image.path``, ``label``)."""
 
-    def __init__(self, directory: str | Path, size: int | None = None, min_images: int = 1, verify: bool = True) -> None:
+    def __init__(
+        self, directory: str | Path, size: int | None = None, min_images: int = 1, verify: bool = True,
+        allow_partial: bool = False,
+    ) -> None:  # fmt: skip
         import pyarrow.parquet as pq
 
         self.directory = Path(directory)
-        shards = committed_shards(self.directory, verify=verify)
+        shards = committed_shards(self.directory, verify=verify, allow_partial=allow_partial)
         if not shards:
             raise InputError(f"no committed shards (data/*.parquet with a commit marker) in {self.directory}")
         self._bytes = []

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,13 +149,14 @@ class ShardRows:
 # --------------------------------------------------------------------------- atomic files
 
 
-def _file_mode() -> int:
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
 
 
-_FILE_MODE = _file_mode()
+_FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()  # for folders made by tempfile.mkdtemp (0700) that become outputs
 
 
 def fsync_dir(directory: Path) -> None:
@@ -209,12 +211,22 @@ def write_parquet(path: Path, table: pa.Table) -> tuple[str, int]:
     return hashlib.sha256(data).hexdigest(), len(data)
 
 
-def clean_temp(directory: Path) -> int:
-    """Remove temp files left by a killed writer (only ours: .NAME.*.tmp)."""
+# what atomic_write_bytes leaves behind when killed: ".NAME." + mkstemp's 8 random characters + ".tmp"
+_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+# a shard's Parquet file and its commit marker (see marker_path)
+SHARD_FILES = re.compile(r"\.?train-\d{5}-of-\d{5}\.(parquet|json)")
+
+
+def clean_temp(directory: Path, names: re.Pattern[str] = SHARD_FILES) -> int:
+    """Remove temp files a killed writer left in ``directory``: only ours, ``.NAME.XXXXXXXX.tmp``
+    with NAME a file synthface writes there (``names`` matches it whole); a user's ``.notes.tmp`` stays."""
     removed = 0
     if not directory.is_dir():
         return 0
     for tmp in directory.glob(".*.tmp"):
+        match = _TEMP.match(tmp.name)
+        if match is None or names.fullmatch(match["name"]) is None or not tmp.is_file():
+            continue
         try:
             tmp.unlink()
             removed += 1
@@ -315,6 +327,12 @@ class RunLock:
         from filelock import Timeout
 
         self.directory.mkdir(parents=True, exist_ok=True)
+        try:  # a lock file that cannot be created is not a lock someone holds: say which it is
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644))
+        except OSError as exc:
+            raise InputError(
+                f"cannot create the lock file {self.path} ({exc.strerror}): choose a folder you can write to"
+            ) from None
         try:
             self._lock.acquire(timeout=0)
         except Timeout:

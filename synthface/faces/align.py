@@ -62,17 +62,35 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
+# Faces need no more than this many pixels a side: larger images are downscaled as they are decoded
+# (JPEG's draft mode decodes at 1/2, 1/4 or 1/8 scale), so a 12000x12000 photo costs megabytes, not gigabytes.
+MAX_SIDE = 2048
+# Images of other formats are decoded whole first: above this many pixels they are refused.
+MAX_PIXELS = 64_000_000
+
+
 def load_image(source: str | Path | bytes) -> np.ndarray:
-    """Read an image file (or encoded bytes) as HxWx3 uint8 RGB, applying EXIF orientation."""
+    """Read an image file (or encoded bytes) as HxWx3 uint8 RGB, applying EXIF orientation; at most
+    ``MAX_SIDE`` pixels a side (larger ones are downscaled), refused above ``MAX_PIXELS`` undecoded."""
     name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    if not isinstance(source, (bytes, bytearray)) and Path(source).exists() and not Path(source).is_file():
+        raise InputError(f"cannot read image {name}: not a regular file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
             with handle, Image.open(handle) as img:
+                if max(img.size) > MAX_SIDE:
+                    img.draft(img.mode, (MAX_SIDE, MAX_SIDE))  # JPEG only; a no-op for other formats
+                    if img.size[0] * img.size[1] > MAX_PIXELS:
+                        raise InputError(
+                            f"image {name} is {img.size[0]}x{img.size[1]} pixels, more than {MAX_PIXELS:,}: downscale it"
+                        )
                 img.load()
                 img = ImageOps.exif_transpose(img) or img
                 rgb = _to_rgb(img)
+                if max(rgb.size) > MAX_SIDE:
+                    rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BILINEAR)
                 return np.array(rgb, dtype=np.uint8)
     except FileNotFoundError:
         raise InputError(f"image not found: {name}") from None
@@ -181,18 +199,26 @@ class FaceDetector:
         if select not in ("largest", "center"):
             raise InputError(f"unknown face selection '{select}': use largest or center")
         self.device = resolve_device(device)
+        self.min_face_size = min_face_size
         self.select = select
         self.score_threshold = score_threshold
         self._mtcnn = MTCNN(
             min_face_size=min_face_size, thresholds=list(thresholds), keep_all=True, device=self.device
         )
 
+    def too_small(self, image: np.ndarray) -> bool:
+        """True for an image with a side under ``min_face_size``: MTCNN finds no face smaller than that
+        (its image pyramid would be empty), so such an image has none to find."""
+        return min(image.shape[:2]) < self.min_face_size
+
     def detect_all(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
-        """Every face in each image (images of the same size are detected in one batch)."""
+        """Every face in each image (images of the same size are detected in one batch); none in an
+        image that is :meth:`too_small`."""
         out: list[list[Face]] = [[] for _ in images]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(images):
-            groups.setdefault(img.shape[:2], []).append(i)
+            if not self.too_small(img):
+                groups.setdefault(img.shape[:2], []).append(i)
         for idx in groups.values():
             batch = np.stack([images[i] for i in idx])
             boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)

@@ -26,6 +26,7 @@ class AlignSummary:
     aligned: int = 0
     skipped_existing: int = 0
     no_face: int = 0
+    too_small: int = 0  # a side under min_face_size: no face can be found
     unreadable: int = 0
     failures: dict[str, str] = field(default_factory=dict)
 
@@ -37,6 +38,7 @@ class AlignSummary:
             "aligned": self.aligned,
             "skipped_existing": self.skipped_existing,
             "no_face": self.no_face,
+            "too_small": self.too_small,
             "unreadable": self.unreadable,
             "failures": self.failures,
         }
@@ -51,8 +53,10 @@ def list_images(root: str | Path) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                out.append(Path(dirpath) / name)
+            path = Path(dirpath) / name
+            # regular files only: a FIFO or device named x.jpg would block or never end
+            if not name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                out.append(path)
     return sorted(out)
 
 
@@ -108,6 +112,10 @@ def align_folder(
         faces = detector.detect([img for _, img in readable]) if readable else []
         for (i, img), face in zip(readable, faces):
             rel = str(paths[i].relative_to(src))
+            if face is None and detector.too_small(img):
+                summary.too_small += 1
+                summary.failures[rel] = "too_small"
+                continue
             if face is None:
                 summary.no_face += 1
                 summary.failures[rel] = "no_face"

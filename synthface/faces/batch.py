@@ -15,6 +15,7 @@ from synthface.faces.embedders import Embedder, l2_normalize
 from synthface.runtime import Progress, progress_or_null
 
 OK, NO_FACE, UNREADABLE = "ok", "no_face", "unreadable"
+TOO_SMALL = "too small"  # the start of the error of an image under the detector's minimum face size
 
 
 @dataclass
@@ -31,7 +32,10 @@ class EmbedResult:
         return np.array([s == OK for s in self.status], dtype=bool)
 
     def counts(self) -> dict[str, int]:
-        return {k: sum(s == k for s in self.status) for k in (OK, NO_FACE, UNREADABLE)}
+        """Images per status, and ``too_small``: the no-face images under the detector's minimum face size."""
+        out = {k: sum(s == k for s in self.status) for k in (OK, NO_FACE, UNREADABLE)}
+        out["too_small"] = sum(str(e).startswith(TOO_SMALL) for e in self.errors.values())
+        return out
 
 
 def _load(path: str | Path) -> tuple[np.ndarray | None, str | None]:
@@ -106,6 +110,8 @@ def embed_files(
             for (i, img), face in zip(readable, faces):
                 if face is None:
                     status[i] = NO_FACE
+                    if detector.too_small(img):  # type: ignore[union-attr]
+                        errors[i] = f"{TOO_SMALL}: {img.shape[1]}x{img.shape[0]} px, under the detector's minimum face size"
                     continue
                 idx.append(i)
                 imgs.append(img)

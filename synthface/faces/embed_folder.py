@@ -78,4 +78,4 @@ def embed_folder(src: str | Path, out: str | Path, recipe: EmbedRecipe, progress
     counts = res.counts()
     return {"src": str(src), "out": str(out), "embedder": embedder.name, "dim": embedder.dim,
             "total": len(files), "embedded": counts["ok"], "no_face": counts["no_face"],
-            "unreadable": counts["unreadable"]}
+            "too_small": counts["too_small"], "unreadable": counts["unreadable"]}

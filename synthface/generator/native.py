@@ -102,8 +102,19 @@ class NativeMeta:
                 f"{file} has format_version {version!r}; this synthface reads <= {FORMAT_VERSION}: upgrade synthface"
             )
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        import typing
+
+        from pydantic import TypeAdapter, ValidationError
+
+        types = typing.get_type_hints(cls)
+        values = {k: v for k, v in data.items() if k in known}
+        for key, value in values.items():
+            try:  # strict: "latent": "no" or "image_size": "64" is an error, not a truthy string or a cast
+                TypeAdapter(types[key]).validate_python(value, strict=True)
+            except ValidationError as exc:
+                raise InputError(f"{file}: key '{key}': {exc.errors()[0].get('msg')} (got {value!r}); fix it or re-save the model") from None
         try:
-            meta = cls(**{k: v for k, v in data.items() if k in known})
+            meta = cls(**values)
         except TypeError as exc:
             raise InputError(f"{file} is missing a key ({exc}); re-save the model") from None
         meta.extra = {k: v for k, v in data.items() if k not in known}
@@ -344,6 +355,23 @@ def is_native(path: Path) -> bool:
     return isinstance(data, dict) and data.get("family", "native") == "native"
 
 
+def _check_scheduler(path: Path, config: dict[str, Any]) -> None:
+    """Refuse a scheduler config no sampler can use (0 timesteps, an unknown beta schedule, ...)."""
+    from synthface.generator.pipeline import make_scheduler
+
+    steps = config.get("num_train_timesteps")
+    problem = None
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        problem = f"num_train_timesteps is {steps!r}, not a positive integer"
+    else:
+        try:
+            make_scheduler("ddpm", config).set_timesteps(min(steps, 2))
+        except Exception as exc:  # noqa: BLE001 - diffusers raises ValueError, NotImplementedError, ...
+            problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    if problem:
+        raise InputError(f"native model {path}: scheduler/scheduler_config.json is unusable ({problem}): fix it or re-save the model")
+
+
 def load_native(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> NativeGenerator:
     """Load a native model written by :meth:`NativeGenerator.save` (or by `synthface train`)."""
     path = Path(path)
@@ -366,6 +394,15 @@ def load_native(path: str | Path, device: torch.device | str = "cpu", dtype: tor
             f"native model {path}: projector takes {projector.config.embedding_dim}-d embeddings but "
             f"{META_FILE} says {meta.embedding_dim}: fix {META_FILE} or re-save the model"
         )
+    _check_scheduler(path, scheduler_config)
+    tokens = projector.config.num_tokens
+    side = int(unet.config.sample_size) * (vae_downscale_factor(vae) if vae is not None else 1)
+    for key, said, found in (("id_tokens", meta.id_tokens, tokens), ("image_size", meta.image_size, side)):
+        if said != found:
+            raise InputError(
+                f"native model {path}: {META_FILE} says {key} {said} but the weights have {found}: "
+                f"fix {META_FILE} or re-save the model"
+            )
     if meta.condition_mean is not None and len(meta.condition_mean) != meta.embedding_dim:
         raise InputError(
             f"native model {path}: condition_mean has {len(meta.condition_mean)} values but embedding_dim is "

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from synthface.dataset.plan import Job, Shard, make_shards, plan_labels, shard_j
 from synthface.dataset.writer import (
     IMAGE_EXT,
     LOCK_NAME,
+    SHARD_FILES,
     RunLock,
     ShardRows,
     atomic_write_bytes,
@@ -53,13 +53,15 @@ from synthface.errors import ConfigError, InputError, SynthfaceError
 from synthface.generator.families import check_model, load_model
 from synthface.generator.fastpath import apply_fast_path
 from synthface.generator.pipeline import GeneratorModel, generate, sample_batch, to_uint8
-from synthface.identities import FaceEmbedding, IdentityPlan, plan_identities, read_plan_metadata
+from synthface.output_folder import check_output_folder
+from synthface.identities import FaceEmbedding, IdentityPlan, plan_identities, read_plan, read_plan_metadata
 from synthface.runtime import Progress, progress_or_null, resolve_dtype
 
 RESUME_FREE_KEYS = ("sampling.batch_size",)
 IDENTITIES_FILE = "identities.parquet"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
+INPUTS_FILE = "inputs.json"
 
 
 # --------------------------------------------------------------------------- the selection seam
@@ -184,65 +186,146 @@ def resume_guard(config: dict[str, Any]) -> dict[str, Any]:
     return guard
 
 
-def _prepare_output(
-    out: Path, recipe: GenerateRecipe, guard: dict[str, Any], overwrite: bool, lock: RunLock | PartLock, part: bool
-) -> bool:
-    """Lock ``out``, check (or reset) what is there, write config.yaml. Returns True when resuming.
+# the files of a run in --out and in data/ (clean_temp removes only temp files of these)
+RUN_FILES = re.compile(r"config\.yaml|identities\.parquet|summary\.json|inputs\.json|README\.md")
 
-    A part job leaves everything else alone (other parts are writing): it writes config.yaml only if
-    absent, and cleans no temp files (the final plain run does).
+
+def _committed_markers(data_dir: Path) -> list[dict[str, Any]]:
+    """The readable commit markers in ``data_dir`` (whatever config wrote them)."""
+    markers = [read_marker(m) for m in sorted(data_dir.glob(".train-*.json")) if SHARD_FILES.fullmatch(m.name)]
+    return [m for m in markers if m is not None]
+
+
+def _reset(out: Path) -> None:
+    """Delete this run's files: the shards and filter records its markers name, shard files of its
+    naming, identities/summary/inputs/config and its own card. A user's files in --out stay."""
+    from synthface.dataset.card import CARD_FILE, is_own_card
+    from synthface.filtering import FILTER_DIR
+
+    data_dir, filter_dir = out / "data", out / FILTER_DIR
+    doomed: list[Path] = []
+    for info in _committed_markers(data_dir):
+        record = info.get("filter") if isinstance(info.get("filter"), dict) else {}
+        named = [data_dir / str(info.get("file", "")), out / str(record.get("file", ""))]
+        doomed += [f for f in named if f.parent in (data_dir, filter_dir) and SHARD_FILES.fullmatch(f.name)]
+    for folder in (data_dir, filter_dir):
+        if folder.is_dir():
+            doomed += [f for f in folder.iterdir() if SHARD_FILES.fullmatch(f.name)]
+    doomed += [out / name for name in (IDENTITIES_FILE, SUMMARY_FILE, INPUTS_FILE, CONFIG_FILE)]
+    if is_own_card(out / CARD_FILE):
+        doomed.append(out / CARD_FILE)
+    for path in doomed:
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+    for folder in (data_dir, filter_dir):
+        clean_temp(folder, SHARD_FILES)
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _prepare_output(
+    out: Path,
+    recipe: GenerateRecipe,
+    guard: dict[str, Any],
+    overwrite: bool,
+    lock: RunLock | PartLock,
+    part: bool,
+    inputs: dict[str, Any],
+) -> bool:
+    """Lock ``out``, check (or reset) what is there, write config.yaml and inputs.json. Returns True
+    when resuming. Called only once the model and the identity plan have loaded.
+
+    A folder whose config differs is re-configured when it holds no committed shard (a run that
+    failed before rendering), else refused. A part job leaves everything else alone (other parts
+    are writing): it writes config.yaml and inputs.json only if absent (else checks them), and
+    cleans no temp files (the final plain run does).
     """
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; pass a directory")
     lock.acquire()
     data_dir = out / "data"
     config_path = out / CONFIG_FILE
     # look for shards before config.yaml: a concurrent part job writes config.yaml before its first shard
-    has_shards = data_dir.is_dir() and any(data_dir.glob(".train-*.json"))
+    has_shards = bool(_committed_markers(data_dir))
     resuming = False
     if overwrite:
-        from synthface.dataset.card import CARD_FILE
-        from synthface.filtering import FILTER_DIR
-
-        for folder in (data_dir, out / FILTER_DIR):
-            shutil.rmtree(folder, ignore_errors=True)
-        for name in (IDENTITIES_FILE, SUMMARY_FILE, CONFIG_FILE, CARD_FILE):
-            (out / name).unlink(missing_ok=True)
+        _reset(out)
     elif config_path.exists():
-        _check_config(out, guard)
-        resuming = True
-    elif has_shards:
-        raise ConfigError(f"{data_dir} holds shards but {out} has no {CONFIG_FILE}: pass --overwrite or choose another --out")
+        differing = _config_diff(out, guard)
+        if differing and (has_shards or part):
+            what = f"{CONFIG_FILE} is unreadable" if differing == ["(unreadable)"] else f"differs in: {', '.join(differing)}"
+            raise ConfigError(
+                f"{out} was written by a different config ({what}): rerun with the same recipe to resume, "
+                "pass --overwrite to start over, or choose another --out"
+            )
+        if differing:
+            _reset(out)  # nothing committed: a run that failed before rendering; take the new config
+        else:
+            resuming = True
+    if resuming and has_shards:
+        _check_inputs(out, inputs)
     if part:
-        if not resuming and not _create_config(recipe, config_path):
-            _check_config(out, guard)  # another part job wrote it meanwhile
+        if not resuming and not _create_once(config_path, lambda tmp: write_resolved(recipe, out, tmp)):
+            if _config_diff(out, guard):  # another part job wrote it meanwhile
+                raise ConfigError(f"another part job started {out} with a different config: use the same recipe for every part")
+        if not _create_once(out / INPUTS_FILE, lambda tmp: atomic_write_json(out / tmp, inputs)):
+            _check_inputs(out, inputs)
         return resuming
-    clean_temp(data_dir)
-    clean_temp(out)
+    clean_temp(data_dir, SHARD_FILES)
+    clean_temp(out, RUN_FILES)
     (out / SUMMARY_FILE).unlink(missing_ok=True)
     write_resolved(recipe, out, CONFIG_FILE)
+    atomic_write_json(out / INPUTS_FILE, inputs)
     return resuming
 
 
-def _check_config(out: Path, guard: dict[str, Any]) -> None:
-    """Refuse ``out`` unless its config.yaml has this guard (the recipe minus RESUME_FREE_KEYS)."""
-    config_path = out / CONFIG_FILE
+def _config_diff(out: Path, guard: dict[str, Any]) -> list[str]:
+    """Keys where ``out``'s config.yaml differs from this guard (the recipe minus RESUME_FREE_KEYS);
+    ``["(unreadable)"]`` when it cannot be read."""
     try:
-        previous = read_resolved(config_path)
+        previous = read_resolved(out / CONFIG_FILE)
     except Exception:  # noqa: BLE001 - an unreadable config cannot vouch for the shards
-        raise ConfigError(f"{config_path} is unreadable: pass --overwrite to start over or choose another --out") from None
-    differing = diff_keys(resume_guard(previous), guard)
-    if differing:
+        return ["(unreadable)"]
+    return diff_keys(resume_guard(previous), guard)
+
+
+def run_inputs(recipe: GenerateRecipe, model: GeneratorModel, plan: IdentityPlan) -> dict[str, Any]:
+    """What a run loaded besides its recipe: the model files' fingerprints (the model folder and any
+    local file or folder the arc2face options name) and the identity plan's digest."""
+    from synthface.fingerprint import folder_fingerprint
+
+    roots = {"model": model.source}
+    roots.update({f"arc2face.{k}": v for k, v in recipe.arc2face.model_dump().items() if v})
+    files = {name: folder_fingerprint(Path(p)) for name, p in roots.items() if p and Path(p).exists()}
+    return {"model_files": files, "identities": plan.digest()}
+
+
+def _check_inputs(out: Path, inputs: dict[str, Any]) -> None:
+    """Refuse to resume when the model files or the identity plan differ from those the run started with."""
+    from synthface.fingerprint import changed_files
+
+    before = read_marker(out / INPUTS_FILE)
+    if before is None:
+        return  # a run from before inputs.json: nothing to compare with
+    for root, now in inputs["model_files"].items():
+        changed = changed_files(before.get("model_files", {}).get(root, {}), now)
+        if changed:
+            shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+            raise ConfigError(
+                f"the {root} files changed since {out} was started ({shown}): its shards came from the old ones; "
+                "pass the same model to resume, --overwrite to start over, or choose another --out"
+            )
+    if before.get("identities") != inputs["identities"]:
         raise ConfigError(
-            f"{out} was written by a different config (differs in: {', '.join(differing)}): rerun with the "
-            "same recipe to resume, pass --overwrite to start over, or choose another --out"
+            f"the identity plan differs from the one {out} was started with (identities.parquet or the gallery/images "
+            "it was planned from changed): restore them, pass --overwrite to start over, or choose another --out"
         )
 
 
-def _create_config(recipe: GenerateRecipe, path: Path) -> bool:
-    """Write config.yaml unless it exists; False if it did. Atomic (a hard link of a complete temp
-    file), so concurrent part jobs see all of it or none and exactly one of them writes it."""
-    tmp = write_resolved(recipe, path.parent, f".{path.name}.{uuid.uuid4().hex}.tmp")
+def _create_once(path: Path, write: Callable[[str], Any]) -> bool:
+    """Create ``path`` unless it exists; False if it did. ``write(name)`` writes the complete file
+    as ``name`` in the same folder; a hard link then publishes it atomically, so concurrent part
+    jobs see all of it or none and exactly one of them creates it."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    write(tmp.name)
     try:
         os.link(tmp, path)
         return True
@@ -382,14 +465,16 @@ def _with_model_leakage_gallery(recipe: GenerateRecipe, model: GeneratorModel) -
 
 
 def _identity_plan(
-    recipe: GenerateRecipe, model: GeneratorModel, out: Path, guard_hash: str, device: Any, write: bool = True
+    recipe: GenerateRecipe, model: GeneratorModel, out: Path, guard_hash: str, device: Any, reuse: bool = True
 ) -> IdentityPlan:
-    """Process 0: reuse identities.parquet of this config if present, else plan (and write it unless ``write`` is false)."""
+    """Process 0: reuse identities.parquet of this config when ``reuse`` and it is intact, else plan.
+    Writes nothing (the plan is written once the output folder is prepared)."""
     path = out / IDENTITIES_FILE
-    if path.is_file() and read_plan_metadata(path).get("config_hash") == guard_hash:
-        import pyarrow.parquet as pq
-
-        return IdentityPlan.from_table(pq.read_table(path))
+    if reuse and path.is_file() and read_plan_metadata(path).get("config_hash") == guard_hash:
+        stored = read_plan(path)
+        if stored is not None:
+            return stored
+        # damaged or edited: plan again; resuming then compares the new plan's digest with inputs.json
 
     def image_embed() -> Any:
         from synthface.faces.align import FaceDetector
@@ -410,7 +495,7 @@ def _identity_plan(
         return list(generate(model, None, seeds, batch_size=s.batch_size, scheduler=s.scheduler, steps=s.steps,
                              guidance_scale=1.0, unconditional=True))  # fmt: skip
 
-    plan = plan_identities(
+    return plan_identities(
         _with_model_gallery(recipe.identities, model),
         recipe.seed,
         model.embedding_dim,
@@ -419,9 +504,6 @@ def _identity_plan(
         generated_embed=generated_embed,
         render_unconditional=render_unconditional,
     )
-    if write:
-        atomic_write_bytes(path, table_bytes(plan.to_table({"config_hash": guard_hash})))
-    return plan
 
 
 def identity_guide_for(model: GeneratorModel, device: Any) -> Any:
@@ -480,12 +562,11 @@ def generate_dataset(
     guard_hash = config_hash(guard)
     data_dir = out / "data"
     lock: RunLock | PartLock | None = None
-    if state.is_main_process:
-        lock = RunLock(out) if part is None else PartLock(out, index, parts)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     try:
-        resuming = _on_main(state, lambda: _prepare_output(out, recipe, guard, overwrite, lock, part is not None))  # type: ignore[arg-type]
+        # every input is checked before --out is created or changed: the folder, the model, the plan
+        _on_main(state, lambda: check_output_folder(out, "generate", CONFIG_FILE, GenerateRecipe))
         device = state.device
         dtype = resolve_dtype(recipe.sampling.dtype, device)
         tick = time.perf_counter()
@@ -496,12 +577,23 @@ def generate_dataset(
         recipe = _with_model_leakage_gallery(recipe, model)
         timings["load"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        plan: IdentityPlan = _on_main(state, lambda: _identity_plan(recipe, model, out, guard_hash, device, part is None))
+        plan: IdentityPlan = _on_main(state, lambda: _identity_plan(recipe, model, out, guard_hash, device, not overwrite))
         check_model(model, dim=plan.dim)
         timings["plan"] = time.perf_counter() - tick
         guide = identity_guide
         if recipe.sampling.identity_scale > 0 and guide is None:
             guide = identity_guide_for(model, device)
+        selector = make_selector(recipe, model, plan)
+
+        def prepare() -> bool:
+            nonlocal lock
+            lock = RunLock(out) if part is None else PartLock(out, index, parts)
+            resuming = _prepare_output(out, recipe, guard, overwrite, lock, part is not None, run_inputs(recipe, model, plan))
+            if part is None:
+                atomic_write_bytes(out / IDENTITIES_FILE, table_bytes(plan.to_table({"config_hash": guard_hash})))
+            return resuming
+
+        resuming = _on_main(state, prepare)
 
         shards = make_shards(len(plan), recipe.shard_identities)
         ours = shards_for_process(shards, index, parts)  # this part's shards: all of them without --part
@@ -509,7 +601,6 @@ def generate_dataset(
         tick = time.perf_counter()
         todo = [s for s in mine if shard_done(data_dir, s, guard_hash) is None]
         timings["verify"] = time.perf_counter() - tick
-        selector = make_selector(recipe, model, plan)
         per_identity = selector.candidates_per_identity(recipe.images_per_identity)
         writer = _ShardRenderer(recipe, model, plan, selector, guide, timings if profile else None)
         total = sum(int(plan.kept[s.start : s.stop].sum()) for s in todo) * per_identity

@@ -50,10 +50,32 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
 class _RestrictedUnpickler(pickle.Unpickler):
     """An unpickler whose only importable names are the harmless ones .bin files need."""
 
-    def __init__(self, file: Any, source: Path) -> None:
+    def __init__(self, file: Any, source: Path, size: int) -> None:
         super().__init__(file, encoding="latin1")  # latin1 maps Python 2 str back to bytes losslessly
         self._source = source
         self._allowed = _allowed_globals()
+        # what a pickle could make the reader allocate is bounded by the file's own size: a forged
+        # bytearray(2**31) or a huge empty array is refused instead of allocated
+        for key, fn in list(self._allowed.items()):
+            if key[1] in ("bytearray", "_reconstruct"):
+                self._allowed[key] = self._bounded(fn, size)
+
+    def _bounded(self, fn: Any, limit: int) -> Any:
+        def call(*args: Any) -> Any:
+            if fn is bytearray:
+                wanted = args[0] if args and isinstance(args[0], int) else 0
+            else:  # _reconstruct(subtype, shape, dtype)
+                shape = args[1] if len(args) > 1 else ()
+                dims = shape if isinstance(shape, (tuple, list)) else (shape,)
+                wanted = int(np.prod([int(d) for d in dims], dtype=np.float64)) if dims else 0
+            if wanted > limit:
+                raise UnsafeFileError(
+                    f"refusing to load {self._source}: it asks for {wanted} bytes from a {limit}-byte file; "
+                    "the file is damaged or forged"
+                )
+            return fn(*args)
+
+        return call
 
     def find_class(self, module: str, name: str) -> Any:
         try:
@@ -109,7 +131,8 @@ def read_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
     path = Path(path)
     try:
         # read from memory: a forged length field then fails as truncated instead of allocating it
-        obj = _RestrictedUnpickler(io.BytesIO(path.read_bytes()), path).load()
+        data = path.read_bytes()
+        obj = _RestrictedUnpickler(io.BytesIO(data), path, len(data)).load()
     except UnsafeFileError:
         raise
     except FileNotFoundError:
