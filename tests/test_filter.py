@@ -293,6 +293,13 @@ def test_leakage_check_uses_the_gallery_the_model_carries(tmp_path):
                       "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), PROJ_DIM)})  # fmt: skip
     table = table.replace_schema_metadata({"synthface": json.dumps({"embedder": PROJ, "dim": PROJ_DIM})})
     pq.write_table(table, model / GALLERY_FILE)
-    summary = generate_dataset(filtered_recipe(model, "identities.strategy=gallery", "filter.leakage=1.0"), tmp_path / "out")
+    recipe = filtered_recipe(model, "identities.strategy=gallery", "filter.leakage=1.0")
+    summary = generate_dataset(recipe, tmp_path / "out")
     leakage = summary["filter"]["leakage"]
     assert leakage["gallery"] == str(model / GALLERY_FILE) and leakage["persons"] == 6
+    import yaml
+
+    config = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert config["identities"]["gallery"] is None  # the run's config is the recipe as given
+    again = generate_dataset(recipe, tmp_path / "out")  # so a rerun is the same run
+    assert again["config_hash"] == summary["config_hash"]

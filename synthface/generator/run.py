@@ -574,7 +574,6 @@ def generate_dataset(
         check_model(model, embedder=recipe.identities.embedder)
         s = recipe.sampling
         apply_fast_path(model, channels_last=s.channels_last, compile=s.compile, vae_tiling=s.vae_tiling)
-        recipe = _with_model_leakage_gallery(recipe, model)
         timings["load"] = time.perf_counter() - tick
         tick = time.perf_counter()
         plan: IdentityPlan = _on_main(state, lambda: _identity_plan(recipe, model, out, guard_hash, device, not overwrite))
@@ -583,7 +582,8 @@ def generate_dataset(
         guide = identity_guide
         if recipe.sampling.identity_scale > 0 and guide is None:
             guide = identity_guide_for(model, device)
-        selector = make_selector(recipe, model, plan)
+        # the recipe as written stays the run's config (resume compares it); only the filter sees the model's gallery
+        selector = make_selector(_with_model_leakage_gallery(recipe, model), model, plan)
 
         def prepare() -> bool:
             nonlocal lock
