@@ -13,6 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import ConfigError
 
 
+# The embedder every command uses unless told otherwise: its weights ship with the install
+# (`pip install 'synthface[dlib]'`), so each default works offline.
+DEFAULT_EMBEDDER = "dlib"
+
+
 class Section(BaseModel):
     """Base of every recipe section: unknown keys are errors, values are validated on assignment."""
 
@@ -40,7 +45,7 @@ class AlignRecipe(Section):
 
 class EmbedRecipe(Section):
     seed: int = 0
-    embedder: str = "dlib"
+    embedder: str = DEFAULT_EMBEDDER
     weights: str | None = None
     batch_size: int = Field(32, ge=1)
     aligned: bool = Field(False, description="inputs are already 112x112 ArcFace-template crops")
@@ -50,7 +55,7 @@ class EmbedRecipe(Section):
 
 class VerifyRecipe(Section):
     seed: int = 0
-    embedder: str = "dlib"
+    embedder: str = DEFAULT_EMBEDDER
     weights: str | None = None
     folds: int = Field(10, ge=2)
     far: float = Field(1e-3, gt=0.0, lt=1.0)
@@ -85,7 +90,7 @@ class SamplingSection(Section):
 
 class FilterSection(Section):
     enabled: bool = True
-    embedder: str = "facenet-vggface2"
+    embedder: str = DEFAULT_EMBEDDER
     threshold: float | None = Field(
         None, ge=-1.0, le=1.0, description="min cosine to the identity anchor; null: the filter embedder's measured default"
     )
@@ -221,7 +226,7 @@ class TrainDataSection(Section):
 
 class TrainRecipe(Section):
     seed: int = 0
-    embedder: str = "dlib"
+    embedder: str = DEFAULT_EMBEDDER
     model: NativeModelSection = NativeModelSection()
     train: GeneratorTrainSection = GeneratorTrainSection()
     data: TrainDataSection = TrainDataSection()
@@ -292,8 +297,8 @@ class EvaluateRecipe(Section):
 
 class InspectRecipe(Section):
     seed: int = 0
-    embedder: str | None = Field(None, description="embedder of the similarity histograms; null: the recipe's filter "
-                                 "embedder; none: skip them")
+    embedder: str | None = Field(None, description="embedder of the similarity histograms; null: the dataset's filter "
+                                 f"embedder when its filter ran, else {DEFAULT_EMBEDDER}; none: skip them")
     max_identities: int = Field(100, ge=1, description="identities embedded for the similarity histograms")
     sheet_identities: int = Field(16, ge=1, description="contact sheet rows (one identity each)")
     sheet_images: int = Field(8, ge=1, description="contact sheet columns (images per identity)")

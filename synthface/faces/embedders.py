@@ -18,6 +18,10 @@ from synthface.errors import InputError, WeightsError
 from synthface.faces.align import ARCFACE_TEMPLATE, template_landmarks, warp_face
 
 
+# What a failed download suggests instead: the embedders whose weights ship with the install.
+OFFLINE_HINT = "offline, use an embedder that ships with the install: --embedder dlib (or sface; filter.embedder=dlib in a generate recipe)"
+
+
 @runtime_checkable
 class Embedder(Protocol):
     name: str
@@ -180,8 +184,8 @@ class FacenetEmbedder:
                 model = InceptionResnetV1(pretrained=variant)
             except Exception as exc:  # noqa: BLE001 - network errors come in many types
                 raise WeightsError(
-                    f"could not fetch {self.name} weights ({type(exc).__name__}); run "
-                    f"`synthface doctor` on a machine with network, or pass a local file with --set weights=FILE"
+                    f"could not fetch {self.name} weights ({type(exc).__name__}): {OFFLINE_HINT}; or fetch them on a "
+                    f"machine with network (`synthface download --embedder {self.name}`), or pass a local file with --set weights=FILE"
                 ) from None
         self._model = model.eval().to(self.device)
 
@@ -234,8 +238,8 @@ def resolve_onnx_file(spec: str) -> Path:
             return Path(hf_hub_download(repo_id=repo, filename=filename))
         except Exception as exc:  # noqa: BLE001 - offline, missing repo, auth...
             raise WeightsError(
-                f"could not fetch {filename} from the Hub repo {repo} ({type(exc).__name__}); download it on a "
-                f"machine with network (hf download {repo} {filename}) and pass its local path"
+                f"could not fetch {filename} from the Hub repo {repo} ({type(exc).__name__}): {OFFLINE_HINT}; or "
+                f"download it on a machine with network (`synthface download --embedder onnx:{spec}`) and pass its local path"
             ) from None
     raise WeightsError(f"ONNX model not found: {spec} (give a local .onnx file or ORG/REPO/FILE.onnx on the Hub)")
 
