@@ -141,6 +141,9 @@ FACENET_FILES = {
     "vggface2": "20180402-114759-vggface2.pt",
     "casia-webface": "20180408-102900-casia-webface.pt",
 }
+FACENET_VARIANTS = {"facenet-vggface2": "vggface2", "facenet-casia": "casia-webface"}
+# where facenet-pytorch itself fetches them from (its load_weights); `synthface download` uses the same
+FACENET_RELEASE = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
 
 
 def facenet_cache_path(variant: str) -> Path:
@@ -164,7 +167,7 @@ class FacenetEmbedder:
         from synthface.runtime import resolve_device
 
         self.variant = variant
-        self.name = "facenet-vggface2" if variant == "vggface2" else "facenet-casia"
+        self.name = next(name for name, v in FACENET_VARIANTS.items() if v == variant)
         self.device = resolve_device(device)
         if weights:
             path = Path(weights)
@@ -223,15 +226,26 @@ class FacenetEmbedder:
 # --------------------------------------------------------------------------- onnx (ArcFace-style)
 
 
+def onnx_hub_file(spec: str) -> tuple[str, str] | None:
+    """(repo, filename) when ``spec`` names a Hub file (``ORG/REPO/FILE.onnx``), None for a local path."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return None
+    parts = spec.split("/")
+    looks_local = spec.startswith(("/", ".", "~")) or path.parent.exists()
+    if not looks_local and len(parts) >= 3 and all(parts) and spec.endswith(".onnx"):
+        return "/".join(parts[:2]), "/".join(parts[2:])
+    return None
+
+
 def resolve_onnx_file(spec: str) -> Path:
     """A local .onnx path, or `org/repo/file.onnx` fetched (and cached) from the Hugging Face Hub."""
     path = Path(spec).expanduser()
     if path.is_file():
         return path
-    parts = spec.split("/")
-    looks_local = spec.startswith(("/", ".", "~")) or path.parent.exists()
-    if not looks_local and len(parts) >= 3 and all(parts) and spec.endswith(".onnx"):
-        repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    hub_file = onnx_hub_file(spec)
+    if hub_file is not None:
+        repo, filename = hub_file
         try:
             from huggingface_hub import hf_hub_download
 
@@ -289,8 +303,8 @@ class OnnxEmbedder:
 
 EMBEDDERS: dict[str, Callable[..., Embedder]] = {
     "dlib": lambda device="auto", weights=None: DlibEmbedder(device, weights),
-    "facenet-vggface2": lambda device="auto", weights=None: FacenetEmbedder("vggface2", device, weights),
-    "facenet-casia": lambda device="auto", weights=None: FacenetEmbedder("casia-webface", device, weights),
+    "facenet-vggface2": lambda device="auto", weights=None: FacenetEmbedder(FACENET_VARIANTS["facenet-vggface2"], device, weights),
+    "facenet-casia": lambda device="auto", weights=None: FacenetEmbedder(FACENET_VARIANTS["facenet-casia"], device, weights),
     "sface": lambda device="auto", weights=None: _sface(device, weights),
 }
 
