@@ -24,8 +24,10 @@ import random
 import re
 from pathlib import Path
 
+from synthface.lfw import IMAGES, lfw_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_LFW = ROOT.parent / "shared" / "data" / "lfw" / "lfw-deepfunneled"
+DEFAULT_LFW = lfw_dir(ROOT.parent / "shared" / "data" / "lfw") / IMAGES  # $SYNTHFACE_LFW, else ../shared
 FOLDS = 10
 PAIRS_PER_FOLD = 300
 RULE = (

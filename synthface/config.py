@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 
@@ -22,6 +23,23 @@ class Section(BaseModel):
     """Base of every recipe section: unknown keys are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def one_file(value: str | None) -> str | None:
+    """A path with glob characters (``runs/gen/cache/faces-*.parquet``) that names no existing file is
+    expanded here, relative to the working directory: it must match exactly one path."""
+    if not value or not any(c in value for c in "*?[") or Path(value).expanduser().exists():
+        return value
+    matches = sorted(glob.glob(str(Path(value).expanduser())))
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise ValueError(f"no file matches {value}")
+    raise ValueError(f"{value} matches {len(matches)} files ({', '.join(matches[:3])}{', ...' if len(matches) > 3 else ''}): name one")
+
+
+# A file or folder key that accepts a glob matching exactly one path (see one_file).
+GlobPath = Annotated[str | None, AfterValidator(one_file)]
 
 
 # --------------------------------------------------------------------------- align / embed / verify
@@ -73,7 +91,7 @@ class IdentitiesSection(Section):
     count: int = Field(10000, ge=1)
     strategy: Literal["uniform", "gallery", "images", "unconditional"] = "uniform"
     separation: float = Field(0.3, ge=-1.0, le=1.0, description="max cosine allowed between two identities")
-    gallery: str | None = None
+    gallery: GlobPath = Field(None, description="real faces: `synthface embed` Parquet or folder; a glob matching one file")
     leakage: float = Field(0.4, ge=-1.0, le=1.0, description="max cosine allowed to any real person")
     images: str | None = Field(None, description="folder of reference faces for the `images` strategy")
     embedder: str | None = Field(None, description="conditioning embedder the model must use; null = the model's")
@@ -108,7 +126,7 @@ class FilterSection(Section):
         None, ge=-1.0, le=1.0, description="max cosine of an identity centre to a real person; null: identities.leakage "
         "when the filter embedder is the conditioning embedder, else the threshold"
     )
-    gallery: str | None = Field(None, description="real faces/embeddings for the leakage check; null: identities.gallery")
+    gallery: GlobPath = Field(None, description="real faces/embeddings for the leakage check (a glob matching one file); null: identities.gallery")
     batch_size: int = Field(64, ge=1, description="faces per embedder call")
 
 
@@ -302,7 +320,7 @@ class InspectRecipe(Section):
     max_identities: int = Field(100, ge=1, description="identities embedded for the similarity histograms")
     sheet_identities: int = Field(16, ge=1, description="contact sheet rows (one identity each)")
     sheet_images: int = Field(8, ge=1, description="contact sheet columns (images per identity)")
-    gallery: str | None = Field(None, description="`synthface embed` Parquet of real people for a leakage report")
+    gallery: GlobPath = Field(None, description="`synthface embed` Parquet of real people for a leakage report (a glob matching one file)")
     device: str = "auto"
 
 

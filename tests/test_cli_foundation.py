@@ -161,3 +161,12 @@ def test_plain_progress_lines_rate_excludes_a_resumed_runs_jump(monkeypatch):
         "training: 306/500 (0.2/s, 30s) loss=0.1",
         "training: 309/500 (0.1/s, 60s) loss=0.2",
     ]
+
+
+def test_set_help_example_is_a_key_of_every_command():
+    from synthface.cli.common import SET_EXAMPLE
+    from synthface.config import RECIPES, load_recipe
+
+    for name, model in RECIPES.items():
+        load_recipe(model, None, [SET_EXAMPLE])  # an unknown key would raise
+    assert f"--set {SET_EXAMPLE}" in run("inspect", "--help").output

@@ -123,3 +123,19 @@ def test_every_default_embedder_ships_with_the_install(monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     assert get_embedder(DEFAULT_EMBEDDER, device="cpu").dim > 0
+
+
+def test_gallery_glob_expands_to_its_one_match(tmp_path, monkeypatch):
+    """The README's `--set identities.gallery=runs/my-gen/cache/faces-*.parquet` works as written."""
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "runs" / "my-gen" / "cache"
+    cache.mkdir(parents=True)
+    (cache / "faces-0123abcd.parquet").write_bytes(b"x")
+    cfg = load_recipe(GenerateRecipe, None, ["identities.gallery=runs/my-gen/cache/faces-*.parquet", "filter.gallery=runs/*/cache/faces-*"])
+    assert cfg.identities.gallery == cfg.filter.gallery == "runs/my-gen/cache/faces-0123abcd.parquet"
+    (cache / "faces-99999999.parquet").write_bytes(b"y")
+    with pytest.raises(ConfigError, match=r"identities.gallery.*matches 2 files .*faces-0123abcd.parquet.*name one"):
+        load_recipe(GenerateRecipe, None, ["identities.gallery=runs/my-gen/cache/faces-*.parquet"])
+    with pytest.raises(ConfigError, match="no file matches runs/other/"):
+        load_recipe(GenerateRecipe, None, ["identities.gallery=runs/other/faces-*.parquet"])
+    assert load_recipe(GenerateRecipe, None, ["identities.gallery=plain.parquet"]).identities.gallery == "plain.parquet"

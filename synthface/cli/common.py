@@ -27,13 +27,14 @@ from synthface.errors import SynthfaceError
 
 console = Console(stderr=True)
 
+SET_EXAMPLE = "seed=1"  # a key every command's recipe has
 RecipeOpt = Annotated[
     Path | None,
     typer.Option("--recipe", "-r", help="YAML recipe file; every key has a default.", show_default=False),
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override a recipe key, e.g. --set batch_size=16 (repeatable).", show_default=False),
+    typer.Option("--set", "-s", help=f"Override a recipe key, e.g. --set {SET_EXAMPLE} (repeatable).", show_default=False),
 ]
 JsonOpt = Annotated[
     str | None,
