@@ -701,6 +701,9 @@ def _finish(
         "images_per_second": rendered / seconds if seconds > 0 else None,
         "seconds": time.perf_counter() - started,
         "config_hash": guard_hash,
+        # why config.yaml's header hash differs: it covers every key, this one the keys that decide the images
+        "config_hash_covers": f"every recipe key but {', '.join(RESUME_FREE_KEYS)} (a resumed run may change them)",
+        "config_yaml_hash": config_hash(config_dict(recipe)),
         "timings": per_process[0]["timings"],
         "files": {
             "config": str(out / CONFIG_FILE),
