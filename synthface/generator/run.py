@@ -472,7 +472,18 @@ def generate_dataset(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     try:
-        resuming = _on_main(state, lambda: _prepare_output(out, recipe, guard, overwrite, lock, part is not None))  # type: ignore[arg-type]
+        def prepare() -> tuple[bool, dict[str, Any] | None]:
+            done = None if overwrite or part is not None else finished_summary(out, recipe, guard_hash)
+            resuming = _prepare_output(out, recipe, guard, overwrite, lock, part is not None)  # type: ignore[arg-type]
+            if done is not None:  # every shard and the final pass are there: nothing to render, no model to load
+                done.update({"resumed": True, "shards_written": 0, "shards_skipped": done["shards"], "images_rendered": 0,
+                             "images_per_second": None, "seconds": time.perf_counter() - started})  # fmt: skip
+                atomic_write_json(out / SUMMARY_FILE, done)
+            return resuming, done
+
+        resuming, done = _on_main(state, prepare)
+        if done is not None:
+            return done if state.is_main_process else {"rank": state.process_index, "shards_written": 0}
         device = state.device
         dtype = resolve_dtype(recipe.sampling.dtype, device)
         tick = time.perf_counter()
@@ -541,6 +552,27 @@ def generate_dataset(
     finally:
         if lock is not None:
             lock.release()
+
+
+def finished_summary(out: Path, recipe: GenerateRecipe, guard_hash: str) -> dict[str, Any] | None:
+    """The summary of a finished run of this config in ``out`` (every shard committed, identities and
+    card written), or None when anything is left to do."""
+    import json
+
+    try:
+        summary = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("config_hash") != guard_hash or "identities_planned" not in summary:
+        return None
+    from synthface.dataset.card import CARD_FILE
+
+    if not (out / CARD_FILE).is_file() or read_plan_metadata(out / IDENTITIES_FILE).get("config_hash") != guard_hash:
+        return None
+    shards = make_shards(int(summary["identities_planned"]), recipe.shard_identities)
+    if len(shards) != summary.get("shards") or any(shard_done(out / "data", s, guard_hash) is None for s in shards):
+        return None
+    return summary
 
 
 class _ShardRenderer:
