@@ -77,6 +77,10 @@ class VerifyRecipe(Section):
     weights: str | None = None
     folds: int = Field(10, ge=2)
     far: float = Field(1e-3, gt=0.0, lt=1.0)
+    pairs_per_fold: int | None = Field(
+        None, ge=1, description="a folder of people: same (and as many different) pairs drawn per fold; null: as many "
+        "as the poorest fold allows, at most 300"
+    )
     flip: bool = True
     batch_size: int = Field(32, ge=1)
     aligned: bool | None = Field(None, description="inputs are template crops; default: true for .bin files")
@@ -300,6 +304,10 @@ class EvaluateBenchSection(Section):
     batch_size: int = Field(64, ge=1)
     flip: bool = True
     folds: int = Field(10, ge=2)
+    pairs_per_fold: int | None = Field(
+        None, ge=1, description="a folder of people: same (and as many different) pairs drawn per fold; null: as many "
+        "as the poorest fold allows, at most 300"
+    )
     far: float = Field(1e-3, gt=0.0, lt=1.0)
 
 
