@@ -90,7 +90,7 @@ def test_settings_defaults_and_anchor() -> None:
     from synthface.errors import ConfigError
 
     with pytest.raises(ConfigError, match="filter.anchor=identity"):
-        FilterSettings.from_recipe(load_recipe(GenerateRecipe, None, ["filter.anchor=identity"]), "dlib")
+        FilterSettings.from_recipe(load_recipe(GenerateRecipe, None, ["filter.anchor=identity"]), "sface")
 
 
 @pytest.fixture(scope="module")
