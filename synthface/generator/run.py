@@ -478,6 +478,8 @@ def generate_dataset(
             if done is not None:  # every shard and the final pass are there: nothing to render, no model to load
                 done.update({"resumed": True, "shards_written": 0, "shards_skipped": done["shards"], "images_rendered": 0,
                              "images_per_second": None, "seconds": time.perf_counter() - started})  # fmt: skip
+                if isinstance(done.get("filter"), dict):
+                    done["filter"]["shards_relabelled"] = 0  # the final pass did not run again
                 atomic_write_json(out / SUMMARY_FILE, done)
             return resuming, done
 
