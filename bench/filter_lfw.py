@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from synthface.faces.align import load_image  # noqa: E402
+from synthface.lfw import IMAGES, lfw_dir  # noqa: E402
 from synthface.filtering import KEPT, FaceScorer, FilterSelector, FilterSettings, Scored, default_threshold  # noqa: E402
 from synthface.generator.run import Candidate  # noqa: E402
 
@@ -64,7 +65,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", choices=["aligned", "raw"], default="aligned")
     ap.add_argument("--aligned", type=Path, default=Path("/work/data/lfw-aligned"))
-    ap.add_argument("--raw", type=Path, default=REPO.parent / "shared" / "data" / "lfw" / "lfw-deepfunneled")
+    ap.add_argument("--raw", type=Path, default=lfw_dir(REPO.parent / "shared" / "data" / "lfw") / IMAGES)
     ap.add_argument("--embedder", default="dlib")
     ap.add_argument("--fraction", type=float, default=0.10)
     ap.add_argument("--detector-threshold", type=float, default=0.9)

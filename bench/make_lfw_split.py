@@ -24,8 +24,11 @@ import random
 import re
 from pathlib import Path
 
+from synthface.lfw import IMAGES, lfw_dir
+from synthface.recognition.folder_pairs import deal_folds, diff_pairs, same_pairs
+
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_LFW = ROOT.parent / "shared" / "data" / "lfw" / "lfw-deepfunneled"
+DEFAULT_LFW = lfw_dir(ROOT.parent / "shared" / "data" / "lfw") / IMAGES  # $SYNTHFACE_LFW, else ../shared
 FOLDS = 10
 PAIRS_PER_FOLD = 300
 RULE = (
@@ -61,45 +64,7 @@ def split_people(people: dict[str, list[int]], seed: int) -> tuple[list[str], li
 
 
 def make_folds(test: list[str], people: dict[str, list[int]], seed: int) -> list[list[str]]:
-    rng = random.Random(seed + 1)
-    order = list(test)
-    rng.shuffle(order)
-    order.sort(key=lambda n: -len(people[n]))  # stable: ties keep the shuffled order
-    folds: list[list[str]] = [[] for _ in range(FOLDS)]
-    for i, name in enumerate(order):
-        folds[i % FOLDS].append(name)
-    return folds
-
-
-def same_pairs(fold: list[str], people: dict[str, list[int]], rng: random.Random) -> list[tuple[str, int, int]]:
-    all_pairs = {n: [(a, b) for i, a in enumerate(people[n]) for b in people[n][i + 1 :]] for n in fold}
-    for pairs in all_pairs.values():
-        rng.shuffle(pairs)
-    names = list(fold)
-    rng.shuffle(names)
-    out: list[tuple[str, int, int]] = []
-    while len(out) < PAIRS_PER_FOLD:
-        progressed = False
-        for name in names:
-            if all_pairs[name] and len(out) < PAIRS_PER_FOLD:
-                a, b = all_pairs[name].pop()
-                out.append((name, a, b))
-                progressed = True
-        if not progressed:
-            raise SystemExit(f"a fold has only {len(out)} same-person pairs; cannot build {PAIRS_PER_FOLD}")
-    return out
-
-
-def diff_pairs(fold: list[str], people: dict[str, list[int]], rng: random.Random) -> list[tuple[str, int, str, int]]:
-    seen: set[tuple[str, int, str, int]] = set()
-    out: list[tuple[str, int, str, int]] = []
-    while len(out) < PAIRS_PER_FOLD:
-        p1, p2 = sorted(rng.sample(fold, 2))
-        pair = (p1, rng.choice(people[p1]), p2, rng.choice(people[p2]))
-        if pair not in seen:
-            seen.add(pair)
-            out.append(pair)
-    return out
+    return deal_folds(people, test, FOLDS, random.Random(seed + 1))
 
 
 def main() -> None:
@@ -117,8 +82,8 @@ def main() -> None:
     rng = random.Random(args.seed + 2)
     lines = [f"{FOLDS}\t{PAIRS_PER_FOLD}"]
     for fold in folds:
-        lines += [f"{n}\t{a}\t{b}" for n, a, b in same_pairs(fold, people, rng)]
-        lines += [f"{n1}\t{a}\t{n2}\t{b}" for n1, a, n2, b in diff_pairs(fold, people, rng)]
+        lines += [f"{n}\t{a}\t{b}" for n, a, b in same_pairs(fold, people, PAIRS_PER_FOLD, rng)]
+        lines += [f"{n1}\t{a}\t{n2}\t{b}" for n1, a, n2, b in diff_pairs(fold, people, PAIRS_PER_FOLD, rng)]
     args.out.mkdir(parents=True, exist_ok=True)
     counts = {
         "people": len(people),

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
+
+
+# The embedder every command uses unless told otherwise: its weights ship with the install
+# (`pip install 'synthface[dlib]'`), so each default works offline.
+DEFAULT_EMBEDDER = "dlib"
 
 
 class Section(BaseModel):
@@ -25,6 +31,23 @@ class Section(BaseModel):
     model_config = ConfigDict(
         extra="forbid", validate_assignment=True, protected_namespaces=(), strict=True, allow_inf_nan=False
     )
+
+
+def one_file(value: str | None) -> str | None:
+    """A path with glob characters (``runs/gen/cache/faces-*.parquet``) that names no existing file is
+    expanded here, relative to the working directory: it must match exactly one path."""
+    if not value or not any(c in value for c in "*?[") or Path(value).expanduser().exists():
+        return value
+    matches = sorted(glob.glob(str(Path(value).expanduser())))
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise ValueError(f"no file matches {value}")
+    raise ValueError(f"{value} matches {len(matches)} files ({', '.join(matches[:3])}{', ...' if len(matches) > 3 else ''}): name one")
+
+
+# A file or folder key that accepts a glob matching exactly one path (see one_file).
+GlobPath = Annotated[str | None, AfterValidator(one_file)]
 
 
 # --------------------------------------------------------------------------- align / embed / verify
@@ -48,7 +71,7 @@ class AlignRecipe(Section):
 
 class EmbedRecipe(Section):
     seed: int = 0
-    embedder: str = "dlib"
+    embedder: str = DEFAULT_EMBEDDER
     weights: str | None = None
     batch_size: int = Field(32, ge=1)
     aligned: bool = Field(False, description="inputs are already 112x112 ArcFace-template crops")
@@ -58,10 +81,14 @@ class EmbedRecipe(Section):
 
 class VerifyRecipe(Section):
     seed: int = 0
-    embedder: str = "dlib"
+    embedder: str = DEFAULT_EMBEDDER
     weights: str | None = None
     folds: int = Field(10, ge=2)
     far: float = Field(1e-3, gt=0.0, lt=1.0)
+    pairs_per_fold: int | None = Field(
+        None, ge=1, description="a folder of people: same (and as many different) pairs drawn per fold; null: as many "
+        "as the poorest fold allows, at most 300"
+    )
     flip: bool = True
     batch_size: int = Field(32, ge=1)
     aligned: bool | None = Field(None, description="inputs are template crops; default: true for .bin files")
@@ -76,7 +103,7 @@ class IdentitiesSection(Section):
     count: int = Field(10000, ge=1, le=100_000_000)
     strategy: Literal["uniform", "gallery", "images", "unconditional"] = "uniform"
     separation: float = Field(0.3, ge=-1.0, le=1.0, description="max cosine allowed between two identities")
-    gallery: str | None = None
+    gallery: GlobPath = Field(None, description="real faces: `synthface embed` Parquet or folder; a glob matching one file")
     leakage: float = Field(0.4, ge=-1.0, le=1.0, description="max cosine allowed to any real person")
     images: str | None = Field(None, description="folder of reference faces for the `images` strategy")
     embedder: str | None = Field(None, description="conditioning embedder the model must use; null = the model's")
@@ -96,7 +123,7 @@ class SamplingSection(Section):
 
 class FilterSection(Section):
     enabled: bool = True
-    embedder: str = "facenet-vggface2"
+    embedder: str = DEFAULT_EMBEDDER
     threshold: float | None = Field(
         None, ge=-1.0, le=1.0, description="min cosine to the identity anchor; null: the filter embedder's measured default"
     )
@@ -114,7 +141,7 @@ class FilterSection(Section):
         None, ge=-1.0, le=1.0, description="max cosine of an identity centre to a real person; null: identities.leakage "
         "when the filter embedder is the conditioning embedder, else the threshold"
     )
-    gallery: str | None = Field(None, description="real faces/embeddings for the leakage check; null: identities.gallery")
+    gallery: GlobPath = Field(None, description="real faces/embeddings for the leakage check (a glob matching one file); null: identities.gallery")
     batch_size: int = Field(64, ge=1, description="faces per embedder call")
 
 
@@ -232,7 +259,7 @@ class TrainDataSection(Section):
 
 class TrainRecipe(Section):
     seed: int = 0
-    embedder: str = "dlib"
+    embedder: str = DEFAULT_EMBEDDER
     model: NativeModelSection = NativeModelSection()
     train: GeneratorTrainSection = GeneratorTrainSection()
     data: TrainDataSection = TrainDataSection()
@@ -288,6 +315,10 @@ class EvaluateBenchSection(Section):
     batch_size: int = Field(64, ge=1)
     flip: bool = True
     folds: int = Field(10, ge=2)
+    pairs_per_fold: int | None = Field(
+        None, ge=1, description="a folder of people: same (and as many different) pairs drawn per fold; null: as many "
+        "as the poorest fold allows, at most 300"
+    )
     far: float = Field(1e-3, gt=0.0, lt=1.0)
 
 
@@ -303,12 +334,12 @@ class EvaluateRecipe(Section):
 
 class InspectRecipe(Section):
     seed: int = 0
-    embedder: str | None = Field(None, description="embedder of the similarity histograms; null: the recipe's filter "
-                                 "embedder; none: skip them")
+    embedder: str | None = Field(None, description="embedder of the similarity histograms; null: the dataset's filter "
+                                 f"embedder when its filter ran, else {DEFAULT_EMBEDDER}; none: skip them")
     max_identities: int = Field(100, ge=1, description="identities embedded for the similarity histograms")
     sheet_identities: int = Field(16, ge=1, description="contact sheet rows (one identity each)")
     sheet_images: int = Field(8, ge=1, description="contact sheet columns (images per identity)")
-    gallery: str | None = Field(None, description="`synthface embed` Parquet of real people for a leakage report")
+    gallery: GlobPath = Field(None, description="`synthface embed` Parquet of real people for a leakage report (a glob matching one file)")
     device: str = "auto"
 
 

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from synthface.lfw import IMAGES, PAIRS, lfw_dir, not_found
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SYNTHFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
-LFW = SHARED_DATA / "lfw"
-LFW_IMAGES = LFW / "lfw-deepfunneled"
-LFW_PAIRS = LFW / "pairs.txt"
+LFW = lfw_dir(SHARED_DATA / "lfw")  # $SYNTHFACE_LFW, else ../shared/data/lfw
+LFW_IMAGES = LFW / IMAGES
+LFW_PAIRS = LFW / PAIRS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -20,14 +22,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def lfw_images() -> Path:
     if not LFW_IMAGES.is_dir():
-        pytest.skip(f"real LFW images not found at {LFW_IMAGES} (clone the repo with ../shared beside it)")
+        pytest.skip(not_found(LFW, f"real LFW images ({IMAGES}/)"))
     return LFW_IMAGES
 
 
 @pytest.fixture(scope="session")
 def lfw_pairs() -> Path:
     if not LFW_PAIRS.is_file():
-        pytest.skip(f"LFW pairs.txt not found at {LFW_PAIRS} (clone the repo with ../shared beside it)")
+        pytest.skip(not_found(LFW, f"LFW {PAIRS}"))
     return LFW_PAIRS
 
 

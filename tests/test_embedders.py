@@ -116,8 +116,11 @@ def test_facenet_download_failure_says_what_to_do(monkeypatch):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(irv1, "load_weights", offline)
-    with pytest.raises(WeightsError, match="could not fetch facenet-vggface2 weights.*--set weights=FILE"):
+    with pytest.raises(WeightsError, match="could not fetch facenet-vggface2 weights") as err:
         get_embedder("facenet-vggface2", device="cpu")
+    # names the offline alternative, the one-step fetch and the local-file way
+    for part in ("--embedder dlib", "synthface download --embedder facenet-vggface2", "--set weights=FILE"):
+        assert part in str(err.value)
 
 
 def test_register_and_embed_aligned():

@@ -90,7 +90,7 @@ def test_settings_defaults_and_anchor() -> None:
     from synthface.errors import ConfigError
 
     with pytest.raises(ConfigError, match="filter.anchor=identity"):
-        FilterSettings.from_recipe(load_recipe(GenerateRecipe, None, ["filter.anchor=identity"]), "dlib")
+        FilterSettings.from_recipe(load_recipe(GenerateRecipe, None, ["filter.anchor=identity"]), "sface")
 
 
 @pytest.fixture(scope="module")
@@ -303,3 +303,30 @@ def test_leakage_check_uses_the_gallery_the_model_carries(tmp_path):
     assert config["identities"]["gallery"] is None  # the run's config is the recipe as given
     again = generate_dataset(recipe, tmp_path / "out")  # so a rerun is the same run
     assert again["config_hash"] == summary["config_hash"]
+
+
+def test_card_says_what_was_done(tmp_path: Path) -> None:
+    """Unfiltered tiny run: no detector ran, renders kept at the model's size, paths relative, label a ClassLabel."""
+    import yaml
+
+    from helpers_generate import make_tiny_model, tiny_recipe
+    from synthface.dataset.card import read_header
+    from synthface.generator.run import generate_dataset
+
+    model = make_tiny_model(tmp_path / "model")
+    out = tmp_path / "out"
+    summary = generate_dataset(tiny_recipe(model.resolve(), "output.image_size=32"), out)
+    text = (out / "README.md").read_text()
+    assert "112x112" not in text and "mtcnn" not in text.lower()
+    assert "16x16 on the model's loose crop" in text and "resized to 32x32" in text
+    assert str(tmp_path) not in text and "model: ../model" in text
+    header = read_header(out / "README.md")
+    label = next(f for f in header["dataset_info"]["features"] if f["name"] == "label")
+    rows = read_rows(out)
+    assert label["dtype"]["class_label"]["names"] == {str(r["label"]): f"id-{r['identity']:07d}" for r in rows}
+    config_header = (out / "config.yaml").read_text().splitlines()[0]
+    assert summary["config_yaml_hash"] in config_header and "sampling.batch_size" in summary["config_hash_covers"]
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"] == str(model.resolve())
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.load_dataset(str(out), split="train")
+    assert ds.features["label"].names[rows[0]["label"]] == f"id-{rows[0]['identity']:07d}"

@@ -154,3 +154,24 @@ def test_data_without_config_is_not_adopted(model_dir, tmp_path):
     (out / "config.yaml").unlink()
     with pytest.raises(InputError, match="is not a synthface generate output"):
         generate_dataset(tiny_recipe(model_dir), out)
+
+
+def test_rerun_of_a_finished_run_loads_no_model(model_dir, tmp_path, monkeypatch):
+    from synthface.generator import run
+
+    out = tmp_path / "out"
+    recipe = tiny_recipe(model_dir)
+    first = generate_dataset(recipe, out)
+    rows = read_rows(out)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a finished run must not load its model again")
+
+    monkeypatch.setattr(run, "load_model", no_model)
+    again = generate_dataset(recipe, out)
+    assert again["resumed"] and again["shards_written"] == 0 and again["shards_skipped"] == first["shards"] == 2
+    assert again["images"] == first["images"] and read_rows(out) == rows
+    assert json.loads((out / "summary.json").read_text())["shards_written"] == 0
+    (out / "data" / ".train-00001-of-00002.json").unlink()  # a shard left to do: the model is needed again
+    with pytest.raises(AssertionError, match="must not load"):
+        generate_dataset(recipe, out)

@@ -83,3 +83,69 @@ def _real_gallery(path: Path) -> None:
     table = embeddings_table([f"p{i // 2}/{i}.png" for i in range(6)], [f"p{i // 2}" for i in range(6)], emb,
                              np.ones(6, np.float32), ["ok"] * 6)  # fmt: skip
     pq.write_table(table, path)
+
+
+# --------------------------------------------------------------------------- offline defaults, no partial report
+
+
+@pytest.fixture(scope="module")
+def unfiltered(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 identities x 4 images, filter off, while the recipe names a download-only filter embedder
+    (the shape of the Arc2Face quickstart recipe)."""
+    from synthface.generator.run import generate_dataset
+
+    root = tmp_path_factory.mktemp("unfiltered")
+    model = make_tiny_model(root / "model")
+    recipe = tiny_recipe(model, "identities.count=6", "images_per_identity=4", "filter.embedder=facenet-vggface2")
+    generate_dataset(recipe, root / "out")
+    return root / "out"
+
+
+def _offline_facenet(monkeypatch: pytest.MonkeyPatch) -> None:
+    import facenet_pytorch.models.inception_resnet_v1 as irv1
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(irv1, "load_weights", offline)
+
+
+def test_inspect_default_embedder_works_offline(unfiltered: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _offline_facenet(monkeypatch)
+    res = CliRunner().invoke(app, ["inspect", str(unfiltered), "--out", str(tmp_path / "r"), "--json", "-"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    # the filter did not run, so its embedder is not the default: the one that ships with the install is
+    assert report["similarity"]["embedder"] == "dlib"
+    # every pair of 24 images of 6 identities x 4, exactly: 6 * C(4, 2) same, C(24, 2) - 36 different
+    assert report["similarity"]["intra"]["count"] == 36 and report["similarity"]["inter"]["count"] == 240
+    from PIL import Image
+
+    with Image.open(report["files"]["contact_sheet"]) as sheet:
+        assert sheet.size == (40 + 4 * 112, 6 * 112)  # as wide as 4 images, not the 8 sheet_images allow
+
+
+def test_failed_inspect_leaves_no_partial_report(unfiltered: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _offline_facenet(monkeypatch)
+    target = tmp_path / "report"
+    res = CliRunner().invoke(app, ["inspect", str(unfiltered), "--out", str(target), "--embedder", "facenet-vggface2"])
+    assert res.exit_code == 2
+    assert "could not fetch facenet-vggface2" in res.output and "--embedder dlib" in res.output
+    assert "Traceback" not in res.output
+    assert not target.exists() and not list(tmp_path.iterdir())  # no report, no staging folder
+    # an earlier complete report is left as it was
+    assert CliRunner().invoke(app, ["inspect", str(unfiltered), "--out", str(target), "--embedder", "none"]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    res = CliRunner().invoke(app, ["inspect", str(unfiltered), "--out", str(target), "--embedder", "facenet-vggface2"])
+    assert res.exit_code == 2
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+def test_similarity_pairs_samples_distinct_pairs_of_large_sets() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(50), 4)
+    emb = rng.standard_normal((200, 8))
+    intra, inter = similarity_pairs(emb, labels, max_pairs=1000)
+    assert len(intra) == 50 * 6 and len(inter) == 1000
+    assert len(np.unique(np.round(inter, 12))) == 1000  # distinct pairs, never one pair counted twice

@@ -311,6 +311,14 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(faces_dir, cache_dir, 
     with pytest.raises(ConfigError, match="train.lr"):
         train_generator(changed, faces_dir, crashed, embedder=CountingEmbedder(), resume=True)
 
+    # extending a finished run: a larger max_steps (and a time limit) continue from its last step
+    longer = tiny_recipe(cache_dir, "train.max_steps=6", "train.max_minutes=30")
+    extended = train_generator(longer, faces_dir, crashed, embedder=CountingEmbedder(), resume=True)
+    assert extended["start_step"] == 4 and extended["steps"] == 6
+    assert [s for s, _ in rows(crashed)] == list(range(1, 7))
+    with pytest.raises(ConfigError, match="not shorten it: train.max_steps 5 < 6"):
+        train_generator(tiny_recipe(cache_dir, "train.max_steps=5"), faces_dir, crashed, embedder=CountingEmbedder(), resume=True)
+
 
 # --------------------------------------------------------------------------- CLI
 

@@ -35,6 +35,13 @@ def align(
         f"no face {summary.no_face}, too small {summary.too_small}, unreadable {summary.unreadable} (of {summary.total}) -> {dst}"
     )
     write_json(json_out, data)
+    if summary.aligned + summary.skipped_existing == 0:
+        console.print(
+            f"[yellow]warning:[/] no face was aligned in {src}: check it holds photos of faces, or lower "
+            "--set detector_threshold=0.7 / --set min_face_size=12 for small or hard faces",
+            highlight=False,
+        )
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,10 +7,21 @@ import importlib
 import typer
 
 from synthface import __version__
+from synthface.cli.common import example
+
+EPILOG = example(
+    """
+python -c "from synthface.testing import tiny_native_model; tiny_native_model('runs/tiny')"
+synthface generate --model runs/tiny --recipe recipes/quickstart-native.yaml --out runs/quickstart
+synthface inspect runs/quickstart
+synthface COMMAND --help
+"""
+)
 
 app = typer.Typer(
     name="synthface",
     help="Generate synthetic face-recognition datasets and prove whether they are any good.",
+    epilog=EPILOG,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

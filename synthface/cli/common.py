@@ -14,6 +14,7 @@ from typing import Annotated, Any, Callable, TypeVar
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -29,13 +30,14 @@ from synthface.errors import SynthfaceError
 
 console = Console(stderr=True)
 
+SET_EXAMPLE = "seed=1"  # a key every command's recipe has
 RecipeOpt = Annotated[
     Path | None,
     typer.Option("--recipe", "-r", help="YAML recipe file; every key has a default.", show_default=False),
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override a recipe key, e.g. --set batch_size=16 (repeatable).", show_default=False),
+    typer.Option("--set", "-s", help=f"Override a recipe key, e.g. --set {SET_EXAMPLE} (repeatable).", show_default=False),
 ]
 JsonOpt = Annotated[
     str | None,
@@ -54,7 +56,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # messages are plain text: "pip install 'synthface[dlib]'" must not read as rich markup
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

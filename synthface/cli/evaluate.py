@@ -83,7 +83,7 @@ def run_evaluate(
     loaded = {
         name: load_benchmark(
             name, spec, aligned=b.aligned, folds=b.folds, batch_size=b.batch_size, device=str(device),
-            progress=progress_factory(),
+            progress=progress_factory(), seed=config.seed, pairs_per_fold=b.pairs_per_fold,
         )
         for name, spec in benches.items()
     }

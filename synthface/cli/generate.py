@@ -15,6 +15,7 @@ EPILOG = example(
 python -c "from synthface.testing import tiny_native_model; tiny_native_model('tiny')"
 synthface generate --model tiny --recipe recipes/quickstart-native.yaml --out runs/quickstart
 accelerate launch --num_processes 8 -m synthface generate --model MODEL --recipe recipes/generate-10k-x-50.yaml --out runs/10k
+accelerate launch --multi_gpu --num_processes 2 -m synthface generate --model tiny --recipe recipes/quickstart-native.yaml --out runs/q2  # 2 CPU processes (--cpu alone starts one)
 synthface generate --model MODEL --recipe R.yaml --out runs/10k --part "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT"  # each job of a Slurm array (docs/generate.md)
 synthface generate --model MODEL --recipe R.yaml --out runs/10k  # once every part is done: the final pass
 """

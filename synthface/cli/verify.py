@@ -14,15 +14,16 @@ from synthface.output_folder import check_output_folder
 
 @handle_errors
 def verify(
-    pairs: Annotated[Path, typer.Option("--pairs", help="LFW-style pairs.txt, or an insightface .bin file.", show_default=False)],
-    images: Annotated[Path | None, typer.Option("--images", help="Image folder that pairs.txt names (not for .bin).", show_default=False)] = None,
+    pairs: Annotated[Path, typer.Option("--pairs", help="LFW-style pairs.txt, a CSV (path_a,path_b,same), an insightface .bin, "
+                                        "or a folder of people (a seeded people-disjoint 10-fold protocol is drawn).", show_default=False)],
+    images: Annotated[Path | None, typer.Option("--images", help="Image folder that pairs.txt names (for a CSV: the folder its paths are relative to; default its own).", show_default=False)] = None,
     embedder: Annotated[str | None, typer.Option("--embedder", "-e", help="dlib | sface | facenet-vggface2 | facenet-casia | onnx:PATH.", show_default=False)] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for roc.png, the summary and the resolved config.", show_default=False)] = None,
     recipe_path: RecipeOpt = None,
     sets: SetOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
-    """Verification accuracy of a pretrained embedder on LFW pairs.txt or an insightface .bin.
+    """Verification accuracy of a pretrained embedder on LFW pairs.txt, a pairs CSV, a folder of people or an insightface .bin.
 
     With --out DIR it writes roc.png, verify.json, embeddings.npz (every image's embedding) and
     the resolved config.
@@ -58,6 +59,8 @@ def register(app: typer.Typer) -> None:
         "verify",
         epilog=example(
             "synthface verify --embedder dlib --pairs ../shared/data/lfw/pairs.txt "
-            "--images ../shared/data/lfw/lfw-deepfunneled --out verify-lfw --json -"
+            "--images ../shared/data/lfw/lfw-deepfunneled --out verify-lfw --json -\n"
+            "synthface verify --embedder sface --pairs my-pairs.csv\n"
+            "synthface verify --embedder dlib --pairs my-people/ --set seed=1 --set pairs_per_fold=50"
         ),
     )(verify)

@@ -9,6 +9,7 @@ figures, the leakage report, and the intended use and limits.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +63,64 @@ def _licence_of(name: str) -> dict[str, str]:
     return EMBEDDER_LICENCES.get(name, {"component": name, "licence": "unknown to synthface", "url": ""})
 
 
-def card_text(recipe: Any, model: Any, summary: dict[str, Any], data_files: list[str] | None = None) -> str:
-    """The card; ``data_files`` lists the shards when some are empty (the filter dropped all their identities),
-    since `datasets` cannot read an empty Parquet file; None means every shard (a glob)."""
-    from synthface.config import config_dict
+def shown_path(value: str, out: Path) -> str:
+    """A local path as the card shows it: relative to the dataset folder (never this machine's absolute path)."""
+    path = Path(value).expanduser()
+    if not path.is_absolute() or not path.exists():
+        return value
+    return os.path.relpath(path, Path(out).resolve())
 
-    config = config_dict(recipe)
+
+def _shown_config(config: Any, out: Path) -> Any:
+    if isinstance(config, dict):
+        return {k: _shown_config(v, out) for k, v in config.items()}
+    return shown_path(config, out) if isinstance(config, str) else config
+
+
+def processing(recipe: Any, model: Any) -> tuple[str, bool]:
+    """What was done to each render, in words, and whether the MTCNN detector ran."""
+    size = recipe.output.image_size
+    scale = getattr(model, "template_scale", None)
+    template = f"the {size}x{size} ArcFace five-point template"
+    if scale is None:  # faces anywhere (Arc2Face): detected, then aligned
+        return f"each face detected by MTCNN and warped to {template}", True
+    if recipe.filter.enabled:
+        detected = recipe.filter.detector_threshold > 0
+        return (f"each render warped from the model's template landmarks to {template}"
+                + (" (MTCNN scored each face)" if detected else "")), detected  # fmt: skip
+    crop = "tight ArcFace template" if scale == 1 else f"loose crop around the ArcFace template (scale {scale:g})"
+    side = getattr(model, "image_size", size)
+    resized = f", resized to {size}x{size}" if side != size else ""
+    return f"each render stored as generated: {side}x{side} on the model's {crop}{resized}", False
+
+
+def card_features(names: list[str], full: bool) -> list[dict[str, Any]]:
+    """The shards' columns as the card's `dataset_info` features, ``label`` an HF ClassLabel over ``names``."""
+    import json as _json
+
+    from synthface.dataset.writer import shard_schema
+
+    features = _json.loads(shard_schema(full).metadata[b"huggingface"])["info"]["features"]
+    out: list[dict[str, Any]] = []
+    for name, feature in features.items():
+        if name == "label":
+            out.append({"name": name, "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(names)}}}})
+        else:
+            out.append({"name": name, "dtype": "image" if feature["_type"] == "Image" else feature["dtype"]})
+    return out
+
+
+def card_text(
+    recipe: Any, model: Any, summary: dict[str, Any], data_files: list[str] | None = None, label_names: list[str] | None = None
+) -> str:
+    """The card; ``data_files`` lists the shards when some are empty (the filter dropped all their identities),
+    since `datasets` cannot read an empty Parquet file; None means every shard (a glob). ``label_names``
+    names each label (its identity) for the ClassLabel feature."""
+    from synthface.config import config_dict
+    from synthface.generator.run import RESUME_FREE_KEYS
+
+    out = Path(str(summary.get("out", ".")))
+    config = _shown_config(config_dict(recipe), out)
     images = int(summary.get("images", 0))
     header = {
         "license": "other",
@@ -79,11 +132,14 @@ def card_text(recipe: Any, model: Any, summary: dict[str, Any], data_files: list
         "size_categories": [size_category(images)],
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": data_files or "data/train-*.parquet"}]}],
     }
+    if label_names is not None:
+        header["dataset_info"] = {"features": card_features(label_names, recipe.output.store_full_resolution)}
     licences = dict(getattr(model, "licences", {}) or {})
     if not licences:
         licences = {
             "generator": {
-                "component": f"{getattr(model, 'family', 'generator')} model {getattr(model, 'source', '') or config.get('model')}",
+                "component": f"{getattr(model, 'family', 'generator')} model "
+                             f"{shown_path(str(getattr(model, 'source', '') or config.get('model')), out)}",
                 "licence": "as its owner licensed it (a synthface native model is yours: it follows your training data)",
                 "url": "",
             }
@@ -91,15 +147,18 @@ def card_text(recipe: Any, model: Any, summary: dict[str, Any], data_files: list
     tools = {"conditioning embedder": model.embedder}
     if recipe.filter.enabled:
         tools["filter embedder"] = recipe.filter.embedder
-    tools["detector"] = "mtcnn"
+    done, detected = processing(recipe, model)
+    if detected:
+        tools["detector"] = "mtcnn"
     lines = ["---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", ""]
     lines += [f"# {header['pretty_name']}", "",
               "Synthetic face-recognition training set written by `synthface generate`: identity-conditioned "
-              "diffusion renders of sampled identities, aligned to the 112x112 ArcFace template.", ""]  # fmt: skip
+              f"diffusion renders of sampled identities; {done}; stored as {recipe.output.image_format.upper()}.", ""]  # fmt: skip
     lines += ["## Contents", "", "| | |", "| --- | --- |"]
     for key in ("identities_planned", "identities_kept", "images", "shards"):
         lines.append(f"| {key.replace('_', ' ')} | {summary.get(key)} |")
-    lines += ["", "Rows: `image` (HF Image), `label` (contiguous over kept identities), `identity` (plan index), "
+    lines += ["", "Rows: `image` (HF Image), `label` (HF ClassLabel, contiguous over kept identities, named `id-` + "
+              "the identity's plan index), `identity` (plan index), "
               "`sample`, `seed`, `id_score` (cosine to the identity anchor), `det_score` (detector confidence); "
               "NaN where not measured. `identities.parquet` lists every planned identity, whether it was kept and why not.", ""]  # fmt: skip
     lines += ["## Generator and tools", "", "| part | what | licence |", "| --- | --- | --- |"]
@@ -150,6 +209,10 @@ def card_text(recipe: Any, model: Any, summary: dict[str, Any], data_files: list
         "",
         "## Recipe",
         "",
+        f"The resolved recipe (`config.yaml`; local paths relative to this folder). `summary.json`'s `config_hash` "
+        f"({summary.get('config_hash', 'n/a')}) covers every key but those a resumed run may change "
+        f"({', '.join(RESUME_FREE_KEYS)}); `config.yaml`'s header hashes all of them.",
+        "",
         "```yaml",
         yaml.safe_dump(config, sort_keys=False).rstrip(),
         "```",
@@ -180,11 +243,18 @@ def write_card(out: str | Path, recipe: Any, model: Any, summary: dict[str, Any]
 
     from synthface.dataset.writer import marker_path, read_marker
 
+    import pyarrow.parquet as pq
+
     markers = [read_marker(marker_path(p)) or {} for p in sorted((Path(out) / "data").glob("train-*.parquet"))]
     files = [f"data/{m['file']}" for m in markers if m.get("rows") and m.get("file")]
     data_files = files if len(files) < len(markers) else None
+    identity_of: dict[int, int] = {}
+    for name in files:
+        table = pq.read_table(Path(out) / name, columns=["label", "identity"])
+        identity_of.update(zip(table.column("label").to_pylist(), table.column("identity").to_pylist()))
+    names = [f"id-{identity_of[k]:07d}" if k in identity_of else f"label-{k}" for k in range(max(identity_of, default=-1) + 1)]
     path = Path(out) / CARD_FILE
-    atomic_write_bytes(path, card_text(recipe, model, summary, data_files).encode("utf-8"))
+    atomic_write_bytes(path, card_text(recipe, model, summary, data_files, names).encode("utf-8"))
     return path
 
 

@@ -3,11 +3,12 @@
 Works on any directory written by ``synthface generate`` (filter on or off). Figures come from the
 committed shards, ``identities.parquet`` and, with filtering on, the per-candidate filter records.
 Intra-identity cosines (every pair of images of one identity) and inter-identity cosines (pairs of
-images of different identities, a fixed random subset) are measured by embedding the stored
-112x112 template crops of up to ``max_identities`` identities with an embedder (default: the
-recipe's filter embedder). Stored crops are the tight ArcFace template, so an embedder trained on
-another crop (dlib) reads them less well than it reads the original renders: compare datasets
-with the same embedder, not these cosines with another tool's.
+images of different identities: all of them, or a fixed random subset of large sets) are measured
+by embedding the stored template crops of up to ``max_identities`` identities with an embedder
+(default: the filter embedder when the filter ran, else the offline default, dlib). Stored crops
+are the tight ArcFace template, so an embedder trained on another crop (dlib) reads them less well
+than it reads the original renders: compare datasets with the same embedder, not these cosines
+with another tool's.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from synthface.dataset.writer import staged_files
 from synthface.errors import InputError
 from synthface.figures import save_figure
 from synthface.runtime import Progress, progress_or_null
@@ -71,10 +73,11 @@ def _decode(data: bytes) -> np.ndarray:
 
 
 def contact_sheet(images: dict[int, list[tuple[int, bytes]]], path: Path, rows: int, cols: int, tile: int = 112) -> Path:
-    """One row per identity (label order), up to ``cols`` images each."""
+    """One row per identity (label order), up to ``cols`` images each; as wide as its longest row."""
     from PIL import Image, ImageDraw
 
     labels = sorted(images)[:rows]
+    cols = max(1, min(cols, max((len(images[k]) for k in labels), default=1)))
     pad = 40
     sheet = Image.new("RGB", (pad + cols * tile, max(1, len(labels)) * tile), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
@@ -88,7 +91,8 @@ def contact_sheet(images: dict[int, list[tuple[int, bytes]]], path: Path, rows: 
 
 
 def similarity_pairs(emb: np.ndarray, labels: np.ndarray, max_pairs: int = 200_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(intra, inter) cosines: every same-label pair; a seeded random subset of different-label pairs."""
+    """(intra, inter) cosines: every same-label pair; every different-label pair when there are at most
+    ``max_pairs`` of them, else a seeded random subset of ``max_pairs`` distinct ones."""
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     intra = []
     for label in np.unique(labels):
@@ -96,19 +100,32 @@ def similarity_pairs(emb: np.ndarray, labels: np.ndarray, max_pairs: int = 200_0
         if len(x) > 1:
             g = x @ x.T
             intra.append(g[np.triu_indices(len(x), 1)])
-    rng = np.random.default_rng(seed)
     n = len(emb)
     inter = np.zeros(0)
     if n > 1 and len(np.unique(labels)) > 1:
-        a = rng.integers(0, n, size=max_pairs * 2)
-        b = rng.integers(0, n, size=max_pairs * 2)
+        a, b = np.triu_indices(n, 1) if n * (n - 1) // 2 <= 4 * max_pairs else _random_pairs(n, 4 * max_pairs, seed)
         ok = labels[a] != labels[b]
-        a, b = a[ok][:max_pairs], b[ok][:max_pairs]
+        a, b = a[ok], b[ok]
+        if len(a) > max_pairs:
+            keep = np.sort(np.random.default_rng(seed).choice(len(a), max_pairs, replace=False))
+            a, b = a[keep], b[keep]
         inter = (emb[a] * emb[b]).sum(1)
     return (np.concatenate(intra) if intra else np.zeros(0)), inter
 
 
-def _hist_png(path: Path, series: dict[str, np.ndarray], title: str, xlabel: str, lines: dict[str, float] | None = None) -> Path:
+def _random_pairs(n: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``count`` distinct unordered index pairs (i < j) of ``n`` items, seeded."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, n, size=count), rng.integers(0, n, size=count)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    codes = np.unique((lo * n + hi)[lo != hi])
+    return codes // n, codes % n
+
+
+def _hist_png(
+    path: Path, series: dict[str, np.ndarray], title: str, xlabel: str, lines: dict[str, float] | None = None, unit: str = "images"
+) -> Path:
+    """Overlaid density histograms; each legend entry counts its values in ``unit``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,7 +136,7 @@ def _hist_png(path: Path, series: dict[str, np.ndarray], title: str, xlabel: str
         values = np.asarray(values, np.float64)
         values = values[np.isfinite(values)]
         if len(values):
-            ax.hist(values, bins=50, range=(-1, 1) if "cos" in xlabel else None, alpha=0.6, density=True, label=f"{name} (n={len(values)})")
+            ax.hist(values, bins=50, range=(-1, 1) if "cos" in xlabel else None, alpha=0.6, density=True, label=f"{name} ({len(values)} {unit})")
     for name, x in (lines or {}).items():
         ax.axvline(x, color="k", linestyle="--", linewidth=1)
         ax.text(x, ax.get_ylim()[1] * 0.9, f" {name} {x:g}", fontsize=8)
@@ -132,6 +149,14 @@ def _hist_png(path: Path, series: dict[str, np.ndarray], title: str, xlabel: str
     save_figure(fig, path)
     plt.close(fig)
     return path
+
+
+def default_embedder(config: dict[str, Any]) -> str:
+    """The dataset's filter embedder when its filter ran (its weights are here), else the offline default."""
+    from synthface.config import DEFAULT_EMBEDDER
+
+    filt = config.get("filter") or {}
+    return str(filt.get("embedder") or DEFAULT_EMBEDDER) if filt.get("enabled") else DEFAULT_EMBEDDER
 
 
 def inspect_dataset(
@@ -149,18 +174,16 @@ def inspect_dataset(
 ) -> dict[str, Any]:
     """Write the report (JSON + PNGs) of the dataset in ``src`` to ``out`` (default SRC/inspect); returns it.
 
-    ``embedder`` "none" skips the similarity histograms (no embedder needed). An incomplete dataset
-    is refused unless ``allow_partial`` (then the report covers the committed shards).
+    ``embedder`` "none" skips the similarity histograms (no embedder needed); None picks
+    :func:`default_embedder`. An incomplete dataset is refused unless ``allow_partial`` (then the
+    report covers the committed shards). The embedder and the gallery are loaded before anything is
+    written, and the files move into ``out`` only once all of them are written: a failure leaves no
+    partial report.
     """
-    import pyarrow.parquet as pq
-
-    from synthface.filtering import leakage_summary, read_records
-
     src = Path(src)
     if not src.is_dir():
         raise InputError(f"dataset {src} not found: pass the --out directory of `synthface generate`")
     out = Path(out) if out is not None else src / "inspect"
-    bar = progress_or_null(progress)
     shards, rows = _read_shards(src, allow_partial)
     config: dict[str, Any] = {}
     if (src / "config.yaml").is_file():
@@ -170,7 +193,39 @@ def inspect_dataset(
             config = read_resolved(src / "config.yaml")
         except Exception:  # noqa: BLE001 - yaml and decoding errors alike
             raise InputError(f"{src}/config.yaml is unreadable: regenerate the dataset or restore the file") from None
-    out.mkdir(parents=True, exist_ok=True)
+    name = embedder or default_embedder(config)
+    emb_model = None
+    if name != "none":
+        from synthface.faces.embedders import get_embedder
+
+        emb_model = get_embedder(name, device=device)
+    real = None
+    if gallery:
+        if emb_model is None:
+            raise InputError("--gallery needs the similarity embedder: drop --embedder none")
+        from synthface.identities import read_embeddings_parquet
+
+        real = read_embeddings_parquet(gallery)
+        if real.embedder and real.embedder != name:
+            raise InputError(f"--gallery holds '{real.embedder}' embeddings but inspect embeds with '{name}': pass --embedder {real.embedder}")
+    with staged_files(out) as stage:
+        report = _report(src, out, stage, shards, rows, config, name, emb_model, real, gallery, max_identities,
+                         sheet_identities, sheet_images, progress_or_null(progress))  # fmt: skip
+    return report
+
+
+def _report(
+    src: Path, out: Path, stage: Path, shards: list[Path], rows: Any, config: dict[str, Any], name: str, emb_model: Any,
+    real: Any, gallery: str | None, max_identities: int, sheet_identities: int, sheet_images: int, bar: Progress,
+) -> dict[str, Any]:
+    """The report's figures and JSON, written into ``stage``; the paths it records are under ``out``."""
+    import pyarrow.parquet as pq
+
+    from synthface.filtering import leakage_summary, read_records
+
+    def written(path: Path) -> str:
+        return str(out / path.name)
+
     labels = np.asarray(rows.column("label").to_numpy(), np.int64)
     valid = labels >= 0
     _, counts = np.unique(labels[valid], return_counts=True)
@@ -220,12 +275,12 @@ def inspect_dataset(
             "status": {k: status.count(k) for k in sorted(set(status))},
         }
         ids = [x for row in records.column("id_scores").to_pylist() for x in row]
-        report["files"]["candidate_scores"] = str(
-            _hist_png(out / "candidate_scores.png", {"all candidates": np.array(ids, np.float64),
+        threshold = (config.get("filter") or {}).get("threshold")
+        report["files"]["candidate_scores"] = written(
+            _hist_png(stage / "candidate_scores.png", {"all candidates": np.array(ids, np.float64),
                       "kept": rows.column("id_score").to_numpy(zero_copy_only=False)},  # fmt: skip
                       "identity score of candidates", "cosine to anchor",
-                      {"threshold": float((config.get("filter") or {}).get("threshold") or np.nan)}
-                      if (config.get("filter") or {}).get("threshold") is not None else None)
+                      {"threshold": float(threshold)} if threshold is not None else None)
         )
 
     # contact sheet
@@ -235,17 +290,15 @@ def inspect_dataset(
     sheet_labels = set(int(x) for x in all_labels[:sheet_identities])
     bar.start(None, "inspect: reading images")
     images = _load_images(shards, sampled | sheet_labels)
-    report["files"]["contact_sheet"] = str(contact_sheet({k: images[k] for k in sheet_labels if k in images},
-                                                         out / "contact_sheet.png", sheet_identities, sheet_images))
+    report["files"]["contact_sheet"] = written(contact_sheet({k: images[k] for k in sheet_labels if k in images},
+                                                             stage / "contact_sheet.png", sheet_identities, sheet_images))
     bar.finish()
 
     # similarity histograms
-    name = embedder or (config.get("filter") or {}).get("embedder") or "dlib"
     centres = None
-    if name != "none" and sampled:
-        from synthface.faces.embedders import embed_aligned, get_embedder
+    if emb_model is not None and sampled:
+        from synthface.faces.embedders import embed_aligned
 
-        emb_model = get_embedder(name, device=device)
         crops, crop_labels = [], []
         for label in sorted(sampled):
             for _, data in images.get(label, []):
@@ -259,8 +312,9 @@ def inspect_dataset(
         intra, inter = similarity_pairs(emb, lab)
         report["similarity"] = {"embedder": name, "identities": len(sampled), "images": len(crops),
                                 "intra": _quantiles(intra), "inter": _quantiles(inter)}  # fmt: skip
-        report["files"]["similarity"] = str(_hist_png(out / "similarity.png", {"intra-identity": intra, "inter-identity": inter},
-                                                      f"pairwise cosine ({name}, {len(sampled)} identities)", "cosine"))
+        report["files"]["similarity"] = written(_hist_png(
+            stage / "similarity.png", {"intra-identity": intra, "inter-identity": inter},
+            f"pairwise cosine ({name}, {len(crops)} images of {len(sampled)} identities)", "cosine", unit="pairs"))
         centres = np.stack([emb[lab == k].mean(0) for k in sorted(set(crop_labels))]) if crops else None
         if centres is not None and len(centres) > 1:
             c = centres / np.linalg.norm(centres, axis=1, keepdims=True)
@@ -276,23 +330,18 @@ def inspect_dataset(
                if (src / "summary.json").is_file() else None)  # fmt: skip
         if np.isfinite(cos).any():
             leak = {"source": "generate", **leakage_summary(cos, float(thr) if thr is not None else 1.0), "threshold": thr}
-    if gallery and centres is not None:
-        from synthface.identities import read_embeddings_parquet
-
-        g = read_embeddings_parquet(gallery)
-        if g.embedder and g.embedder != name:
-            raise InputError(f"--gallery holds '{g.embedder}' embeddings but inspect embeds with '{name}': pass --embedder {g.embedder}")
+    if real is not None and centres is not None:
         c = centres / np.linalg.norm(centres, axis=1, keepdims=True)
-        cos = (c @ g.persons.T).max(1)
+        cos = (c @ real.persons.T).max(1)
         leak = {"source": f"inspect --gallery {gallery}", "embedder": name, **leakage_summary(cos, 1.0)}
         leak.pop("above_threshold", None)
     if leak:
         report["leakage"] = leak
         values = np.asarray(cos, np.float64)
-        report["files"]["leakage"] = str(_hist_png(out / "leakage.png", {"nearest real person": values},
-                                                   "identity centre vs nearest real person", "cosine"))
+        report["files"]["leakage"] = written(_hist_png(stage / "leakage.png", {"nearest real person": values},
+                                                       "identity centre vs nearest real person", "cosine", unit="identities"))
     else:
         report["leakage"] = {"note": "no gallery: pass --gallery EMBEDDINGS.parquet (from `synthface embed`) to measure it"}
     report["files"]["report"] = str(out / REPORT_FILE)
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    (stage / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     return report

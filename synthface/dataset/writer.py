@@ -10,15 +10,17 @@ complete shard or one that is redone.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -195,6 +197,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+@contextlib.contextmanager
+def staged_files(out: Path) -> Iterator[Path]:
+    """A temp folder beside ``out`` to write a report into; its files move into ``out`` only when the
+    block succeeds, so a command that fails leaves nothing half-written behind (an older complete
+    report in ``out`` stays as it was)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        yield stage
+        out.mkdir(parents=True, exist_ok=True)
+        for item in sorted(stage.iterdir()):
+            os.replace(item, out / item.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def table_bytes(table: pa.Table, row_group_size: int = 256) -> bytes:

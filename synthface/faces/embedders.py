@@ -18,6 +18,10 @@ from synthface.errors import InputError, WeightsError
 from synthface.faces.align import ARCFACE_TEMPLATE, template_landmarks, warp_face
 
 
+# What a failed download suggests instead: the embedders whose weights ship with the install.
+OFFLINE_HINT = "offline, use an embedder that ships with the install: --embedder dlib (or sface; filter.embedder=dlib in a generate recipe)"
+
+
 @runtime_checkable
 class Embedder(Protocol):
     name: str
@@ -138,6 +142,9 @@ FACENET_FILES = {
     "vggface2": "20180402-114759-vggface2.pt",
     "casia-webface": "20180408-102900-casia-webface.pt",
 }
+FACENET_VARIANTS = {"facenet-vggface2": "vggface2", "facenet-casia": "casia-webface"}
+# where facenet-pytorch itself fetches them from (its load_weights); `synthface download` uses the same
+FACENET_RELEASE = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
 
 
 def facenet_cache_path(variant: str) -> Path:
@@ -161,7 +168,7 @@ class FacenetEmbedder:
         from synthface.runtime import resolve_device
 
         self.variant = variant
-        self.name = "facenet-vggface2" if variant == "vggface2" else "facenet-casia"
+        self.name = next(name for name, v in FACENET_VARIANTS.items() if v == variant)
         self.device = resolve_device(device)
         if weights:
             path = Path(weights)
@@ -181,8 +188,8 @@ class FacenetEmbedder:
                 model = InceptionResnetV1(pretrained=variant)
             except Exception as exc:  # noqa: BLE001 - network errors come in many types
                 raise WeightsError(
-                    f"could not fetch {self.name} weights ({type(exc).__name__}); run "
-                    f"`synthface doctor` on a machine with network, or pass a local file with --set weights=FILE"
+                    f"could not fetch {self.name} weights ({type(exc).__name__}): {OFFLINE_HINT}; or fetch them on a "
+                    f"machine with network (`synthface download --embedder {self.name}`), or pass a local file with --set weights=FILE"
                 ) from None
         self._model = model.eval().to(self.device)
 
@@ -220,23 +227,34 @@ class FacenetEmbedder:
 # --------------------------------------------------------------------------- onnx (ArcFace-style)
 
 
+def onnx_hub_file(spec: str) -> tuple[str, str] | None:
+    """(repo, filename) when ``spec`` names a Hub file (``ORG/REPO/FILE.onnx``), None for a local path."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return None
+    parts = spec.split("/")
+    looks_local = spec.startswith(("/", ".", "~")) or path.parent.exists()
+    if not looks_local and len(parts) >= 3 and all(parts) and spec.endswith(".onnx"):
+        return "/".join(parts[:2]), "/".join(parts[2:])
+    return None
+
+
 def resolve_onnx_file(spec: str) -> Path:
     """A local .onnx path, or `org/repo/file.onnx` fetched (and cached) from the Hugging Face Hub."""
     path = Path(spec).expanduser()
     if path.is_file():
         return path
-    parts = spec.split("/")
-    looks_local = spec.startswith(("/", ".", "~")) or path.parent.exists()
-    if not looks_local and len(parts) >= 3 and all(parts) and spec.endswith(".onnx"):
-        repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    hub_file = onnx_hub_file(spec)
+    if hub_file is not None:
+        repo, filename = hub_file
         try:
             from huggingface_hub import hf_hub_download
 
             return Path(hf_hub_download(repo_id=repo, filename=filename))
         except Exception as exc:  # noqa: BLE001 - offline, missing repo, auth...
             raise WeightsError(
-                f"could not fetch {filename} from the Hub repo {repo} ({type(exc).__name__}); download it on a "
-                f"machine with network (hf download {repo} {filename}) and pass its local path"
+                f"could not fetch {filename} from the Hub repo {repo} ({type(exc).__name__}): {OFFLINE_HINT}; or "
+                f"download it on a machine with network (`synthface download --embedder onnx:{spec}`) and pass its local path"
             ) from None
     raise WeightsError(f"ONNX model not found: {spec} (give a local .onnx file or ORG/REPO/FILE.onnx on the Hub)")
 
@@ -286,8 +304,8 @@ class OnnxEmbedder:
 
 EMBEDDERS: dict[str, Callable[..., Embedder]] = {
     "dlib": lambda device="auto", weights=None: DlibEmbedder(device, weights),
-    "facenet-vggface2": lambda device="auto", weights=None: FacenetEmbedder("vggface2", device, weights),
-    "facenet-casia": lambda device="auto", weights=None: FacenetEmbedder("casia-webface", device, weights),
+    "facenet-vggface2": lambda device="auto", weights=None: FacenetEmbedder(FACENET_VARIANTS["facenet-vggface2"], device, weights),
+    "facenet-casia": lambda device="auto", weights=None: FacenetEmbedder(FACENET_VARIANTS["facenet-casia"], device, weights),
     "sface": lambda device="auto", weights=None: _sface(device, weights),
 }
 

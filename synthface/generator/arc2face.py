@@ -25,7 +25,6 @@ holds ``vae/``, ``tokenizer/`` and ``scheduler/`` it is its own base, otherwise 
 from __future__ import annotations
 
 import contextlib
-import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 
 from synthface.errors import ConfigError, InputError, WeightsError
 from synthface.generator.families import Family, register_family
+from synthface.hub import HubFiles, locate, status as hub_status
 from synthface.generator.pipeline import GeneratorModel
 
 REPO = "FoivosPar/Arc2Face"
@@ -46,9 +46,18 @@ EMBEDDING_DIM = 512
 UNET_FOLDER, ENCODER_FOLDER = "arc2face", "encoder"
 BASE_FOLDERS = ("vae", "tokenizer", "scheduler")
 
-# What each repository must provide (Hub ids fetch only these files).
+# What each repository must provide: Hub ids fetch only the *_FILES; a usable copy (cached or a local
+# directory) holds every *_REQUIRED entry ("a|b": either; Arc2Face ships its encoder as a .bin).
 MODEL_FILES = (f"{UNET_FOLDER}/*", f"{ENCODER_FOLDER}/*")
+MODEL_REQUIRED = (
+    f"{UNET_FOLDER}/config.json", f"{UNET_FOLDER}/diffusion_pytorch_model.safetensors|{UNET_FOLDER}/diffusion_pytorch_model.bin",
+    f"{ENCODER_FOLDER}/config.json", f"{ENCODER_FOLDER}/model.safetensors|{ENCODER_FOLDER}/pytorch_model.bin",
+)  # fmt: skip
 BASE_FILES = ("vae/config.json", "vae/diffusion_pytorch_model.safetensors", "tokenizer/*", "scheduler/*")
+BASE_REQUIRED = (
+    "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "tokenizer/vocab.json", "tokenizer/merges.txt",
+    "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json",
+)  # fmt: skip
 LORA_FILES = ("*.safetensors",)
 
 # Arc2Face's published sampling settings, and those of its LCM-LoRA fast mode.
@@ -81,9 +90,6 @@ LCM_LORA_LICENCE = {
     "url": "https://huggingface.co/latent-consistency/lcm-lora-sdv1-5",
     "note": "fast-mode distillation adapter merged into the UNet",
 }
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
 
 # --------------------------------------------------------------------------- the model
 
@@ -211,7 +217,7 @@ class Arc2FaceGenerator(GeneratorModel):
         if file.is_file():
             where, kwargs = file.parent, {"weight_name": file.name}
         else:
-            where = fetch(spec, LORA_FILES, "LoRA", "--set arc2face.lcm_lora=", required=())
+            where = locate(lora_files(spec))
             kwargs = {}
         try:
             with _quiet():
@@ -283,53 +289,50 @@ def _quiet() -> Iterator[None]:
         tlog.set_verbosity(tverb)
 
 
-def _has(path: Path, required: tuple[str, ...]) -> bool:
-    return all((path / r).exists() for r in required)
+def model_files(spec: str | Path = REPO) -> HubFiles:
+    return HubFiles("Arc2Face model", str(spec), MODEL_FILES, MODEL_REQUIRED, "--model", suggest=(ARCFACE_FILE,))
 
 
-def fetch(
-    spec: str | Path,
-    patterns: tuple[str, ...],
-    what: str,
-    option: str,
-    required: tuple[str, ...],
-    suggest: tuple[str, ...] = (),
-) -> Path:
-    """A local directory, or the files ``patterns`` of Hub repo ``spec`` (from the cache, else the Hub).
+def base_files(spec: str | Path = BASE_REPO) -> HubFiles:
+    return HubFiles("Stable Diffusion 1.5 base", str(spec), BASE_FILES, BASE_REQUIRED, "--set arc2face.base_model=")
 
-    ``what`` names the thing in messages, ``option`` is how a user passes a directory instead
-    (``--model``, ``--set arc2face.base_model=``), ``required`` the paths a usable directory holds,
-    ``suggest`` extra files the offline download command should include.
-    """
-    key = option.rstrip("=")
-    text = str(spec)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        return path.resolve()
-    if path.exists():
-        raise InputError(f"{what} {text} is a file; pass its directory or a Hugging Face Hub id ({key})")
-    if not _HUB_ID.match(text) or text.startswith((".", "/", "~")):
-        raise InputError(f"{what} not found: {text} (pass a local directory or a Hugging Face Hub id like owner/name)")
-    from huggingface_hub import snapshot_download
 
-    try:
-        cached = Path(snapshot_download(repo_id=text, allow_patterns=list(patterns), local_files_only=True))
-        if _has(cached, required):
-            return cached
-    except Exception:  # noqa: BLE001 - not cached: try the network below
-        pass
-    try:
-        fetched = Path(snapshot_download(repo_id=text, allow_patterns=list(patterns)))
-    except Exception as exc:  # noqa: BLE001 - offline, no such repo, gated, ...
-        include = " ".join(f"--include '{p}'" for p in patterns + suggest)
-        use = f"{option}DIR" if option.endswith("=") else f"{option} DIR"
-        raise WeightsError(
-            f"{what} '{text}' is not cached and the Hugging Face Hub could not be reached ({type(exc).__name__}): "
-            f"on a machine with network run `hf download {text} {include} --local-dir DIR`, then pass {use}"
-        ) from None
-    if not _has(fetched, required):
-        raise WeightsError(f"Hub repo {text} lacks {', '.join(required)}: it is not a {what} ({key})")
-    return fetched
+def lora_files(spec: str | Path = LCM_LORA_REPO) -> HubFiles:
+    return HubFiles("LoRA", str(spec), LORA_FILES, LORA_FILES, "--set arc2face.lcm_lora=")
+
+
+def _base_spec(root: Path | None, base_model: str | Path | None) -> str:
+    """The SD 1.5 base: ``base_model``, else the model directory when it holds the base parts, else the Hub's."""
+    if base_model:
+        return str(base_model)
+    return str(root) if root is not None and _is_base(root) else BASE_REPO
+
+
+def _arcface_spec(spec: str, root: Path | None, arcface: str | None) -> str:
+    """The conditioning ONNX file: ``arcface``, else the model directory's arcface.onnx, else the Hub repo's."""
+    if arcface is not None:
+        return arcface
+    local = root / ARCFACE_FILE if root is not None else None
+    hub_id = spec if not Path(spec).expanduser().exists() else None
+    return str(local) if hub_id is None and local is not None and local.is_file() else f"{hub_id or REPO}/{ARCFACE_FILE}"
+
+
+def needs(
+    model: str | Path = REPO,
+    *,
+    base_model: str | Path | None = None,
+    lcm_lora: str | Path | None = None,
+    arcface: str | None = None,
+) -> tuple[list[HubFiles], str]:
+    """What :func:`load_arc2face` with these arguments reads: its repositories' files and the
+    conditioning embedder's name (``onnx:...``). Decided as the loader decides, from what is on disk now."""
+    spec = str(model)
+    files = model_files(spec)
+    root, _ = hub_status(files)
+    out = [files, base_files(_base_spec(root, base_model))]
+    if lcm_lora and not Path(str(lcm_lora)).expanduser().is_file():
+        out.append(lora_files(lcm_lora))
+    return out, f"onnx:{_arcface_spec(spec, root, arcface)}"
 
 
 def is_arc2face(path: Path) -> bool:
@@ -361,17 +364,11 @@ def load_arc2face(
     from transformers import CLIPTextModel, CLIPTokenizer
 
     spec = str(model)
-    root = fetch(
-        spec, MODEL_FILES, "Arc2Face model", "--model", (f"{UNET_FOLDER}/config.json", f"{ENCODER_FOLDER}/config.json"),
-        suggest=(ARCFACE_FILE,),
-    )  # fmt: skip
+    root = locate(model_files(spec))
     if not is_arc2face(root):
         raise InputError(f"{root} is not an Arc2Face model: it needs {UNET_FOLDER}/ and {ENCODER_FOLDER}/ (the {REPO} layout)")
-    base_spec = str(base_model) if base_model else (str(root) if _is_base(root) else BASE_REPO)
-    base = fetch(
-        base_spec, BASE_FILES, "Stable Diffusion 1.5 base", "--set arc2face.base_model=",
-        ("vae/config.json", "tokenizer", "scheduler"),
-    )  # fmt: skip
+    base_spec = _base_spec(root, base_model)
+    base = locate(base_files(base_spec))
     if not _is_base(base):
         missing = [f for f in BASE_FOLDERS if not (base / f).is_dir()]
         raise InputError(f"SD 1.5 base {base_spec} lacks {', '.join(f + '/' for f in missing)}: pass a full SD 1.5 directory or repo")
@@ -384,10 +381,7 @@ def load_arc2face(
             scheduler_config = dict(DDPMScheduler.load_config(str(base), subfolder="scheduler"))
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise InputError(f"cannot load Arc2Face from {spec} (base {base_spec}): {_first_line(exc)}") from None
-    if arcface is None:
-        local = root / ARCFACE_FILE
-        hub_id = spec if not Path(spec).expanduser().exists() else None
-        arcface = str(local) if hub_id is None and local.is_file() else f"{hub_id or REPO}/{ARCFACE_FILE}"
+    arcface = _arcface_spec(spec, root, arcface)
     generator = Arc2FaceGenerator(
         unet, text_encoder, tokenizer, vae, scheduler_config, embedder=f"onnx:{arcface}", source=spec
     )
@@ -412,5 +406,6 @@ register_family(
         load=_load_family,
         expects=f"{UNET_FOLDER}/ + {ENCODER_FOLDER}/ (the {REPO} layout)",
         hub_ids=(REPO.lower(),),
+        needs=lambda target, **options: needs(target, **{k: v for k, v in options.items() if v is not None}),
     )
 )

@@ -8,15 +8,15 @@ imported on first use; a module that is not installed yet is skipped.
 from __future__ import annotations
 
 import importlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from synthface.errors import ConfigError, InputError, WeightsError
+from synthface.errors import ConfigError, InputError
 from synthface.generator.pipeline import GeneratorModel
+from synthface.hub import HubFiles, locate, status as hub_status
 
 
 class ModelMismatchError(ConfigError):
@@ -30,6 +30,8 @@ class Family:
     load: Callable[..., GeneratorModel]  # (path, device, dtype, **options); a Hub id (str) for hub_ids
     expects: str  # e.g. "synthface.json + unet/ + projector/"
     hub_ids: tuple[str, ...] = ()  # lower-case Hub ids the family's loader fetches itself (only the files it needs)
+    # (path or Hub id, **options) -> (the repositories' files its loader reads, its conditioning embedder's name)
+    needs: Callable[..., tuple[list[HubFiles], str | None]] | None = None
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -54,9 +56,6 @@ def families() -> list[Family]:
     return list(_FAMILIES.values())
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
 def resolve_model_dir(spec: str) -> Path:
     """A local model directory, or a Hub repo id downloaded (or taken from the cache) to one."""
     path = Path(spec).expanduser()
@@ -64,24 +63,44 @@ def resolve_model_dir(spec: str) -> Path:
         return path.resolve()
     if path.exists():
         raise InputError(f"--model {spec} is a file; pass the model directory (the one with synthface.json)")
-    if not _HUB_ID.match(spec) or spec.startswith((".", "/", "~")):
+    if not hub_model_files(spec).is_hub:
         raise InputError(
             f"model directory not found: {spec} (pass a local model directory, or a Hugging Face Hub id like owner/name)"
         )
-    from huggingface_hub import snapshot_download
+    return locate(hub_model_files(spec))
 
-    try:
-        return Path(snapshot_download(repo_id=spec, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached: try the network below
-        pass
-    try:
-        return Path(snapshot_download(repo_id=spec))
-    except Exception as exc:  # noqa: BLE001 - offline, missing repo, gated repo, ...
-        raise WeightsError(
-            f"model '{spec}' is not a local directory and could not be fetched from the Hugging Face Hub "
-            f"({type(exc).__name__}); on a machine with network run `hf download {spec} "
-            f"--local-dir DIR` and pass --model DIR"
-        ) from None
+
+def hub_model_files(spec: str) -> HubFiles:
+    """A model repo on the Hub, every file of it (a family with ``hub_ids`` names its own files)."""
+    return HubFiles("model", spec, ("*",), (), "--model")
+
+
+def model_needs(spec: str, options: dict[str, dict[str, Any]] | None = None) -> tuple[list[HubFiles], str | None]:
+    """What loading ``spec`` (as :func:`load_model` would) reads: the Hub/local files, and the model's
+    conditioning embedder (None while a Hub model of unknown family is not downloaded yet)."""
+    text = str(spec)
+    family = None
+    if not Path(text).expanduser().exists():
+        family = next((f for f in families() if text.lower() in f.hub_ids), None)
+    files: list[HubFiles] = []
+    target: Path | str = text
+    if family is None:
+        local = Path(text).expanduser()
+        if local.is_dir():
+            target = local.resolve()
+        else:
+            if local.exists() or not hub_model_files(text).is_hub:
+                resolve_model_dir(text)  # raises the loader's one-line InputError
+            files.append(hub_model_files(text))
+            root, _ = hub_status(files[0])
+            if root is None:
+                return files, None
+            target = root
+        family = detect_family(Path(target))
+    if family.needs is None:
+        return files, None
+    more, embedder = family.needs(target, **((options or {}).get(family.name) or {}))
+    return files + more, embedder
 
 
 def detect_family(path: Path) -> Family:

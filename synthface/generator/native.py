@@ -418,5 +418,6 @@ register_family(
         detect=is_native,
         load=lambda path, device, dtype: load_native(path, device, dtype),
         expects=f"{META_FILE} + unet/ + projector/ + scheduler/ (a synthface native model)",
+        needs=lambda path, **_: ([], NativeMeta.read(Path(path)).embedder),  # everything else is in its folder
     )
 )

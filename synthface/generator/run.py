@@ -567,6 +567,24 @@ def generate_dataset(
     try:
         # every input is checked before --out is created or changed: the folder, the model, the plan
         _on_main(state, lambda: check_output_folder(out, "generate", CONFIG_FILE, GenerateRecipe))
+
+        def finished() -> dict[str, Any] | None:
+            nonlocal lock
+            done = None if overwrite or part is not None else finished_summary(out, recipe, guard_hash)
+            if done is None:
+                return None
+            lock = RunLock(out)  # no other run may be writing the folder whose summary is rewritten
+            lock.acquire()
+            done.update({"resumed": True, "shards_written": 0, "shards_skipped": done["shards"], "images_rendered": 0,
+                         "images_per_second": None, "seconds": time.perf_counter() - started})  # fmt: skip
+            if isinstance(done.get("filter"), dict):
+                done["filter"]["shards_relabelled"] = 0  # the final pass did not run again
+            atomic_write_json(out / SUMMARY_FILE, done)
+            return done
+
+        done = _on_main(state, finished)  # every shard and the final pass are there: nothing to render, no model to load
+        if done is not None:
+            return done if state.is_main_process else {"rank": state.process_index, "shards_written": 0}
         device = state.device
         dtype = resolve_dtype(recipe.sampling.dtype, device)
         tick = time.perf_counter()
@@ -648,6 +666,27 @@ def generate_dataset(
     finally:
         if lock is not None:
             lock.release()
+
+
+def finished_summary(out: Path, recipe: GenerateRecipe, guard_hash: str) -> dict[str, Any] | None:
+    """The summary of a finished run of this config in ``out`` (every shard committed, identities and
+    card written), or None when anything is left to do."""
+    import json
+
+    try:
+        summary = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("config_hash") != guard_hash or "identities_planned" not in summary:
+        return None
+    from synthface.dataset.card import CARD_FILE
+
+    if not (out / CARD_FILE).is_file() or read_plan_metadata(out / IDENTITIES_FILE).get("config_hash") != guard_hash:
+        return None
+    shards = make_shards(int(summary["identities_planned"]), recipe.shard_identities)
+    if len(shards) != summary.get("shards") or any(shard_done(out / "data", s, guard_hash) is None for s in shards):
+        return None
+    return summary
 
 
 class _ShardRenderer:
@@ -808,6 +847,9 @@ def _finish(
         "images_per_second": rendered / seconds if seconds > 0 else None,
         "seconds": time.perf_counter() - started,
         "config_hash": guard_hash,
+        # why config.yaml's header hash differs: it covers every key, this one the keys that decide the images
+        "config_hash_covers": f"every recipe key but {', '.join(RESUME_FREE_KEYS)} (a resumed run may change them)",
+        "config_yaml_hash": config_hash(config_dict(recipe)),
         "timings": per_process[0]["timings"],
         "files": {
             "config": str(out / CONFIG_FILE),

@@ -54,8 +54,11 @@ class Benchmark:
 
 
 def split_spec(spec: str) -> tuple[Path, Path | None]:
-    """``FILE.bin`` -> (file, None); ``PAIRS.txt:IMAGES_DIR`` -> (pairs file, images folder)."""
-    if spec.lower().endswith(".bin") and ":" not in Path(spec).name:
+    """``FILE.bin``, ``PAIRS.csv`` or a folder of people -> (it, None); ``PAIRS.txt:IMAGES_DIR`` or
+    ``PAIRS.csv:IMAGES_DIR`` -> (pairs file, images folder)."""
+    if spec.lower().endswith((".bin", ".csv")) and ":" not in Path(spec).name:
+        return Path(spec), None
+    if Path(spec).is_dir():
         return Path(spec), None
     for i, ch in enumerate(spec):
         if ch == ":" and Path(spec[:i]).is_file():
@@ -63,7 +66,7 @@ def split_spec(spec: str) -> tuple[Path, Path | None]:
     if Path(spec).suffix.lower() == ".bin":
         return Path(spec), None
     raise InputError(
-        f"benchmark spec '{spec}' is neither FILE.bin nor PAIRS.txt:IMAGES_DIR with an existing pairs file"
+        f"benchmark spec '{spec}' is neither FILE.bin, PAIRS.csv, a folder of people nor PAIRS.txt:IMAGES_DIR with an existing pairs file"
     )
 
 
@@ -98,11 +101,13 @@ def load_benchmark(
     batch_size: int = 64,
     device: str = "auto",
     progress: Progress | None = None,
+    seed: int = 0,
+    pairs_per_fold: int | None = None,
 ) -> Benchmark:
     """Load a benchmark and turn every image into a 112x112 template crop (aligning raw images)."""
     path, images_dir = split_spec(spec)
-    if images_dir is None:
-        protocol = load_protocol(path, n_folds=folds)
+    if images_dir is None or path.suffix.lower() == ".csv":
+        protocol = load_protocol(path, images_dir, n_folds=folds, seed=seed, pairs_per_fold=pairs_per_fold)
     else:
         if not images_dir.is_dir():
             raise InputError(f"benchmark image folder {images_dir} does not exist")

@@ -59,7 +59,7 @@ def verify_embedder(
     progress: Progress | None = None,
 ) -> PretrainedVerification:
     """Embed every protocol image (flip-TTA when asked) and run the k-fold protocol."""
-    protocol = load_protocol(pairs, images, n_folds=recipe.folds)
+    protocol = load_protocol(pairs, images, n_folds=recipe.folds, seed=recipe.seed, pairs_per_fold=recipe.pairs_per_fold)
     embedder = embedder or get_embedder(recipe.embedder, device=recipe.device, weights=recipe.weights)
     aligned = recipe.aligned if recipe.aligned is not None else Path(pairs).suffix.lower() == ".bin"
     detector = None if aligned else FaceDetector(device=recipe.device, select=recipe.select)

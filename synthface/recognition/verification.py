@@ -197,13 +197,23 @@ def read_pairs(
     return PairsProtocol(name=name, images=paths, pairs=pairs, issame=issame, folds=folds, source=pairs_path)
 
 
-def load_protocol(path: str | Path, images_dir: str | Path | None = None, n_folds: int = 10) -> PairsProtocol:
-    """Load an insightface ``.bin`` file or an LFW-style pairs file (which needs ``images_dir``)."""
+def load_protocol(
+    path: str | Path, images_dir: str | Path | None = None, n_folds: int = 10, seed: int = 0, pairs_per_fold: int | None = None
+) -> PairsProtocol:
+    """Load an insightface ``.bin`` file, a ``path_a,path_b,same`` CSV, a folder of people (a seeded
+    people-disjoint protocol is drawn: synthface.recognition.folder_pairs) or an LFW-style pairs file
+    (which needs ``images_dir``)."""
+    from synthface.recognition import folder_pairs
+
     path = Path(path)
     if path.suffix.lower() == ".bin":
         from synthface.recognition.binfile import load_bin
 
         return load_bin(path, n_folds=n_folds)
+    if path.suffix.lower() == ".csv":
+        return folder_pairs.read_csv_pairs(path, images_dir, n_folds=n_folds)
+    if path.is_dir():
+        return folder_pairs.folder_protocol(path, n_folds=n_folds, pairs_per_fold=pairs_per_fold, seed=seed)
     if images_dir is None:
         raise InputError(f"{path} is a pairs list: also pass the folder of images it names")
     return read_pairs(path, images_dir, n_folds=n_folds)

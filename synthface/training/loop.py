@@ -54,6 +54,7 @@ RESUMABLE_CHANGES = {
     "train.guidance_scale",
     "train.threads",
     "train.max_minutes",
+    "train.max_steps",  # may only grow: extending a run (the cosine lr schedule stretches to the new length)
     "train.device",
     "data.workers",
     "data.batch_size",
@@ -288,6 +289,12 @@ class Trainer:
         if resolved.is_file():
             old = read_resolved(resolved)
             changed = [k for k in diff_keys(old, config_dict(self.config)) if k not in RESUMABLE_CHANGES]
+            before = int((old.get("train") or {}).get("max_steps") or 0)
+            if self.config.train.max_steps < before:
+                raise ConfigError(
+                    f"--resume can extend a run but not shorten it: train.max_steps {self.config.train.max_steps} < "
+                    f"{before} (the run's own); pass train.max_steps={before} or more"
+                )
             if changed:
                 raise ConfigError(
                     f"--resume with a different recipe ({', '.join(changed[:5])} changed): use the run's own "
