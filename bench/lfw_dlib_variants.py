@@ -8,7 +8,9 @@ from synthface.faces.align import FaceDetector, load_image, flip_inputs
 from synthface.faces.embedders import get_embedder
 from synthface.recognition.verification import read_pairs, evaluate_scores
 import sys
-LFW = "../shared/data/lfw"
+from pathlib import Path
+from synthface.lfw import lfw_dir
+LFW = str(lfw_dir(Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw"))  # $SYNTHFACE_LFW when set
 OUT = sys.argv[1] if len(sys.argv) > 1 else "dlib_fold12.npz"
 p = read_pairs(LFW + '/pairs.txt',LFW + '/lfw-deepfunneled')
 sel = np.where(p.folds < 2)[0]  # first two folds: 1,200 pairs

@@ -4,6 +4,7 @@ Steps (each one synthface command, outputs under WORK):
 
   align              LFW photos -> 112x112 template crops              WORK/lfw-aligned, align.json
   generator          train the native generator on the train half     WORK/generator (model: generator/model)
+                     (or, with `generator: {model: DIR}`, check that a model trained elsewhere loads)
   evaluate-real      the recognizer recipe on the real train half      WORK/eval-real
   generate           synthetic identities x images, filtered           WORK/synthetic
   inspect            the synthetic set's figures                       WORK/synthetic/inspect
@@ -83,8 +84,15 @@ def cache_parquet(work: Path) -> Path:
     return found[0]
 
 
+def lfw_root(cfg: dict) -> Path:
+    """LFW: $SYNTHFACE_LFW when set, else the recipe's `lfw:` (relative to the repository root)."""
+    from synthface.lfw import lfw_dir
+
+    return lfw_dir((ROOT / cfg["lfw"]).resolve())
+
+
 def build_steps(cfg: dict, work: Path) -> dict[str, Step]:
-    lfw = (ROOT / cfg["lfw"]).resolve()
+    lfw = lfw_root(cfg)
     photos = lfw / "lfw-deepfunneled"
     split, pairs = ROOT / cfg["split"], ROOT / cfg["test_pairs"]
     aligned = work / "lfw-aligned"
@@ -94,13 +102,25 @@ def build_steps(cfg: dict, work: Path) -> dict[str, Step]:
     r, f = recipe_args(cfg.get("align", {}))
     steps["align"] = Step("align", exe + ["align", str(photos), str(aligned), *r, *sets(cfg.get("align", {})),
                                           "--json", str(work / "align.json")], [work / "align.json"], f)  # fmt: skip
-    r, f = recipe_args(cfg["generator"])
-    steps["generator"] = Step(
-        "generator",
-        exe + ["train", "--data", str(aligned), *r, "--set", f"data.people={split}:train", "--set", f"data.cache={work / 'cache'}",
-               *sets(cfg["generator"]), "--out", str(work / "generator"), "--resume", "--json", str(work / "generator.json")],
-        [work / "generator" / "model" / "synthface.json", work / "generator.json"], f + [split],
-    )  # fmt: skip
+    pretrained = cfg["generator"].get("model")
+    if pretrained:
+        # a generator trained elsewhere (e.g. on a GPU): the step checks that it loads; its weights are in the fingerprint
+        model = (ROOT / pretrained).resolve()
+        weights = sorted(p for p in model.rglob("*") if p.is_file()) if model.is_dir() else []
+        steps["generator"] = Step(
+            "generator",
+            [sys.executable, "-c", "import sys; from synthface.generator import load_model; load_model(sys.argv[1])", str(model)],
+            [model / "synthface.json"], weights,
+        )  # fmt: skip
+    else:
+        model = work / "generator" / "model"
+        r, f = recipe_args(cfg["generator"])
+        steps["generator"] = Step(
+            "generator",
+            exe + ["train", "--data", str(aligned), *r, "--set", f"data.people={split}:train", "--set", f"data.cache={work / 'cache'}",
+                   *sets(cfg["generator"]), "--out", str(work / "generator"), "--resume", "--json", str(work / "generator.json")],
+            [model / "synthface.json", work / "generator.json"], f + [split],
+        )  # fmt: skip
     r, f = recipe_args(cfg["evaluate"])
     bench = ["--bench", f"lfw-test={pairs}:{aligned}"]
     for arm, data, extra in (("real", aligned, ["--people", f"real={split}:train"]), ("synthetic", work / "synthetic", [])):
@@ -117,12 +137,13 @@ def build_steps(cfg: dict, work: Path) -> dict[str, Step]:
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(procs),
               "-m", "synthface"] if procs > 1 else exe  # fmt: skip
     try:
-        gallery = ["--set", f"identities.gallery={cache_parquet(work)}"]
+        # a pretrained native model carries its training embeddings (model/gallery.parquet): generate uses them itself
+        gallery = [] if pretrained else ["--set", f"identities.gallery={cache_parquet(work)}"]
     except ProtocolError:
         gallery = []  # the generator step has not cached its embeddings yet; generate cannot run before it
     steps["generate"] = Step(
         "generate",
-        launch + ["generate", "--model", str(work / "generator" / "model"), *r, *sets(cfg["generate"]), *gallery,
+        launch + ["generate", "--model", str(model), *r, *sets(cfg["generate"]), *gallery,
                "--out", str(work / "synthetic"), "--json", str(work / "generate.json")],
         [work / "generate.json"], f,
     )  # fmt: skip
@@ -302,8 +323,10 @@ def main() -> int:
         if not args.recipe.is_file():
             raise ProtocolError(f"recipe not found: {args.recipe}")
         cfg = yaml.safe_load(args.recipe.read_text())
-        if not (ROOT / cfg["lfw"] / "lfw-deepfunneled").is_dir():
-            raise ProtocolError(f"LFW photos not found under {ROOT / cfg['lfw']}/lfw-deepfunneled: set `lfw:` in the recipe")
+        if not (lfw_root(cfg) / "lfw-deepfunneled").is_dir():
+            from synthface.lfw import not_found
+
+            raise ProtocolError(not_found(lfw_root(cfg), "LFW photos") + " (or set `lfw:` in the protocol recipe)")
         work = args.work.resolve()
         work.mkdir(parents=True, exist_ok=True)
         (work / "protocol.yaml").write_text(args.recipe.read_text())

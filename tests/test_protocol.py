@@ -125,3 +125,32 @@ def test_protocol_recipe_sections_are_valid_recipes():
         section = cfg[key]
         sets = [f"{k}={v}" for k, v in (section.get("set") or {}).items()]
         load_recipe(model, ROOT / section["recipe"], sets)
+
+
+def test_a_pretrained_generator_is_checked_and_fingerprinted_by_its_weights(tmp_path, protocol):
+    model = tmp_path / "model"
+    (model / "unet").mkdir(parents=True)
+    (model / "synthface.json").write_text("{}")
+    (model / "unet" / "weights.safetensors").write_bytes(b"a")
+    cfg = yaml.safe_load((ROOT / "recipes" / "protocol-lfw-latent.yaml").read_text())
+    cfg["generator"]["model"] = str(model)
+    work = tmp_path / "work"
+    steps = protocol.build_steps(cfg, work)
+    gen, generate = steps["generator"], steps["generate"]
+    assert "load_model" in gen.argv[2] and gen.argv[-1] == str(model) and gen.outputs == [model / "synthface.json"]
+    argv = generate.argv
+    assert argv[argv.index("--model") + 1] == str(model)
+    assert not any(a.startswith("identities.gallery=") for a in argv)  # the model carries its gallery
+    assert "filter.leakage=1.0" not in argv and "filter.anchor=centre" in argv
+    before = protocol.fingerprint(gen, {"align": {"fingerprint": "x"}})
+    (model / "unet" / "weights.safetensors").write_bytes(b"b")  # other weights: the step and everything after it rerun
+    assert protocol.fingerprint(protocol.build_steps(cfg, work)["generator"], {"align": {"fingerprint": "x"}}) != before
+
+
+def test_lfw_comes_from_synthface_lfw_when_set(tmp_path, protocol, monkeypatch):
+    cfg = yaml.safe_load((ROOT / "recipes" / "protocol-lfw-cpu.yaml").read_text())
+    monkeypatch.setenv("SYNTHFACE_LFW", str(tmp_path / "my-lfw"))
+    align = protocol.build_steps(cfg, tmp_path / "work")["align"]
+    assert str(tmp_path / "my-lfw" / "lfw-deepfunneled") in align.argv
+    monkeypatch.delenv("SYNTHFACE_LFW")
+    assert str((ROOT / cfg["lfw"]).resolve() / "lfw-deepfunneled") in protocol.build_steps(cfg, tmp_path / "work")["align"].argv

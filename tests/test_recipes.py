@@ -26,6 +26,7 @@ SCHEMA = {  # recipe file -> the command that reads it
     "evaluate-casia-scale.yaml": EvaluateRecipe,
     "evaluate-cpu-small.yaml": EvaluateRecipe,
     "protocol-lfw-cpu.yaml": None,  # bench/protocol_lfw.py's own config: each section names a recipe above
+    "protocol-lfw-latent.yaml": None,
 }
 
 
@@ -38,7 +39,8 @@ def test_recipe_loads(name):
     load_recipe(SCHEMA[name], str(RECIPES / name), [])
 
 
-def test_protocol_sections_name_existing_recipes():
-    cfg = yaml.safe_load((RECIPES / "protocol-lfw-cpu.yaml").read_text())
+@pytest.mark.parametrize("name", ["protocol-lfw-cpu.yaml", "protocol-lfw-latent.yaml"])
+def test_protocol_sections_name_existing_recipes(name):
+    cfg = yaml.safe_load((RECIPES / name).read_text())
     named = [s["recipe"] for s in cfg.values() if isinstance(s, dict) and s.get("recipe")]
     assert named and all((RECIPES.parent / r).is_file() for r in named)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from synthface.errors import InputError
+from synthface.lfw import lfw_dir, not_found
 from synthface.recognition.verification import (
     PairsProtocol,
     best_threshold,
@@ -25,7 +26,7 @@ from synthface.recognition.verification import (
     split_folds,
 )
 
-LFW = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lfw"
+LFW = lfw_dir(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lfw")
 
 
 # --------------------------------------------------------------------------- brute-force references
@@ -373,7 +374,7 @@ def test_load_image_from_path(tmp_path):
 @pytest.mark.lfw
 def test_real_lfw_pairs():
     if not (LFW / "pairs.txt").is_file():
-        pytest.skip(f"real LFW data not found at {LFW} (../shared/data/lfw relative to the repo root)")
+        pytest.skip(not_found(LFW))
     proto = read_pairs(LFW / "pairs.txt", LFW / "lfw-deepfunneled")
     assert proto.n_pairs == 6000 and proto.n_folds == 10 and proto.same_pairs == 3000
     for f in range(10):

@@ -47,5 +47,5 @@ def align(
 def register(app: typer.Typer) -> None:
     app.command(
         "align",
-        epilog=example("synthface align ../shared/data/lfw/lfw-deepfunneled lfw-aligned --json align.json"),
+        epilog=example("synthface align lfw/lfw-deepfunneled lfw-aligned --json align.json"),
     )(align)

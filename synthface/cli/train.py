@@ -12,11 +12,11 @@ from synthface.config import TrainRecipe
 
 EPILOG = example(
     """
-synthface align ../shared/data/lfw/lfw-deepfunneled data/lfw-aligned
+synthface align lfw/lfw-deepfunneled data/lfw-aligned
 synthface train --data data/lfw-aligned --recipe recipes/native-cpu-small.yaml --set data.people=bench/data/lfw_split.json:train --out runs/native-cpu-small
 synthface train --data data/lfw-aligned --recipe recipes/native-cpu-small.yaml --out runs/native-cpu-small --resume
 synthface generate --model runs/native-cpu-small/model --recipe recipes/quickstart-native.yaml --out runs/synth
-accelerate launch --num_processes 8 -m synthface train --data ../shared/data/lfw/lfw-deepfunneled --recipe recipes/native-gpu-128.yaml --out runs/native-128
+accelerate launch --num_processes 8 -m synthface train --data lfw/lfw-deepfunneled --recipe recipes/native-gpu-128.yaml --out runs/native-128
 """
 )
 

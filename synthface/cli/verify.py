@@ -58,8 +58,8 @@ def register(app: typer.Typer) -> None:
     app.command(
         "verify",
         epilog=example(
-            "synthface verify --embedder dlib --pairs ../shared/data/lfw/pairs.txt "
-            "--images ../shared/data/lfw/lfw-deepfunneled --out verify-lfw --json -\n"
+            "synthface verify --embedder dlib --pairs lfw/pairs.txt "
+            "--images lfw/lfw-deepfunneled --out verify-lfw --json -\n"
             "synthface verify --embedder sface --pairs my-pairs.csv\n"
             "synthface verify --embedder dlib --pairs my-people/ --set seed=1 --set pairs_per_fold=50"
         ),
