@@ -35,11 +35,11 @@ sys.path.insert(0, str(ROOT))
 from synthface.faces.align import template_landmarks  # noqa: E402
 from synthface.faces.batch import embed_files  # noqa: E402
 from synthface.faces.embedders import get_embedder  # noqa: E402
+from synthface.files import is_image_file  # noqa: E402
 from synthface.generator.families import load_model  # noqa: E402
 from synthface.generator.pipeline import generate  # noqa: E402
 from synthface.training.report import image_grid, save_png  # noqa: E402
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg"}
 
 
 def test_people(split: Path, aligned: Path, count: int) -> list[tuple[str, list[Path]]]:
@@ -47,7 +47,7 @@ def test_people(split: Path, aligned: Path, count: int) -> list[tuple[str, list[
     people = []
     for name in names:
         folder = aligned / name
-        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTS) if folder.is_dir() else []
+        files = sorted(f for f in folder.iterdir() if is_image_file(f)) if folder.is_dir() else []
         if files:
             people.append((name, files))
     people.sort(key=lambda p: (-len(p[1]), p[0]))

@@ -25,12 +25,12 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from synthface.errors import InputError
+from synthface.files import IMAGE_SUFFIXES, is_image_file
 
 # Domain tags keep the seed streams of different uses apart.
 _TAG_IDENTITY, _TAG_SAMPLE, _TAG_CANDIDATE = 1, 2, 3
 _SEED_MASK = (1 << 63) - 1
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 ImageEmbedFn = Callable[[list[np.ndarray]], np.ndarray]
 """HxWx3 uint8 images -> (B, D) L2-normalised float32 embeddings, NaN rows where no face was found."""
@@ -387,7 +387,7 @@ def read_embeddings_parquet(path: str | Path) -> Gallery:
 
 
 def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.rglob("*") if is_image_file(p))
 
 
 def reference_groups(folder: str | Path) -> list[tuple[str, list[Path]]]:
@@ -398,7 +398,7 @@ def reference_groups(folder: str | Path) -> list[tuple[str, list[Path]]]:
     subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and list_images(d))
     if subdirs:
         return [(d.name, list_images(d)) for d in subdirs]
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if is_image_file(p))
     if not files:
         raise InputError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) nor sub-folders of images")
     return [(p.name, [p]) for p in files]

@@ -40,8 +40,8 @@ from torch.utils.data import Dataset
 
 from synthface.dataset.shards import committed_shards
 from synthface.errors import InputError
+from synthface.files import is_image_file
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 RECORDIO_MAGIC = 0xCED7230A
 IR_FORMAT = "<IfQQ"
 IR_SIZE = struct.calcsize(IR_FORMAT)
@@ -147,7 +147,7 @@ class ImageFolderFaces(FaceImages):
         labels: list[int] = []
         self.identities: list[str] = []
         for folder in folders:
-            files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+            files = sorted(f for f in folder.iterdir() if is_image_file(f))
             if not files:
                 continue
             label = len(self.identities)

@@ -13,9 +13,9 @@ from synthface.config import AlignRecipe
 from synthface.errors import InputError
 from synthface.faces.align import FaceDetector, warp_face
 from synthface.faces.batch import iter_loaded
+from synthface.files import IMAGE_SUFFIXES, is_image_file
 from synthface.runtime import Progress, progress_or_null
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 
 
 @dataclass
@@ -55,7 +55,7 @@ def list_images(root: str | Path) -> list[Path]:
         for name in filenames:
             path = Path(dirpath) / name
             # regular files only: a FIFO or device named x.jpg would block or never end
-            if not name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            if is_image_file(path):
                 out.append(path)
     return sorted(out)
 
@@ -83,7 +83,7 @@ def align_folder(
         raise InputError("the output folder must not be the input folder or inside it")
     files = list_images(src)
     if not files:
-        raise InputError(f"no images found under {src} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise InputError(f"no images found under {src} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     ext = ".png" if recipe.image_format == "png" else ".jpg"
     summary = AlignSummary(src=str(src), dst=str(dst), total=len(files))
     targets = [dst / f.relative_to(src).with_suffix(ext) for f in files]

@@ -20,9 +20,9 @@ from typing import Sequence, TypeVar
 import numpy as np
 
 from synthface.errors import InputError
+from synthface.files import is_image_file
 
 T = TypeVar("T")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 TRUE, FALSE = {"1", "true", "yes", "same"}, {"0", "false", "no", "different"}
 
 
@@ -82,7 +82,7 @@ def people_in(root: Path) -> dict[str, list[Path]]:
         raise InputError(f"folder of people {root} does not exist: pass a folder with one sub-folder of images per person")
     people = {}
     for person in sorted(p for p in root.iterdir() if p.is_dir()):
-        images = sorted(f for f in person.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+        images = sorted(f for f in person.iterdir() if is_image_file(f))
         if images:
             people[person.name] = images
     return people
