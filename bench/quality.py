@@ -48,7 +48,7 @@ def load_set(path: str, max_identities: int, per_identity: int, seed: int) -> tu
     return crops, np.asarray(labels)
 
 
-def figures(name: str, crops: list[np.ndarray], labels: np.ndarray, embedder, detector, threshold: float) -> tuple[dict, np.ndarray]:
+def figures(crops: list[np.ndarray], labels: np.ndarray, embedder, detector, threshold: float) -> tuple[dict, np.ndarray]:
     t0 = time.time()
     emb = embed_aligned(embedder, crops)
     faces = detector.detect(crops)
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in specs:
         name, _, path = spec.partition("=")
         crops, labels = load_set(path, args.max_identities, args.per_identity, args.seed)
-        fig, emb = figures(name, crops, labels, embedder, detector, threshold)
+        fig, emb = figures(crops, labels, embedder, detector, threshold)
         if ref_emb is None:
             ref_emb = emb
         else:

@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synthface.errors import ConfigError, InputError, SynthfaceError
+from synthface.identities import l2n
 
 FILTER_DIR = "filter"
 
@@ -73,11 +74,6 @@ def default_threshold(embedder: str) -> float:
 
 
 # --------------------------------------------------------------------------- scores
-
-
-def l2n(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def medoid(x: np.ndarray) -> int:

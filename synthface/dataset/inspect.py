@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from synthface.dataset.quality import quantiles
 from synthface.dataset.writer import staged_files
 from synthface.errors import InputError
 from synthface.figures import save_figure
@@ -39,16 +40,6 @@ def _read_shards(src: Path, allow_partial: bool = False) -> Any:
         raise InputError(f"no committed shards in {src}: pass the --out directory of `synthface generate`")
     tables = [pq.read_table(p, columns=["label", "identity", "sample", "id_score", "det_score"]) for p in shards]
     return shards, pa.concat_tables(tables)
-
-
-def _quantiles(x: np.ndarray) -> dict[str, Any]:
-    x = np.asarray(x, np.float64)
-    x = x[np.isfinite(x)]
-    if not len(x):
-        return {"count": 0}
-    q = np.quantile(x, [0.0, 0.05, 0.5, 0.95, 1.0])
-    return {"count": int(len(x)), "mean": float(x.mean()), "min": float(q[0]), "p05": float(q[1]),
-            "median": float(q[2]), "p95": float(q[3]), "max": float(q[4])}  # fmt: skip
 
 
 def _load_images(shards: list[Path], wanted: set[int]) -> dict[int, list[tuple[int, bytes]]]:
@@ -234,9 +225,9 @@ def _report(
         "shards": len(shards),
         "images": int(valid.sum()),
         "identities": int(len(counts)),
-        "images_per_identity": {**_quantiles(counts), "histogram": {str(k): int(v) for k, v in zip(*np.unique(counts, return_counts=True))}},
-        "id_score": _quantiles(rows.column("id_score").to_numpy(zero_copy_only=False)),
-        "det_score": _quantiles(rows.column("det_score").to_numpy(zero_copy_only=False)),
+        "images_per_identity": {**quantiles(counts), "histogram": {str(k): int(v) for k, v in zip(*np.unique(counts, return_counts=True))}},
+        "id_score": quantiles(rows.column("id_score").to_numpy(zero_copy_only=False)),
+        "det_score": quantiles(rows.column("det_score").to_numpy(zero_copy_only=False)),
         "labels_contiguous": bool(len(counts) == 0 or np.array_equal(np.unique(labels[valid]), np.arange(len(counts)))),
         "files": {},
     }
@@ -271,7 +262,7 @@ def _report(
             "candidates": int(cand.sum()),
             "passed": int(passed.sum()),
             "rate": float(passed.sum() / max(cand.sum(), 1)),
-            "per_identity_rate": _quantiles(passed / np.maximum(cand, 1)),
+            "per_identity_rate": quantiles(passed / np.maximum(cand, 1)),
             "status": {k: status.count(k) for k in sorted(set(status))},
         }
         ids = [x for row in records.column("id_scores").to_pylist() for x in row]
@@ -311,7 +302,7 @@ def _report(
         lab = np.asarray(crop_labels)
         intra, inter = similarity_pairs(emb, lab)
         report["similarity"] = {"embedder": name, "identities": len(sampled), "images": len(crops),
-                                "intra": _quantiles(intra), "inter": _quantiles(inter)}  # fmt: skip
+                                "intra": quantiles(intra), "inter": quantiles(inter)}  # fmt: skip
         report["files"]["similarity"] = written(_hist_png(
             stage / "similarity.png", {"intra-identity": intra, "inter-identity": inter},
             f"pairwise cosine ({name}, {len(crops)} images of {len(sampled)} identities)", "cosine", unit="pairs"))
@@ -320,7 +311,7 @@ def _report(
             c = centres / np.linalg.norm(centres, axis=1, keepdims=True)
             g = c @ c.T
             np.fill_diagonal(g, -np.inf)
-            report["similarity"]["nearest_identity_centre"] = _quantiles(g.max(1))
+            report["similarity"]["nearest_identity_centre"] = quantiles(g.max(1))
 
     # leakage
     leak: dict[str, Any] = {}

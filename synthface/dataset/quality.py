@@ -24,15 +24,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy import linalg
 
 from synthface.errors import InputError
 from synthface.faces.align import ARCFACE_TEMPLATE
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+from synthface.identities import l2n as _normalise
 
 
 def _check(emb: np.ndarray, labels: np.ndarray | None = None) -> None:
@@ -42,12 +37,15 @@ def _check(emb: np.ndarray, labels: np.ndarray | None = None) -> None:
         raise InputError(f"labels must have shape ({emb.shape[0]},), got {labels.shape}")
 
 
-def _quantiles(x: np.ndarray) -> dict[str, float]:
-    x = np.asarray(x, dtype=np.float64)
-    if x.size == 0:
-        return {}
-    p = np.percentile(x, [5, 50, 95])
-    return {"mean": float(x.mean()), "p05": float(p[0]), "median": float(p[1]), "p95": float(p[2])}
+def quantiles(x: np.ndarray) -> dict[str, Any]:
+    """Count, mean, min, 5th percentile, median, 95th percentile and max of the finite values."""
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return {"count": 0}
+    q = np.quantile(x, [0.0, 0.05, 0.5, 0.95, 1.0])
+    return {"count": int(len(x)), "mean": float(x.mean()), "min": float(q[0]), "p05": float(q[1]),
+            "median": float(q[2]), "p95": float(q[3]), "max": float(q[4])}  # fmt: skip
 
 
 def identity_centres(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +65,7 @@ def consistency(emb: np.ndarray, labels: np.ndarray, threshold: float | None = N
     inverse = np.searchsorted(ids, labels)
     cos = np.einsum("nd,nd->n", emb, centres[inverse])
     per_identity = np.bincount(inverse, weights=cos) / np.bincount(inverse)
-    out: dict[str, Any] = {"identities": int(len(ids)), "images": int(len(labels)), "cos_to_centre": _quantiles(per_identity)}
+    out: dict[str, Any] = {"identities": int(len(ids)), "images": int(len(labels)), "cos_to_centre": quantiles(per_identity)}
     if threshold is not None:
         out["threshold"] = float(threshold)
         out["within_threshold"] = float((cos >= threshold).mean())
@@ -81,7 +79,7 @@ def separability(emb: np.ndarray, labels: np.ndarray, duplicate_threshold: float
         return {"identities": int(len(ids)), "nearest_other": {}, "duplicates": 0}
     sim = centres @ centres.T
     np.fill_diagonal(sim, -np.inf)
-    out: dict[str, Any] = {"identities": int(len(ids)), "nearest_other": _quantiles(sim.max(axis=1))}
+    out: dict[str, Any] = {"identities": int(len(ids)), "nearest_other": quantiles(sim.max(axis=1))}
     if duplicate_threshold is not None:
         earlier = np.tril(sim, k=-1)
         earlier[np.triu_indices(len(ids))] = -np.inf
@@ -99,7 +97,7 @@ def embedding_spread(emb: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     counts = np.bincount(inverse)
     cos = np.einsum("nd,nd->n", emb, centres[inverse])
     spread = 1.0 - np.bincount(inverse, weights=cos) / counts
-    return {"identities": int((counts >= 2).sum()), "spread": _quantiles(spread[counts >= 2])}
+    return {"identities": int((counts >= 2).sum()), "spread": quantiles(spread[counts >= 2])}
 
 
 def head_pose(landmarks: np.ndarray) -> np.ndarray:
@@ -155,7 +153,7 @@ def pose_spread(poses: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         x = poses[:, k]
         mean = np.bincount(inverse, weights=x) / counts
         var = np.bincount(inverse, weights=(x - mean[inverse]) ** 2) / counts
-        out[name] = {"within_identity_std": _quantiles(np.sqrt(var[counts >= 2])), "overall": _quantiles(x)}
+        out[name] = {"within_identity_std": quantiles(np.sqrt(var[counts >= 2])), "overall": quantiles(x)}
     return out
 
 
@@ -170,6 +168,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
         raise InputError("the Frechet distance needs at least 2 embeddings in each set")
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    from scipy import linalg
+
     root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
     if not np.isfinite(root).all():  # near-singular product: the usual epsilon on the diagonals
         eps = np.eye(len(cov_a)) * 1e-6

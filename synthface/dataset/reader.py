@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from synthface.dataset.shards import committed_shards
+from synthface.dataset.shards import committed_shards, data_folder
 from synthface.errors import InputError
 from synthface.files import is_image_file
 
@@ -176,7 +176,7 @@ class ShardFaces(FaceImages):
         import pyarrow.parquet as pq
 
         self.directory = Path(directory)
-        shards = committed_shards(self.directory, verify=verify, allow_partial=allow_partial)
+        self.shards = shards = committed_shards(self.directory, verify=verify, allow_partial=allow_partial)
         if not shards:
             raise InputError(f"no committed shards (data/*.parquet with a commit marker) in {self.directory}")
         self._bytes = []
@@ -395,8 +395,7 @@ def open_training_set(
         raise InputError(f"training set {path} is a file but not a RecordIO .rec: pass a folder or train.rec")
     if (path / "train.rec").is_file():
         return RecordIOFaces(path / "train.rec", size, min_images)
-    data = path / "data" if (path / "data").is_dir() else path
-    if any(data.glob("*.parquet")):
+    if any(data_folder(path).glob("*.parquet")):
         if people is not None:
             raise InputError("a people list selects ImageFolder identities; it does not apply to shards")
         return ShardFaces(path, size, min_images, verify=verify)

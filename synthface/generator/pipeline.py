@@ -403,8 +403,7 @@ def sample_batch(
                     cond_out, uncond_out = out.chunk(2)
                     out = uncond_out + guidance_scale * (cond_out - uncond_out)
             # at (near) zero SNR the x0 estimate is undefined and carries no identity: no guidance there
-            a = _alpha_bar(sched, t) if target is not None else 0.0
-            if target is not None and a > MIN_GUIDED_ALPHA_BAR:
+            if target is not None and (a := _alpha_bar(sched, t)) > MIN_GUIDED_ALPHA_BAR:
                 with clock("identity_guidance"):
                     eps, _ = _to_eps_x0(pred_type, out, x, a)
                     grad = identity_gradient(model, identity_guide, x, eps, a, target)  # type: ignore[arg-type]

@@ -671,13 +671,8 @@ def generate_dataset(
 def finished_summary(out: Path, recipe: GenerateRecipe, guard_hash: str) -> dict[str, Any] | None:
     """The summary of a finished run of this config in ``out`` (every shard committed, identities and
     card written), or None when anything is left to do."""
-    import json
-
-    try:
-        summary = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(summary, dict) or summary.get("config_hash") != guard_hash or "identities_planned" not in summary:
+    summary = read_marker(out / SUMMARY_FILE)
+    if summary is None or summary.get("config_hash") != guard_hash or "identities_planned" not in summary:
         return None
     from synthface.dataset.card import CARD_FILE
 

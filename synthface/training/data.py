@@ -103,7 +103,8 @@ class FaceData:
 
 def list_source(src: str | Path, people: Sequence[str] | None = None, min_images: int = 1) -> SourceItems:
     """List a folder of identity sub-folders or committed synthface shards (errors are one line)."""
-    from synthface.dataset.reader import ImageFolderFaces, ShardFaces, committed_shards
+    from synthface.dataset.reader import ImageFolderFaces, ShardFaces
+    from synthface.dataset.shards import data_folder
     from synthface.dataset.writer import marker_path
 
     root = Path(src)
@@ -111,12 +112,11 @@ def list_source(src: str | Path, people: Sequence[str] | None = None, min_images
         raise InputError(f"training data {root} does not exist: pass a folder of identity sub-folders or shards")
     if not root.is_dir():
         raise InputError(f"training data {root} is a file: pass a folder of identity sub-folders or synthface shards")
-    data_dir = root / "data" if (root / "data").is_dir() else root
-    if any(data_dir.glob("*.parquet")):
+    if any(data_folder(root).glob("*.parquet")):
         if people is not None:
             raise InputError("data.people selects identity sub-folders; it does not apply to shards")
         shards = ShardFaces(root, None, min_images)
-        files = committed_shards(root, verify=False)
+        files = shards.shards
         offsets = shards._offsets
         keys, fingerprint = [], []
         for raw in shards.index:
