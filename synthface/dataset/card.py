@@ -94,13 +94,13 @@ def processing(recipe: Any, model: Any) -> tuple[str, bool]:
     return f"each render stored as generated: {side}x{side} on the model's {crop}{resized}", False
 
 
-def card_features(names: list[str], full: bool) -> list[dict[str, Any]]:
+def card_features(names: list[str], full: bool, variation: bool = False) -> list[dict[str, Any]]:
     """The shards' columns as the card's `dataset_info` features, ``label`` an HF ClassLabel over ``names``."""
     import json as _json
 
     from synthface.dataset.writer import shard_schema
 
-    features = _json.loads(shard_schema(full).metadata[b"huggingface"])["info"]["features"]
+    features = _json.loads(shard_schema(full, variation).metadata[b"huggingface"])["info"]["features"]
     out: list[dict[str, Any]] = []
     for name, feature in features.items():
         if name == "label":
@@ -133,7 +133,9 @@ def card_text(
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": data_files or "data/train-*.parquet"}]}],
     }
     if label_names is not None:
-        header["dataset_info"] = {"features": card_features(label_names, recipe.output.store_full_resolution)}
+        header["dataset_info"] = {"features": card_features(
+            label_names, recipe.output.store_full_resolution, recipe.variation.active
+        )}
     licences = dict(getattr(model, "licences", {}) or {})
     if not licences:
         licences = {
