@@ -142,6 +142,10 @@ _SCRIPT = """
 """
 
 
+# a contact sheet row's figures: key -> (words, digits)
+_ROW_STATS = {"cos_to_centre": ("consistency", 3), "nearest_other": ("nearest other identity", 3), "yaw_std": ("yaw std (deg)", 1)}
+
+
 def _pose_text(pose: tuple[float, float, float] | None) -> str:
     return "no face found" if pose is None else f"yaw {pose[0]:+.0f} pitch {pose[1]:+.0f} roll {pose[2]:+.0f}"
 
@@ -187,7 +191,7 @@ def render(report: dict[str, Any], rows: list[SheetRow], figures: dict[str, Path
     parts.append(f'<h2 id="contact-sheet">Contact sheet: {len(rows)} identities, images sorted by estimated yaw</h2>')
     parts.append('<div class="sheet">')
     for row in rows:
-        stats = "; ".join(f"{k} {_fmt(v)}" for k, v in row.stats.items())
+        stats = "; ".join(f"{_ROW_STATS.get(k, (k, 3))[0]} {_fmt(v, _ROW_STATS.get(k, (k, 3))[1])}" for k, v in row.stats.items())
         parts.append(f'<div class="row" data-label="{row.label}" data-identity="{row.identity}">'
                      f'<div class="who"><b>label {row.label}</b> (identity {row.identity}), {len(row.images)} images'
                      + (f"<br>{esc(stats)}" if stats else "") + "</div>")  # fmt: skip

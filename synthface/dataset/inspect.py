@@ -481,12 +481,7 @@ def _report(src: Path, out: Path, stage: Path, shards: list[Path], rows: Any, in
     centres = None
     cos_centre = np.full(len(items), np.nan)
     if emb_model is not None and crops:
-        from synthface.faces.embedders import embed_aligned
-
-        bar.start(len(crops), f"inspect: embedding with {name}")
-        emb = embed_aligned(emb_model, crops)
-        bar.advance(len(crops))
-        bar.finish()
+        emb = _embed(emb_model, crops, bar, f"inspect: embedding with {name}")
         intra, inter = similarity_pairs(emb, lab)
         report["similarity"] = {"embedder": name, "identities": len(sampled), "images": len(crops),
                                 "intra": quantiles(intra), "inter": quantiles(inter)}  # fmt: skip
@@ -506,12 +501,7 @@ def _report(src: Path, out: Path, stage: Path, shards: list[Path], rows: Any, in
     if inp.ref_data is not None and emb is not None:
         ref_crops, ref_labels = _reference_crops(inp.ref_data, inp.reference_images, inp.seed, crops[0].shape[0],
                                                  int(np.bincount(lab).max()))  # fmt: skip
-        from synthface.faces.embedders import embed_aligned
-
-        bar.start(len(ref_crops), f"inspect: embedding the reference with {name}")
-        ref_emb = embed_aligned(emb_model, ref_crops)
-        bar.advance(len(ref_crops))
-        bar.finish()
+        ref_emb = _embed(emb_model, ref_crops, bar, f"inspect: embedding the reference with {name}")
         quality["reference"] = _reference_figures(emb, ref_emb, ref_labels, inp, *quality_thresholds(config, name))
     path = _quality_figures(stage, quality, emb, lab, cos_centre, poses, ref_emb, ref_labels)
     if path is not None:
@@ -583,6 +573,19 @@ def _reference_crops(data: Any, limit: int, seed: int, side: int, per_person: in
             img = np.asarray(Image.fromarray(img).resize((side, side), Image.Resampling.BICUBIC))
         crops.append(np.ascontiguousarray(img, np.uint8))
     return crops, np.asarray(data.labels[chosen], np.int64)
+
+
+def _embed(model: Any, crops: list[np.ndarray], bar: Progress, what: str, chunk: int = 256) -> np.ndarray:
+    """Embeddings of template crops, with progress."""
+    from synthface.faces.embedders import embed_aligned
+
+    bar.start(len(crops), what)
+    out = []
+    for start in range(0, len(crops), chunk):
+        out.append(embed_aligned(model, crops[start : start + chunk]))
+        bar.advance(len(out[-1]))
+    bar.finish()
+    return np.concatenate(out) if out else np.zeros((0, model.dim), np.float32)
 
 
 def _with_several(labels: np.ndarray) -> np.ndarray:
