@@ -48,9 +48,10 @@ CELLS: dict[str, list[str]] = {
     "style-0.85": ["variation.style_bank={bank}", "variation.style_strength=0.85"],
 }
 
-# the protocol's synthetic-arm settings (recipes/protocol-lfw-latent.yaml), fewer identities
+# the protocol's synthetic-arm settings (recipes/protocol-lfw-latent.yaml), fewer identities and candidates
 BASE_SETS = [
-    "images_per_identity=5",
+    "images_per_identity=4",
+    "filter.oversample=1.5",
     "shard_identities=15",
     "filter.anchor=centre",
     "filter.merge_threshold=0.6",
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test", required=True, help="NAME=PAIRS:ALIGNED for synthface evaluate --bench")
     ap.add_argument("--recipe", default=str(ROOT / "recipes" / "native-generate-sface.yaml"))
     ap.add_argument("--evaluate-recipe", default=str(ROOT / "recipes" / "evaluate-cpu-small.yaml"))
-    ap.add_argument("--identities", type=int, default=60)
+    ap.add_argument("--identities", type=int, default=40)
     ap.add_argument("--style-bank", default=None, help="folder of style images framed like the renders (the style cell)")
     ap.add_argument("--cells", default=",".join(CELLS), help="comma-separated subset of: " + ", ".join(CELLS))
     ap.add_argument("--judge", default="dlib")
