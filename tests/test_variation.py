@@ -191,3 +191,18 @@ def test_a_missing_style_bank_is_one_line_and_creates_nothing(model_dir, tmp_pat
     result = CliRunner().invoke(app, [*args, *[x for s in sets for x in ("--set", s)]])
     assert result.exit_code == 2 and "is not a folder" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_inspect_reports_the_draws_of_a_varied_run(model_dir, tmp_path):
+    from synthface.dataset.html_report import metric_table
+    from synthface.dataset.inspect import _read_shards, variation_figures
+
+    generate_dataset(tiny_recipe(model_dir, *VARIED), tmp_path / "varied")
+    generate_dataset(tiny_recipe(model_dir), tmp_path / "plain")
+    drawn = variation_figures(_read_shards(tmp_path / "varied")[1])
+    assert 0.85 <= drawn["condition_cosine"]["min"] <= drawn["condition_cosine"]["max"] <= 0.95
+    assert 1.0 <= drawn["guidance_scale"]["min"] < drawn["guidance_scale"]["max"] <= 3.0
+    assert drawn["style_started"] == 0.0 and drawn["styles_used"] == 0
+    assert variation_figures(_read_shards(tmp_path / "plain")[1]) is None
+    rows = {r["metric"]: r["value"] for r in metric_table({"variation": drawn, "quality": {}})}
+    assert rows["variation: guidance scale (max)"] == f"{drawn['guidance_scale']['max']:.2f}"

@@ -88,6 +88,10 @@ METRIC_ROWS: list[tuple[str, str, str | None, int, str]] = [
     ("Frechet distance to the reference", "reference.frechet_distance", None, 4, "frechet_distance"),
     ("k-NN precision against the reference", "reference.knn.precision", None, 3, "knn_precision"),
     ("k-NN recall against the reference", "reference.knn.recall", None, 3, "knn_recall"),
+    ("variation: conditioning cosine to the identity (median)", "@variation.condition_cosine.median", None, 3, "variation"),
+    ("variation: guidance scale (min)", "@variation.guidance_scale.min", None, 2, "variation"),
+    ("variation: guidance scale (max)", "@variation.guidance_scale.max", None, 2, "variation"),
+    ("variation: images started from a style image", "@variation.style_started", None, 3, "variation"),
     ("leakage: median cosine to the nearest real person", "@leakage.median", None, 3, "leakage"),
     ("leakage: max cosine to the nearest real person", "@leakage.max", None, 3, "leakage"),
 ]

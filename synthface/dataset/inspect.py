@@ -31,7 +31,7 @@ import numpy as np
 from synthface.dataset import quality as q
 from synthface.dataset.html_report import REPORT_HTML, SheetImage, SheetRow, write_html
 from synthface.dataset.quality import quantiles
-from synthface.dataset.writer import staged_files
+from synthface.dataset.writer import VARIATION_COLUMNS, staged_files
 from synthface.errors import InputError
 from synthface.figures import save_figure
 from synthface.runtime import Progress, progress_or_null
@@ -94,6 +94,12 @@ QUALITY_DEFINITIONS: dict[str, dict[str, str]] = {
                       "much of the real face space the set covers",
         "source": "improved recall, Kynkaanniemi et al. 2019, in face-embedding space",
     },
+    "variation": {
+        "definition": "what the run's variation controls drew per stored image: the conditioning vector's cosine to its "
+        "identity, the guidance scale, and whether it started from a style image (shard columns condition_cosine, "
+        "guidance_scale, style)",
+        "source": "synthface generate's variation section (docs/generate.md)",
+    },
     "leakage": {
         "definition": "cosine of each identity centre to its nearest real person of the gallery",
         "source": "synthface's leakage check (docs/filter.md)",
@@ -110,8 +116,25 @@ def _read_shards(src: Path, allow_partial: bool = False) -> Any:
     shards = committed_shards(src, allow_partial=allow_partial)
     if not shards:
         raise InputError(f"no committed shards in {src}: pass the --out directory of `synthface generate`")
-    tables = [pq.read_table(p, columns=["label", "identity", "sample", "id_score", "det_score"]) for p in shards]
+    columns = ["label", "identity", "sample", "id_score", "det_score"]
+    # the per-image variation draws, when the run drew them (every shard of a run has the same columns)
+    if all(name in pq.read_schema(shards[0]).names for name in VARIATION_COLUMNS):
+        columns += list(VARIATION_COLUMNS)
+    tables = [pq.read_table(p, columns=columns) for p in shards]
     return shards, pa.concat_tables(tables)
+
+
+def variation_figures(rows: Any) -> dict[str, Any] | None:
+    """What the run's variation controls drew for the stored images (None when none was on)."""
+    if VARIATION_COLUMNS[0] not in rows.column_names:
+        return None
+    style = np.asarray(rows.column("style").to_numpy(), np.int64)
+    return {
+        "condition_cosine": quantiles(rows.column("condition_cosine").to_numpy(zero_copy_only=False)),
+        "guidance_scale": quantiles(rows.column("guidance_scale").to_numpy(zero_copy_only=False)),
+        "style_started": float((style >= 0).mean()) if len(style) else 0.0,
+        "styles_used": int(len(np.unique(style[style >= 0]))),
+    }
 
 
 def _load_images(shards: list[Path], wanted: set[int]) -> dict[int, list[tuple[int, bytes]]]:
@@ -401,6 +424,9 @@ def _report(src: Path, out: Path, stage: Path, shards: list[Path], rows: Any, in
         "labels_contiguous": bool(len(counts) == 0 or np.array_equal(np.unique(labels[valid]), np.arange(len(counts)))),
         "files": {},
     }
+    drawn = variation_figures(rows)
+    if drawn is not None:
+        report["variation"] = drawn
     figures: dict[str, Path] = {}
     ident_path = src / "identities.parquet"
     try:

@@ -48,6 +48,7 @@ IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 # Per-image variation draws (synthface.generator.variation), present only when a control is on.
 VARIATION_FIELDS = (("condition_cosine", pa.float32()), ("guidance_scale", pa.float32()), ("style", pa.int64()))
+VARIATION_COLUMNS = tuple(name for name, _ in VARIATION_FIELDS)
 
 
 def shard_schema(full: bool = False, variation: bool = False) -> pa.Schema:
