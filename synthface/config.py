@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import glob
 import hashlib
 import json
@@ -492,6 +493,23 @@ def diff_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[st
         elif va != vb:
             out.append(dotted)
     return out
+
+
+# settings of a generate recipe that cannot change an image: a resumed run may change them
+RESUME_FREE_KEYS = ("sampling.batch_size",)
+
+
+def resume_guard(config: dict[str, Any]) -> dict[str, Any]:
+    """The config minus the keys a resumed run may change (they cannot change an image)."""
+    guard = copy.deepcopy(config)
+    for dotted in RESUME_FREE_KEYS:
+        node = guard
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return guard
 
 
 RESOLVED_HEADER = "# synthface resolved config"

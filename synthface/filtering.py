@@ -334,7 +334,7 @@ class FilterSelector:
     def decide(self, identity: int, candidates: list[Any], scored: Scored) -> list[Any]:
         """The selection of :meth:`select` once the candidates are scored (detected and embedded)."""
         from synthface.faces.align import warp_face
-        from synthface.generator.run import Selected
+        from synthface.generator.selection import Selected
 
         anchor = None
         if self.settings.anchor == "identity":
@@ -366,12 +366,18 @@ class FilterSelector:
         sha, size = write_parquet(path, records_table(records, dim, self.settings))
         return {"filter": {"file": f"{FILTER_DIR}/{path.name}", "sha256": sha, "bytes": size}}
 
-    def finalize(self, out: Path, plan: Any, shards: Sequence[Any], config_hash: str) -> "FinalReport":
+    def finalize(self, out: Path, plan: Any, shards: Sequence[Any], config_hash: str) -> "FinalReport | None":
+        """The final pass, once every shard is committed (else None: the run then reports the missing ones)."""
+        from synthface.dataset.writer import shard_done
+
+        data_dir = Path(out) / "data"
+        if not all(shard_done(data_dir, s, config_hash) is not None for s in shards):
+            return None
         return finalize(Path(out), plan, shards, config_hash, self.settings, self.scorer)
 
 
 def make_selector(recipe: Any, model: Any, plan: Any = None) -> FilterSelector:
-    """The selector ``generate`` uses with ``filter.enabled`` (called by generator/run.py)."""
+    """The selector ``generate`` uses with ``filter.enabled`` (called by synthface.generator.selection)."""
     settings = FilterSettings.from_recipe(recipe, getattr(model, "embedder", None))
     embeddings = None if plan is None else plan.embeddings
     return FilterSelector(settings, model, identity_embeddings=embeddings, device=str(model.device))

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from helpers_generate import TINY_SETS, make_tiny_model, tiny_recipe
 from synthface.cli.app import app
 from synthface.config import write_resolved
-from synthface.dataset.writer import RunLock
+from synthface.dataset.locks import PartLock, RunLock
 from synthface.errors import ConfigError, InputError
-from synthface.generator.run import PartLock, generate_dataset, parse_part
+from synthface.generator.run import generate_dataset, parse_part
 
 SETS = ["identities.count=6"]  # 3 shards of 2 identities x 2 images
 CLI_SETS = [*TINY_SETS, *SETS]  # the later identities.count wins

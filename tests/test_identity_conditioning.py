@@ -152,16 +152,16 @@ def test_training_with_the_identity_recipe_records_the_condition_effect(tmp_path
     assert model.condition_mean is not None and model.condition_mean.shape == (CountingEmbedder.dim,)
     # the training embeddings travel with the model: the gallery strategy draws from them by default
     from synthface.config import IdentitiesSection
-    from synthface.generator.run import _with_model_gallery
+    from synthface.generator.planning import with_model_gallery
     from synthface.identities import read_embeddings_parquet
 
     gallery = read_embeddings_parquet(run / "model" / "gallery.parquet")
     assert gallery.embedder == "tiny" and len(gallery.names) == 4 and len(gallery.embeddings) == 12
-    cfg = _with_model_gallery(IdentitiesSection(strategy="gallery"), model)
+    cfg = with_model_gallery(IdentitiesSection(strategy="gallery"), model)
     assert cfg.gallery == str(run / "model" / "gallery.parquet")
     named = IdentitiesSection(strategy="gallery", gallery="elsewhere.parquet")
-    assert _with_model_gallery(named, model).gallery == "elsewhere.parquet"
-    assert _with_model_gallery(IdentitiesSection(strategy="uniform"), model).gallery is None
+    assert with_model_gallery(named, model).gallery == "elsewhere.parquet"
+    assert with_model_gallery(IdentitiesSection(strategy="uniform"), model).gallery is None
     with open(run / "samples" / "condition.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["step"] for r in rows] == ["3"] and float(rows[0]["cond_vs_uncond"]) >= 0.0

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from synthface.dataset.plan import make_shards, plan_labels, shards_for_process
+from synthface.dataset.locks import RunLock
 from synthface.dataset.writer import (
-    RunLock,
     ShardRows,
     atomic_write_bytes,
     clean_temp,

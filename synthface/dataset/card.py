@@ -116,8 +116,7 @@ def card_text(
     """The card; ``data_files`` lists the shards when some are empty (the filter dropped all their identities),
     since `datasets` cannot read an empty Parquet file; None means every shard (a glob). ``label_names``
     names each label (its identity) for the ClassLabel feature."""
-    from synthface.config import config_dict
-    from synthface.generator.run import RESUME_FREE_KEYS
+    from synthface.config import RESUME_FREE_KEYS, config_dict
 
     out = Path(str(summary.get("out", ".")))
     config = _shown_config(config_dict(recipe), out)

@@ -1,4 +1,4 @@
-"""Crash-safe dataset writing: Parquet shards with Hugging Face Image columns, commit markers, a run lock.
+"""Crash-safe dataset writing: Parquet shards with Hugging Face Image columns, commit markers.
 
 Every file is written to a temporary file in its own directory, flushed and fsynced, then moved
 into place with an atomic ``os.replace`` (and the directory fsynced). A shard's JSON commit marker
@@ -31,7 +31,6 @@ from synthface.errors import InputError
 
 MARKER_FORMAT = 1
 IMAGE_EXT = {"jpeg": "jpg", "png": "png", "webp": "webp"}
-LOCK_NAME = ".synthface.lock"
 
 # The `huggingface` schema metadata: `datasets` reads it to decode the image column as PIL images.
 HF_FEATURES: dict[str, Any] = {
@@ -327,46 +326,3 @@ def shard_done(data_dir: Path, shard: Shard, config_hash: str) -> dict[str, Any]
     except OSError:
         return None
     return info
-
-
-# --------------------------------------------------------------------------- lock
-
-
-class RunLock:
-    """An exclusive lock on an output directory (released by the OS if the holder dies)."""
-
-    def __init__(self, directory: Path) -> None:
-        from filelock import FileLock
-
-        self.directory = Path(directory)
-        self.path = self.directory / LOCK_NAME
-        self._lock = FileLock(str(self.path), timeout=0)
-
-    def acquire(self) -> None:
-        from filelock import Timeout
-
-        self.directory.mkdir(parents=True, exist_ok=True)
-        try:  # a lock file that cannot be created is not a lock someone holds: say which it is
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644))
-        except OSError as exc:
-            raise InputError(
-                f"cannot create the lock file {self.path} ({exc.strerror}): choose a folder you can write to"
-            ) from None
-        try:
-            self._lock.acquire(timeout=0)
-        except Timeout:
-            raise InputError(
-                f"another synthface run is writing to {self.directory} (lock {self.path} is held): "
-                "wait for it to finish or choose another --out"
-            ) from None
-
-    def release(self) -> None:
-        if self._lock.is_locked:
-            self._lock.release()
-
-    def __enter__(self) -> "RunLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()

@@ -374,7 +374,7 @@ class Trainer:
         from diffusers.optimization import get_cosine_schedule_with_warmup
         from diffusers.training_utils import EMAModel
 
-        from synthface.dataset.writer import RunLock
+        from synthface.dataset.locks import RunLock
 
         c, t = self.config, self.config.train
         if c.model.latent and not c.model.vae:
