@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from synthface.faces.align import load_image  # noqa: E402
 from synthface.lfw import IMAGES, lfw_dir  # noqa: E402
 from synthface.filtering import KEPT, FaceScorer, FilterSelector, FilterSettings, Scored, default_threshold  # noqa: E402
-from synthface.generator.selection import Candidate  # noqa: E402
+from synthface.selection import Candidate  # noqa: E402
 
 
 def people_images(root: Path, ext: str) -> dict[str, list[Path]]:

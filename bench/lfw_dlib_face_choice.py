@@ -5,7 +5,8 @@ Run after bench/lfw_dlib_variants.py: OMP_NUM_THREADS=1 python bench/lfw_dlib_fa
 import numpy as np, json
 from synthface.faces.align import FaceDetector, load_image, flip_inputs
 from synthface.faces.embedders import get_embedder
-from synthface.recognition.verification import read_pairs, evaluate_scores
+from synthface.recognition.protocols import read_pairs
+from synthface.recognition.verification import evaluate_scores
 import sys
 from pathlib import Path
 from synthface.lfw import lfw_dir

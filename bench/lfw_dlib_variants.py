@@ -6,7 +6,8 @@ which bench/lfw_dlib_face_choice.py reuses). Results in BENCHMARKS.md, "verify".
 import numpy as np, time, json
 from synthface.faces.align import FaceDetector, load_image, flip_inputs
 from synthface.faces.embedders import get_embedder
-from synthface.recognition.verification import read_pairs, evaluate_scores
+from synthface.recognition.protocols import read_pairs
+from synthface.recognition.verification import evaluate_scores
 import sys
 from pathlib import Path
 from synthface.lfw import lfw_dir

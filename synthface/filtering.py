@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 
 from synthface.errors import ConfigError, InputError, SynthfaceError
 from synthface.identities import l2n
+from synthface.selection import Candidate, Selected, Selector
 
 FILTER_DIR = "filter"
 
@@ -313,7 +314,7 @@ def judge(identity: int, scored: Scored, anchor: np.ndarray | None, settings: Fi
 # --------------------------------------------------------------------------- the selector
 
 
-class FilterSelector:
+class FilterSelector(Selector):
     """The ``generate`` selection stage with filtering on (see the module docstring)."""
 
     def __init__(self, settings: FilterSettings, model: Any, identity_embeddings: np.ndarray | None = None,
@@ -327,14 +328,13 @@ class FilterSelector:
     def candidates_per_identity(self, images_per_identity: int) -> int:
         return self.settings.candidates(images_per_identity)
 
-    def select(self, identity: int, candidates: list[Any]) -> list[Any]:
+    def select(self, identity: int, candidates: list[Candidate]) -> list[Selected]:
         scored = self.scorer.score([c.image for c in candidates], [c.sample for c in candidates])
         return self.decide(identity, candidates, scored)
 
-    def decide(self, identity: int, candidates: list[Any], scored: Scored) -> list[Any]:
+    def decide(self, identity: int, candidates: list[Candidate], scored: Scored) -> list[Selected]:
         """The selection of :meth:`select` once the candidates are scored (detected and embedded)."""
         from synthface.faces.align import warp_face
-        from synthface.generator.selection import Selected
 
         anchor = None
         if self.settings.anchor == "identity":

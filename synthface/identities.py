@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from synthface.errors import InputError
+from synthface.errors import InputError, ModelMismatchError
 from synthface.files import IMAGE_SUFFIXES, is_image_file
 
 # Domain tags keep the seed streams of different uses apart.
@@ -425,8 +425,6 @@ def embed_groups(groups: list[tuple[str, list[Path]]], embed: ImageEmbedFn, batc
 
 def load_gallery(path: str | Path, embed: Callable[[], ImageEmbedFn], embedder: str, dim: int) -> Gallery:
     """Real embeddings from a `synthface embed` Parquet file or a folder of face images."""
-    from synthface.generator.families import ModelMismatchError
-
     path = Path(path)
     if path.is_file():
         gallery = read_embeddings_parquet(path)
@@ -566,8 +564,6 @@ def _plan_images(
     groups = groups[:count]
     emb, names = embed_groups(groups, image_embed())
     if emb.size and emb.shape[1] != dim:
-        from synthface.generator.families import ModelMismatchError
-
         raise ModelMismatchError(f"reference embeddings have dimension {emb.shape[1]} but the model expects {dim}")
     by_name: dict[str, list[np.ndarray]] = {}
     for n, e in zip(names, emb):

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from synthface.errors import InputError, UnsafeFileError
-from synthface.recognition.binfile import load_bin, read_bin, write_bin
-from synthface.recognition.verification import load_protocol
+from synthface.recognition.protocols import load_protocol
+from synthface.recognition.protocols.binfile import load_bin, read_bin, write_bin
 
 
 def _png(seed: int) -> tuple[bytes, np.ndarray]:

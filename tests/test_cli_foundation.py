@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from synthface.cli.app import app
-from synthface.generator.families import ModelMismatchError
+from synthface.errors import ModelMismatchError
 
 runner = CliRunner()
 

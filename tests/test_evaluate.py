@@ -18,9 +18,10 @@ from synthface.cli.app import app
 from synthface.errors import InputError
 from synthface.lfw import not_found
 from synthface.recognition.benchmarks import load_benchmark, split_spec
-from synthface.recognition.binfile import write_bin
+from synthface.recognition.protocols import read_pairs
+from synthface.recognition.protocols.binfile import write_bin
 from synthface.recognition.report import write_report
-from synthface.recognition.verification import evaluate_scores, read_pairs
+from synthface.recognition.verification import evaluate_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 LFW = LFW_IMAGES

@@ -10,8 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from synthface.config import IdentitiesSection
-from synthface.errors import InputError
-from synthface.generator import ModelMismatchError
+from synthface.errors import InputError, ModelMismatchError
 from synthface.identities import (
     IdentityPlan,
     PlacementError,

@@ -20,7 +20,8 @@ from synthface.recognition.train import (
     lr_factor,
     train_recognizer,
 )
-from synthface.recognition.verification import evaluate_embeddings, PairsProtocol
+from synthface.recognition.protocols import PairsProtocol
+from synthface.recognition.verification import evaluate_embeddings
 
 TINY = [
     "recognizer.backbone=iresnet-mini",

@@ -12,18 +12,15 @@ from PIL import Image
 
 from synthface.errors import InputError
 from synthface.lfw import lfw_dir, not_found
+from synthface.recognition.protocols import PairsProtocol, load_protocol, read_pairs, split_folds
 from synthface.recognition.verification import (
-    PairsProtocol,
     best_threshold,
     combine_flipped,
     evaluate_embeddings,
     evaluate_scores,
     far_key,
-    load_protocol,
     pair_scores,
     plot_roc,
-    read_pairs,
-    split_folds,
 )
 
 LFW = lfw_dir(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lfw")

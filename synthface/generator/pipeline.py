@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthface.errors import ConfigError
+from synthface.errors import ConfigError, ModelMismatchError
 
 SCHEDULER_NAMES = ("ddpm", "ddim", "dpmsolver++", "lcm")
 
@@ -350,8 +350,6 @@ def sample_batch(
         if emb.ndim != 2 or emb.shape[0] != n:
             raise ConfigError(f"embeddings must have shape ({n}, D), got {tuple(emb.shape)}")
         if emb.shape[1] != model.embedding_dim:
-            from synthface.generator.families import ModelMismatchError
-
             raise ModelMismatchError(
                 f"identity embeddings have dimension {emb.shape[1]} but the {model.family} model expects "
                 f"{model.embedding_dim} ({model.embedder} embeddings): use identities from that embedder"

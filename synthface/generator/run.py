@@ -54,10 +54,11 @@ from synthface.generator.fastpath import apply_fast_path
 from synthface.generator.planning import identity_guide_for, identity_plan, with_model_leakage_gallery
 from synthface.generator.output import CONFIG_FILE, IDENTITIES_FILE, SUMMARY_FILE, prepare_output, run_inputs
 from synthface.generator.pipeline import GeneratorModel, sample_batch, to_uint8
-from synthface.generator.selection import Candidate, Selector, make_selector
+from synthface.generator.selection import make_selector
 from synthface.identities import IdentityPlan, read_plan_metadata
 from synthface.output_folder import check_output_folder
 from synthface.runtime import Progress, progress_or_null, resolve_dtype
+from synthface.selection import Candidate, Selector
 
 # --------------------------------------------------------------------------- parts (job arrays)
 

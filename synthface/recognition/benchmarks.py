@@ -17,15 +17,8 @@ import numpy as np
 import torch
 
 from synthface.errors import InputError
-from synthface.recognition.verification import (
-    PairsProtocol,
-    VerificationResult,
-    combine_flipped,
-    evaluate_embeddings,
-    load_protocol,
-    normalize,
-    read_pairs,
-)
+from synthface.recognition.protocols import PairsProtocol, load_protocol, read_pairs
+from synthface.recognition.verification import VerificationResult, combine_flipped, evaluate_embeddings, normalize
 from synthface.runtime import Progress, progress_or_null
 
 TEMPLATE_SIZE = 112

@@ -21,6 +21,7 @@ import numpy as np
 
 from synthface.errors import InputError
 from synthface.files import is_image_file
+from synthface.recognition.protocols.pairs import PairsProtocol, split_folds
 
 T = TypeVar("T")
 TRUE, FALSE = {"1", "true", "yes", "same"}, {"0", "false", "no", "different"}
@@ -94,8 +95,6 @@ def folder_protocol(root: str | Path, n_folds: int = 10, pairs_per_fold: int | N
     ``pairs_per_fold`` same and as many different pairs per fold; None: as many same pairs as the
     poorest fold allows (capped at LFW's 300).
     """
-    from synthface.recognition.verification import PairsProtocol
-
     root = Path(root)
     people = people_in(root)
     multi = sorted(n for n, imgs in people.items() if len(imgs) >= 2)
@@ -127,8 +126,6 @@ def folder_protocol(root: str | Path, n_folds: int = 10, pairs_per_fold: int | N
 
 def read_csv_pairs(path: str | Path, images_dir: str | Path | None = None, n_folds: int = 10):  # type: ignore[no-untyped-def]
     """A ``path_a,path_b,same[,fold]`` CSV (a PairsProtocol); paths relative to ``images_dir`` or the CSV's folder."""
-    from synthface.recognition.verification import PairsProtocol, split_folds
-
     path = Path(path)
     base = Path(images_dir) if images_dir is not None else path.parent
     try:

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from synthface.errors import InputError, UnsafeFileError
-from synthface.recognition.verification import PairsProtocol, split_folds
+from synthface.recognition.protocols.pairs import PairsProtocol, split_folds
 
 
 def _numpy_globals() -> dict[tuple[str, str], Any]:
