@@ -46,7 +46,8 @@ from synthface.faces.embedders import get_embedder  # noqa: E402
 from synthface.generator.families import load_model  # noqa: E402
 from synthface.generator.pipeline import generate  # noqa: E402
 from synthface.generator.planning import identity_guide_for  # noqa: E402
-from synthface.identities import Gaussian, accept_sequential, gaussian_draw, read_embeddings_parquet  # noqa: E402
+from synthface.gallery import read_embeddings_parquet  # noqa: E402
+from synthface.identities import Gaussian, accept_sequential, gaussian_draw  # noqa: E402
 from synthface.recognition.verification import evaluate_scores  # noqa: E402
 from synthface.training.report import image_grid, save_png  # noqa: E402
 

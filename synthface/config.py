@@ -522,7 +522,7 @@ def write_resolved(config: BaseModel, directory: str | Path, name: str = "config
     path = directory / name
     data = config_dict(config)
     text = f"{RESOLVED_HEADER}, hash {config_hash(data)}\n" + yaml.safe_dump(data, sort_keys=False)
-    from synthface.dataset.writer import atomic_write_bytes
+    from synthface.atomic import atomic_write_bytes
 
     atomic_write_bytes(path, text.encode("utf-8"))
     return path

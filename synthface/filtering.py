@@ -46,7 +46,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synthface.errors import ConfigError, InputError, SynthfaceError
-from synthface.identities import l2n
+from synthface.embeddings import fixed_list, fixed_list_array, l2n
+from synthface.identities import plan_labels
 from synthface.selection import Candidate, Selected, Selector
 
 FILTER_DIR = "filter"
@@ -387,7 +388,7 @@ def make_selector(recipe: Any, model: Any, plan: Any = None) -> FilterSelector:
 
 
 def records_table(records: Sequence[IdentityRecord], dim: int, settings: FilterSettings | None = None) -> pa.Table:
-    flat = np.concatenate([r.centre for r in records]).astype(np.float32) if records else np.zeros(0, np.float32)
+    centres = np.stack([r.centre for r in records]) if records else np.zeros((0, dim), np.float32)
     table = pa.table(
         {
             "identity": pa.array([r.identity for r in records], pa.int64()),
@@ -395,7 +396,7 @@ def records_table(records: Sequence[IdentityRecord], dim: int, settings: FilterS
             "passed": pa.array([r.passed for r in records], pa.int32()),
             "kept": pa.array([r.kept for r in records], pa.int32()),
             "reason": pa.array([r.reason for r in records], pa.string()),
-            "centre": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim),
+            "centre": fixed_list_array(centres),
             "samples": pa.array([r.samples.tolist() for r in records], pa.list_(pa.int64())),
             "det_scores": pa.array([r.det_scores.tolist() for r in records], pa.list_(pa.float32())),
             "id_scores": pa.array([r.id_scores.tolist() for r in records], pa.list_(pa.float32())),
@@ -417,12 +418,6 @@ def read_records(out: Path) -> pa.Table | None:
         raise InputError(f"cannot read the filter records in {Path(out) / FILTER_DIR}: {exc}") from None
 
 
-def fixed_list(column: Any) -> np.ndarray:
-    col = column.combine_chunks() if hasattr(column, "combine_chunks") else column
-    n, d = len(col), col.type.list_size
-    return np.asarray(col.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(n, d)
-
-
 # --------------------------------------------------------------------------- the final pass
 
 
@@ -437,7 +432,7 @@ class FinalReport:
 
     def extend(self, table: pa.Table) -> pa.Table:
         """identities.parquet with the filter's verdict: kept, reason, label and the per-identity figures."""
-        labels = np.where(self.kept, np.cumsum(self.kept) - 1, -1).astype(np.int64)
+        labels = plan_labels(self.kept)
         for name, values in (("kept", pa.array(self.kept)), ("reason", pa.array(self.reasons, pa.string())),
                              ("label", pa.array(labels))):  # fmt: skip
             if name in table.column_names:
@@ -482,26 +477,12 @@ def _sequential_separation(centres: np.ndarray, active: np.ndarray, limit: float
 
 def load_leakage_gallery(path: str, scorer: FaceScorer) -> Any:
     """The real gallery in the filter embedder's space: a `synthface embed` Parquet of that embedder, or a folder."""
-    from synthface.identities import FaceEmbedding, Gallery, embed_groups, read_embeddings_parquet, reference_groups
+    from synthface.gallery import LEAKAGE_GALLERY, FaceEmbedding, load_gallery
 
-    p = Path(path)
-    name = scorer.settings.embedder
-    if p.is_file():
-        gallery = read_embeddings_parquet(p)
-        if gallery.embedder and gallery.embedder != name:
-            raise ConfigError(
-                f"the leakage gallery {p} holds '{gallery.embedder}' embeddings but the filter embedder is '{name}': "
-                f"pass filter.gallery=<a `synthface embed --set embedder={name}` Parquet or a folder of faces>"
-            )
-        if gallery.dim != scorer.embedder.dim:
-            raise ConfigError(f"the leakage gallery {p} holds {gallery.dim}-d embeddings; '{name}' gives {scorer.embedder.dim}-d")
-        return gallery
-    if p.is_dir():
-        emb, names = embed_groups(reference_groups(p), FaceEmbedding(scorer.embedder, detector=scorer.detector))
-        if len(emb) == 0:
-            raise InputError(f"no face was found in any image of the leakage gallery {p}")
-        return Gallery.from_rows(emb, names, name, str(p))
-    raise InputError(f"leakage gallery not found: {p} (a `synthface embed` Parquet file or a folder of faces)")
+    def embed() -> FaceEmbedding:
+        return FaceEmbedding(scorer.embedder, detector=scorer.detector)
+
+    return load_gallery(path, embed, scorer.settings.embedder, scorer.embedder.dim, LEAKAGE_GALLERY)
 
 
 def finalize(out: Path, plan: Any, shards: Sequence[Any], config_hash: str, settings: FilterSettings,
@@ -568,7 +549,7 @@ def finalize(out: Path, plan: Any, shards: Sequence[Any], config_hash: str, sett
             f"{settings.merge_threshold:g} (the earlier identity is kept)"
         )
     kept = active & sep_kept
-    labels = np.where(kept, np.cumsum(kept) - 1, -1).astype(np.int64)
+    labels = plan_labels(kept)
     rewritten = relabel_shards(out, shards, labels, config_hash)
     columns = {
         "filter_candidates": pa.array(candidates),
@@ -622,7 +603,8 @@ def relabel_shards(out: Path, shards: Sequence[Any], labels: np.ndarray, config_
     marker (rows, checksum, kept identities, label range). Killed in between, the shard fails its
     checksum and is rendered again on resume, which ends in the same bytes.
     """
-    from synthface.dataset.writer import atomic_write_json, read_marker, shard_paths, write_parquet
+    from synthface.atomic import atomic_write_json
+    from synthface.dataset.writer import read_marker, shard_paths, write_parquet
 
     data_dir = Path(out) / "data"
     count = 0

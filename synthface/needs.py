@@ -85,7 +85,7 @@ def embedder_need(name: str, used_for: str) -> Need:
             path = Path(spec).expanduser()
             return Need(f"ONNX model {spec}", used_for, path.is_file(), str(path), f"pass an existing .onnx file ({name})")
         repo, filename = hub_file
-        need = hub_need(HubFiles("ONNX model", repo, (filename,), (filename,), f"--embedder onnx:"), used_for)
+        need = hub_need(HubFiles("ONNX model", repo, (filename,), (filename,), "--embedder onnx:"), used_for)
         need.name, need.fetch = f"ONNX model {spec}", f"synthface download --embedder {name}"
         return need
     raise WeightsError(f"unknown embedder '{name}'; choose one of: {', '.join(embedders.embedder_names())}")

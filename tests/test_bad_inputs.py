@@ -271,9 +271,9 @@ def test_export_into_the_dataset_is_refused(dataset):
 def test_a_full_disk_leaves_no_partial_export(dataset, tmp_path, monkeypatch):
     import errno
 
-    from synthface.dataset import writer
+    from synthface import atomic
 
-    real, calls = writer.atomic_write_bytes, []
+    real, calls = atomic.atomic_write_bytes, []
 
     def fill_up(path, data):
         calls.append(path)
@@ -281,7 +281,7 @@ def test_a_full_disk_leaves_no_partial_export(dataset, tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, data)
 
-    monkeypatch.setattr(writer, "atomic_write_bytes", fill_up)
+    monkeypatch.setattr(atomic, "atomic_write_bytes", fill_up)
     refused(cli("export", dataset, tmp_path / "folders"), "No space left on device")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]  # no OUT, no temp folder
 

@@ -115,7 +115,7 @@ def test_align_embed_verify_on_real_faces(tmp_path, small_lfw):
     assert table.num_rows == 4 and table.schema.field("embedding").type.list_size == 128
     assert sorted(set(table["identity"].to_pylist())) == ["Aaron_Peirsol", "Abdullah_Gul"]
     # the file names its embedder, so a gallery of the wrong embedder is refused by name
-    from synthface.identities import load_gallery, read_embeddings_parquet
+    from synthface.gallery import load_gallery, read_embeddings_parquet
 
     assert read_embeddings_parquet(tmp_path / "e.parquet").embedder == "dlib"
     with pytest.raises(ModelMismatchError, match="holds .dlib. embeddings but the model is conditioned on 'facenet-vggface2'"):

@@ -8,8 +8,7 @@ import numpy as np
 from PIL import Image
 
 from synthface.dataset.reader import open_training_set
-from synthface.files import IMAGE_SUFFIXES, is_image_file
-from synthface.identities import list_images
+from synthface.files import IMAGE_SUFFIXES, is_image_file, list_images
 from synthface.recognition.protocols.folders import people_in
 
 

@@ -179,7 +179,7 @@ def test_images_strategy_uses_the_reference_faces(lfw_images):
 
     from synthface.faces.align import FaceDetector
     from synthface.faces.embedders import get_embedder
-    from synthface.identities import FaceEmbedding, embed_paths
+    from synthface.gallery import FaceEmbedding, embed_paths
 
     people = ["Aaron_Peirsol", "Abdullah_Gul", "Adrien_Brody"]
     with tempfile.TemporaryDirectory() as tmp:

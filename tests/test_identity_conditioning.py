@@ -153,7 +153,7 @@ def test_training_with_the_identity_recipe_records_the_condition_effect(tmp_path
     # the training embeddings travel with the model: the gallery strategy draws from them by default
     from synthface.config import IdentitiesSection
     from synthface.generator.planning import with_model_gallery
-    from synthface.identities import read_embeddings_parquet
+    from synthface.gallery import read_embeddings_parquet
 
     gallery = read_embeddings_parquet(run / "model" / "gallery.parquet")
     assert gallery.embedder == "tiny" and len(gallery.names) == 4 and len(gallery.embeddings) == 12

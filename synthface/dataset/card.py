@@ -235,7 +235,7 @@ def is_own_card(path: str | Path) -> bool:
 
 def write_card(out: str | Path, recipe: Any, model: Any, summary: dict[str, Any]) -> Path | None:
     """Write OUT/README.md; None (nothing written) when a README.md that synthface did not write is there."""
-    from synthface.dataset.writer import atomic_write_bytes
+    from synthface.atomic import atomic_write_bytes
 
     if (Path(out) / CARD_FILE).exists() and not is_own_card(Path(out) / CARD_FILE):
         return None

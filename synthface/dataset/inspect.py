@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from synthface.dataset.quality import quantiles
-from synthface.dataset.writer import staged_files
+from synthface.atomic import staged_files
+from synthface.embeddings import l2n
 from synthface.errors import InputError
 from synthface.figures import save_figure
 from synthface.runtime import Progress, progress_or_null
@@ -84,7 +85,7 @@ def contact_sheet(images: dict[int, list[tuple[int, bytes]]], path: Path, rows: 
 def similarity_pairs(emb: np.ndarray, labels: np.ndarray, max_pairs: int = 200_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(intra, inter) cosines: every same-label pair; every different-label pair when there are at most
     ``max_pairs`` of them, else a seeded random subset of ``max_pairs`` distinct ones."""
-    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    emb = l2n(emb, emb.dtype)
     intra = []
     for label in np.unique(labels):
         x = emb[labels == label]
@@ -194,7 +195,7 @@ def inspect_dataset(
     if gallery:
         if emb_model is None:
             raise InputError("--gallery needs the similarity embedder: drop --embedder none")
-        from synthface.identities import read_embeddings_parquet
+        from synthface.gallery import read_embeddings_parquet
 
         real = read_embeddings_parquet(gallery)
         if real.embedder and real.embedder != name:
@@ -308,7 +309,7 @@ def _report(
             f"pairwise cosine ({name}, {len(crops)} images of {len(sampled)} identities)", "cosine", unit="pairs"))
         centres = np.stack([emb[lab == k].mean(0) for k in sorted(set(crop_labels))]) if crops else None
         if centres is not None and len(centres) > 1:
-            c = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+            c = l2n(centres, centres.dtype)
             g = c @ c.T
             np.fill_diagonal(g, -np.inf)
             report["similarity"]["nearest_identity_centre"] = quantiles(g.max(1))
@@ -322,7 +323,7 @@ def _report(
         if np.isfinite(cos).any():
             leak = {"source": "generate", **leakage_summary(cos, float(thr) if thr is not None else 1.0), "threshold": thr}
     if real is not None and centres is not None:
-        c = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+        c = l2n(centres, centres.dtype)
         cos = (c @ real.persons.T).max(1)
         leak = {"source": f"inspect --gallery {gallery}", "embedder": name, **leakage_summary(cos, 1.0)}
         leak.pop("above_threshold", None)

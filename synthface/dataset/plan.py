@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 
 from synthface.identities import IdentityPlan, sample_seeds
 
@@ -60,9 +59,3 @@ def shard_jobs(shard: Shard, plan: IdentityPlan, run_seed: int, per_identity: in
         for j, seed in enumerate(sample_seeds(run_seed, i, per_identity)):
             jobs.append(Job(i, j, int(seed)))
     return jobs
-
-
-def plan_labels(kept: np.ndarray) -> np.ndarray:
-    """Contiguous labels over kept identities (-1 where dropped): label = kept identities before it."""
-    kept = np.asarray(kept, bool)
-    return np.where(kept, np.cumsum(kept) - 1, -1).astype(np.int64)

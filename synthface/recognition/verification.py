@@ -21,6 +21,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from synthface.embeddings import l2n_or_nan
 from synthface.errors import InputError
 from synthface.figures import save_figure
 from synthface.recognition.protocols.pairs import PairsProtocol, split_folds
@@ -32,24 +33,14 @@ DEFAULT_FAR = 1e-3
 # --------------------------------------------------------------------------- scores
 
 
-def normalize(embeddings: np.ndarray) -> np.ndarray:
-    """L2-normalise rows; rows with zero or non-finite norm become NaN (a failed image)."""
-    x = np.asarray(embeddings, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = x / norms
-    out[~np.isfinite(norms[..., 0]) | (norms[..., 0] == 0)] = np.nan
-    return out
-
-
 def combine_flipped(embeddings: np.ndarray, flipped: np.ndarray) -> np.ndarray:
     """Flip test-time augmentation as insightface does it: sum both embeddings, then L2-normalise."""
-    return normalize(np.asarray(embeddings, dtype=np.float64) + np.asarray(flipped, dtype=np.float64))
+    return l2n_or_nan(np.asarray(embeddings, dtype=np.float64) + np.asarray(flipped, dtype=np.float64))
 
 
 def pair_scores(embeddings: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """Cosine similarity of each pair; NaN where either image has no embedding (NaN row)."""
-    e = normalize(embeddings)
+    e = l2n_or_nan(embeddings)
     pairs = np.asarray(pairs, dtype=np.int64)
     return np.einsum("ij,ij->i", e[pairs[:, 0]], e[pairs[:, 1]])
 

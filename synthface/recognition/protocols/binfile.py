@@ -10,14 +10,13 @@ arrays; anything else is refused before it is built.
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from synthface.atomic import atomic_file
 from synthface.errors import InputError, UnsafeFileError
 from synthface.recognition.protocols.pairs import PairsProtocol, split_folds
 
@@ -189,15 +188,6 @@ def write_bin(path: str | Path, images: Sequence[bytes], issame: Sequence[bool])
         data.append(bytes(img))
     if not labels or len(data) != 2 * len(labels):
         raise InputError(f"{len(data)} images for {len(labels)} pairs: a .bin file needs exactly two images per pair")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump((data, labels), f, protocol=4)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        pickle.dump((data, labels), handle, protocol=4)
     return path
