@@ -45,12 +45,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from synthface.errors import ConfigError, InputError, SynthfaceError
+from synthface.errors import ConfigError, SynthfaceError
+from synthface.dataset.filter_records import FILTER_DIR, leakage_summary, read_records
 from synthface.embeddings import fixed_list, fixed_list_array, l2n
 from synthface.identities import plan_labels
 from synthface.selection import Candidate, Selected, Selector
 
-FILTER_DIR = "filter"
 
 # Default consistency thresholds (cosine to the anchor) per filter embedder. dlib's and sface's are
 # measured on LFW (bench/filter_lfw.py --source raw, BENCHMARKS.md "## filter"); the others are not
@@ -407,17 +407,6 @@ def records_table(records: Sequence[IdentityRecord], dim: int, settings: FilterS
     return table.replace_schema_metadata({b"synthface_filter": json.dumps(meta, sort_keys=True).encode()})
 
 
-def read_records(out: Path) -> pa.Table | None:
-    """Every filter record of a dataset (one row per identity that reached the filter), or None."""
-    files = sorted((Path(out) / FILTER_DIR).glob("train-*.parquet"))
-    if not files:
-        return None
-    try:
-        return pa.concat_tables([pq.read_table(f) for f in files]).sort_by("identity")
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types on a bad file
-        raise InputError(f"cannot read the filter records in {Path(out) / FILTER_DIR}: {exc}") from None
-
-
 # --------------------------------------------------------------------------- the final pass
 
 
@@ -578,22 +567,6 @@ def finalize(out: Path, plan: Any, shards: Sequence[Any], config_hash: str, sett
         "leakage": leakage,
     }
     return FinalReport(kept, reasons, columns, summary)
-
-
-def leakage_summary(cos: np.ndarray, threshold: float) -> dict[str, Any]:
-    """Distribution of each identity's cosine to its nearest real person."""
-    cos = np.asarray(cos, np.float64)
-    cos = cos[np.isfinite(cos)]
-    if not len(cos):
-        return {"identities": 0}
-    q = np.quantile(cos, [0.0, 0.5, 0.9, 0.99, 1.0])
-    hist, edges = np.histogram(cos, bins=20, range=(-1.0, 1.0))
-    return {
-        "identities": int(len(cos)),
-        "above_threshold": int((cos > threshold).sum()),
-        "min": float(q[0]), "median": float(q[1]), "p90": float(q[2]), "p99": float(q[3]), "max": float(q[4]),
-        "histogram": {"edges": [round(float(e), 3) for e in edges], "counts": hist.tolist()},
-    }  # fmt: skip
 
 
 def relabel_shards(out: Path, shards: Sequence[Any], labels: np.ndarray, config_hash: str) -> int:

@@ -106,7 +106,7 @@ def test_align_embed_verify_on_real_faces(tmp_path, small_lfw):
     crop = Image.open(out / "Aaron_Peirsol" / "Aaron_Peirsol_0001.png")
     assert crop.size == (112, 112)
     assert (out / "synthface-align.yaml").is_file()
-    again = run("align", small_lfw, out, "--json", tmp_path / "align2.json")
+    run("align", small_lfw, out, "--json", tmp_path / "align2.json")
     assert json.loads((tmp_path / "align2.json").read_text())["skipped_existing"] == 4
 
     result = run("embed", out, tmp_path / "e.parquet", "--embedder", "dlib", "--set", "aligned=true")

@@ -21,11 +21,11 @@ from synthface.filtering import (
     Scored,
     choose_best,
     default_threshold,
-    fixed_list,
     judge,
-    read_records,
     robust_centre,
 )
+from synthface.dataset.filter_records import read_records
+from synthface.embeddings import fixed_list
 
 SETS = ("filter.threshold=0.15", "filter.merge_threshold=0.2")
 
@@ -309,7 +309,7 @@ def test_card_says_what_was_done(tmp_path: Path) -> None:
     """Unfiltered tiny run: no detector ran, renders kept at the model's size, paths relative, label a ClassLabel."""
     import yaml
 
-    from helpers_generate import make_tiny_model, tiny_recipe
+    from helpers_generate import make_tiny_model
     from synthface.dataset.card import read_header
     from synthface.generator.run import generate_dataset
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from helpers_generate import IMAGE_SIZE, TINY_SETS, make_tiny_model, read_rows, tiny_recipe
 from synthface.cli.app import app
 from synthface.dataset.locks import RunLock
-from synthface.errors import ConfigError, InputError, ModelMismatchError
+from synthface.errors import InputError, ModelMismatchError
 from synthface.generator.run import generate_dataset
 
 RECIPE_SETS = TINY_SETS

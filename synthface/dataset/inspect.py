@@ -213,7 +213,7 @@ def _report(
     """The report's figures and JSON, written into ``stage``; the paths it records are under ``out``."""
     import pyarrow.parquet as pq
 
-    from synthface.filtering import leakage_summary, read_records
+    from synthface.dataset.filter_records import leakage_summary, read_records
 
     def written(path: Path) -> str:
         return str(out / path.name)

@@ -44,7 +44,7 @@ def reset(out: Path) -> None:
     """Delete this run's files: the shards and filter records its markers name, shard files of its
     naming, identities/summary/inputs/config and its own card. A user's files in --out stay."""
     from synthface.dataset.card import CARD_FILE, is_own_card
-    from synthface.filtering import FILTER_DIR
+    from synthface.dataset.filter_records import FILTER_DIR
 
     data_dir, filter_dir = out / "data", out / FILTER_DIR
     doomed: list[Path] = []
