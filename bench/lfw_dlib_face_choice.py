@@ -7,7 +7,7 @@ import numpy as np
 from synthface.faces.align import FaceDetector, load_image, flip_inputs
 from synthface.faces.embedders import get_embedder
 from synthface.recognition.protocols import read_pairs
-from synthface.recognition.verification import evaluate_scores
+from synthface.recognition.verification import evaluate_scores, pair_scores
 import sys
 from pathlib import Path
 from synthface.lfw import lfw_dir
@@ -49,8 +49,7 @@ folds = p.folds[sel]
 
 
 def cos(e):
-    n = e / np.linalg.norm(e, axis=1, keepdims=True)
-    return np.einsum("ij,ij->i", n[pr[:, 0]], n[pr[:, 1]])
+    return pair_scores(e, pr)
 
 
 for name, e in (("noflip", raw), ("flip-sum", raw + rawf)):

@@ -9,7 +9,7 @@ import json
 from synthface.faces.align import FaceDetector, load_image, flip_inputs
 from synthface.faces.embedders import get_embedder
 from synthface.recognition.protocols import read_pairs
-from synthface.recognition.verification import evaluate_scores
+from synthface.recognition.verification import evaluate_scores, pair_scores
 import sys
 from pathlib import Path
 from synthface.lfw import lfw_dir
@@ -48,8 +48,7 @@ folds = p.folds[sel]
 
 
 def cos(e):
-    n = e / np.linalg.norm(e, axis=1, keepdims=True)
-    return np.einsum("ij,ij->i", n[pr[:, 0]], n[pr[:, 1]])
+    return pair_scores(e, pr)
 
 
 def neg_euc(e):
