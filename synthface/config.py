@@ -29,9 +29,7 @@ class Section(BaseModel):
     or 1e400).
     """
 
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, protected_namespaces=(), strict=True, allow_inf_nan=False
-    )
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), strict=True, allow_inf_nan=False)
 
 
 def one_file(value: str | None) -> str | None:
@@ -44,7 +42,9 @@ def one_file(value: str | None) -> str | None:
         return matches[0]
     if not matches:
         raise ValueError(f"no file matches {value}")
-    raise ValueError(f"{value} matches {len(matches)} files ({', '.join(matches[:3])}{', ...' if len(matches) > 3 else ''}): name one")
+    raise ValueError(
+        f"{value} matches {len(matches)} files ({', '.join(matches[:3])}{', ...' if len(matches) > 3 else ''}): name one"
+    )
 
 
 # A file or folder key that accepts a glob matching exactly one path (see one_file).
@@ -58,7 +58,9 @@ class AlignRecipe(Section):
     seed: int = 0
     image_size: int = Field(112, ge=32, le=1024, description="output side in pixels (112 = ArcFace template)")
     template_scale: float = Field(
-        1.0, gt=0.1, le=1.0,
+        1.0,
+        gt=0.1,
+        le=1.0,
         description="ArcFace points scaled by this around the centre: 1 = tight template, 0.6 = loose crop with context",
     )
     image_format: Literal["png", "jpeg"] = "png"
@@ -87,8 +89,10 @@ class VerifyRecipe(Section):
     folds: int = Field(10, ge=2)
     far: float = Field(1e-3, gt=0.0, lt=1.0)
     pairs_per_fold: int | None = Field(
-        None, ge=1, description="a folder of people: same (and as many different) pairs drawn per fold; null: as many "
-        "as the poorest fold allows, at most 300"
+        None,
+        ge=1,
+        description="a folder of people: same (and as many different) pairs drawn per fold; null: as many "
+        "as the poorest fold allows, at most 300",
     )
     flip: bool = True
     batch_size: int = Field(32, ge=1)
@@ -132,17 +136,23 @@ class FilterSection(Section):
     oversample: float = Field(1.5, ge=1.0)
     min_images: int = Field(40, ge=1)
     anchor: Literal["auto", "identity", "centre"] = Field(
-        "auto", description="identity: the conditioning embedding; centre: robust centre of the samples; auto: identity "
-        "when the filter embedder is the conditioning embedder"
+        "auto",
+        description="identity: the conditioning embedding; centre: robust centre of the samples; auto: identity "
+        "when the filter embedder is the conditioning embedder",
     )
     merge_threshold: float | None = Field(
         None, ge=-1.0, le=1.0, description="max cosine between two kept identity centres; null: the threshold"
     )
     leakage: float | None = Field(
-        None, ge=-1.0, le=1.0, description="max cosine of an identity centre to a real person; null: identities.leakage "
-        "when the filter embedder is the conditioning embedder, else the threshold"
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="max cosine of an identity centre to a real person; null: identities.leakage "
+        "when the filter embedder is the conditioning embedder, else the threshold",
     )
-    gallery: GlobPath = Field(None, description="real faces/embeddings for the leakage check (a glob matching one file); null: identities.gallery")
+    gallery: GlobPath = Field(
+        None, description="real faces/embeddings for the leakage check (a glob matching one file); null: identities.gallery"
+    )
     batch_size: int = Field(64, ge=1, description="faces per embedder call")
 
 
@@ -187,7 +197,9 @@ class NativeModelSection(Section):
     vae: str | None = None
     block_out_channels: list[int] = [64, 128, 256]
     id_tokens: int = Field(4, ge=1)
-    crop: Literal["tight", "loose"] = Field("loose", description="what the model outputs: loose (context) or tight 112 template crops")
+    crop: Literal["tight", "loose"] = Field(
+        "loose", description="what the model outputs: loose (context) or tight 112 template crops"
+    )
     template_scale: float = Field(0.6, gt=0.0, le=1.0, description="ArcFace points scale of loose crops")
     layers_per_block: int = Field(2, ge=1)
     attention_head_dim: int = Field(8, ge=1)
@@ -317,8 +329,10 @@ class EvaluateBenchSection(Section):
     flip: bool = True
     folds: int = Field(10, ge=2)
     pairs_per_fold: int | None = Field(
-        None, ge=1, description="a folder of people: same (and as many different) pairs drawn per fold; null: as many "
-        "as the poorest fold allows, at most 300"
+        None,
+        ge=1,
+        description="a folder of people: same (and as many different) pairs drawn per fold; null: as many "
+        "as the poorest fold allows, at most 300",
     )
     far: float = Field(1e-3, gt=0.0, lt=1.0)
 
@@ -335,12 +349,17 @@ class EvaluateRecipe(Section):
 
 class InspectRecipe(Section):
     seed: int = 0
-    embedder: str | None = Field(None, description="embedder of the similarity histograms; null: the dataset's filter "
-                                 f"embedder when its filter ran, else {DEFAULT_EMBEDDER}; none: skip them")
+    embedder: str | None = Field(
+        None,
+        description="embedder of the similarity histograms; null: the dataset's filter "
+        f"embedder when its filter ran, else {DEFAULT_EMBEDDER}; none: skip them",
+    )
     max_identities: int = Field(100, ge=1, description="identities embedded for the similarity histograms")
     sheet_identities: int = Field(16, ge=1, description="contact sheet rows (one identity each)")
     sheet_images: int = Field(8, ge=1, description="contact sheet columns (images per identity)")
-    gallery: GlobPath = Field(None, description="`synthface embed` Parquet of real people for a leakage report (a glob matching one file)")
+    gallery: GlobPath = Field(
+        None, description="`synthface embed` Parquet of real people for a leakage report (a glob matching one file)"
+    )
     device: str = "auto"
 
 

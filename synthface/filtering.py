@@ -274,7 +274,9 @@ class FaceScorer:
         return Scored(np.asarray(samples, np.int64), det, ok, emb, lms, status)
 
 
-def judge(identity: int, scored: Scored, anchor: np.ndarray | None, settings: FilterSettings) -> tuple[IdentityRecord, np.ndarray]:
+def judge(
+    identity: int, scored: Scored, anchor: np.ndarray | None, settings: FilterSettings
+) -> tuple[IdentityRecord, np.ndarray]:
     """Consistency + oversampling decision for one identity; returns (record, indices of kept candidates)."""
     n = len(scored.samples)
     id_scores = np.full(n, np.nan, np.float32)
@@ -520,9 +522,7 @@ def finalize(out: Path, plan: Any, shards: Sequence[Any], config_hash: str, sett
                 leak_person[i] = gallery.names[b]
         leaked = active & (leak_cos > settings.leakage)
         for i in np.flatnonzero(leaked):
-            reasons[i] = (
-                f"leakage: centre cosine {leak_cos[i]:.3f} to real person '{leak_person[i]}' > {settings.leakage:g}"
-            )
+            reasons[i] = f"leakage: centre cosine {leak_cos[i]:.3f} to real person '{leak_person[i]}' > {settings.leakage:g}"
         leakage.update(leakage_summary(leak_cos[has], settings.leakage))
         leakage["dropped"] = int(leaked.sum())
         leakage["persons"] = len(gallery.names)

@@ -75,7 +75,9 @@ def read_embeddings_parquet(path: str | Path) -> Gallery:
     try:
         table = pq.read_table(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-        raise InputError(f"cannot read embeddings Parquet {path} ({type(exc).__name__}): write it with `synthface embed`") from None
+        raise InputError(
+            f"cannot read embeddings Parquet {path} ({type(exc).__name__}): write it with `synthface embed`"
+        ) from None
     if "embedding" not in table.column_names:
         raise InputError(f"{path} has no 'embedding' column: write it with `synthface embed`")
     col = table.column("embedding").combine_chunks()

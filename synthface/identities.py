@@ -348,7 +348,13 @@ def plan_identities(
         raise InputError(f"unknown identities.strategy '{strategy}': use uniform, gallery, images or unconditional")
     block = 64 if strategy == "unconditional" else 256
     emb, attempts = accept_sequential(
-        count, draw, cfg.separation, real, cfg.leakage, attempts_cap, block=block,
+        count,
+        draw,
+        cfg.separation,
+        real,
+        cfg.leakage,
+        attempts_cap,
+        block=block,
         retry_batch=4 if strategy == "unconditional" else 1,
     )
     return IdentityPlan(

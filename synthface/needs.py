@@ -79,7 +79,7 @@ def embedder_need(name: str, used_for: str) -> Need:
                     f"synthface download --embedder {name}", size="~107 MB",
                     fetcher=lambda progress: fetch_url(url, path, progress))  # fmt: skip
     if name.startswith("onnx:"):
-        spec = name[len("onnx:"):]
+        spec = name[len("onnx:") :]
         hub_file = embedders.onnx_hub_file(spec)
         if hub_file is None:
             path = Path(spec).expanduser()

@@ -418,7 +418,9 @@ def test_an_unexpected_error_is_one_line_naming_its_log(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
     def boom(*args, **kwargs):
-        raise RuntimeError("Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n  x\nRuntimeError: bad")
+        raise RuntimeError(
+            "Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n  x\nRuntimeError: bad"
+        )
 
     monkeypatch.setattr(common, "load_recipe", boom)
     text = refused(cli("export", tmp_path, tmp_path / "o"), "unexpected RuntimeError", "full traceback in", code=1)

@@ -123,11 +123,23 @@ def test_align_embed_verify_on_real_faces(tmp_path, small_lfw):
 
     pairs = tmp_path / "pairs.txt"
     pairs.write_text(
-        "2\t1\nAaron_Peirsol\t1\t2\nAaron_Peirsol\t1\tAbdullah_Gul\t1\n"
-        "Abdullah_Gul\t1\t2\nAbdullah_Gul\t2\tNobody\t1\n"
+        "2\t1\nAaron_Peirsol\t1\t2\nAaron_Peirsol\t1\tAbdullah_Gul\t1\nAbdullah_Gul\t1\t2\nAbdullah_Gul\t2\tNobody\t1\n"
     )
-    result = run("verify", "--pairs", pairs, "--images", small_lfw, "--embedder", "dlib", "--set", "folds=2",
-                 "--out", tmp_path / "v", "--json", tmp_path / "v.json")
+    result = run(
+        "verify",
+        "--pairs",
+        pairs,
+        "--images",
+        small_lfw,
+        "--embedder",
+        "dlib",
+        "--set",
+        "folds=2",
+        "--out",
+        tmp_path / "v",
+        "--json",
+        tmp_path / "v.json",
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "v.json").read_text())
     for key in ("accuracy", "accuracy_std", "tar_at_far_1e-3", "threshold", "pairs", "failed_images"):

@@ -177,7 +177,9 @@ def test_identity_anchor_scores_against_the_identity_embedding(tmp_path: Path) -
     for row in read_rows(tmp_path / "out"):
         full = decode(row["image_full"]["bytes"])
         e = emb.embed([full], np.zeros((1, 5, 2)))[0].astype(np.float64)
-        assert row["id_score"] == pytest.approx(float(e @ vectors[row["identity"]] / np.linalg.norm(vectors[row["identity"]])), abs=1e-5)
+        assert row["id_score"] == pytest.approx(
+            float(e @ vectors[row["identity"]] / np.linalg.norm(vectors[row["identity"]])), abs=1e-5
+        )
 
 
 def _table_rows(out: Path) -> list[dict]:

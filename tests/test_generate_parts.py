@@ -83,9 +83,25 @@ def test_parts_running_at_the_same_time_share_the_output(model_dir, reference, t
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "synthface", "generate", "--model", str(model_dir), *sets, "--out", str(out),
-             "--part", part, "--json", str(tmp_path / f"part{part[0]}.json")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "synthface",
+                "generate",
+                "--model",
+                str(model_dir),
+                *sets,
+                "--out",
+                str(out),
+                "--part",
+                part,
+                "--json",
+                str(tmp_path / f"part{part[0]}.json"),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )  # fmt: skip
         for part in ("0/2", "1/2")
     ]

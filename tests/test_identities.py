@@ -20,6 +20,7 @@ from synthface.identities import (
     sample_seeds,
 )
 
+
 def _cfg(**kw) -> IdentitiesSection:
     return IdentitiesSection(**kw)
 

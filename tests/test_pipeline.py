@@ -37,9 +37,7 @@ def test_same_seed_any_batch_size_gives_identical_images(model, scheduler):
     options = dict(scheduler=scheduler, steps=2, guidance_scale=2.5)
     whole = sample_batch(model, emb, seeds, **options)
     for batch in (1, 3):
-        parts = torch.cat(
-            [sample_batch(model, emb[i : i + batch], seeds[i : i + batch], **options) for i in range(0, 5, batch)]
-        )
+        parts = torch.cat([sample_batch(model, emb[i : i + batch], seeds[i : i + batch], **options) for i in range(0, 5, batch)])
         assert torch.equal(parts, whole), f"batch size {batch} changed the images"
     # and the uint8 images the writer stores
     assert np.array_equal(generate(model, emb, seeds, batch_size=2, **options), (whole * 255).round().permute(0, 2, 3, 1).numpy())
@@ -128,7 +126,8 @@ def test_native_model_round_trip(tmp_path, model):
     loaded = load_native(path)
     emb = _embeddings(2)
     assert torch.equal(
-        sample_batch(model_in, emb, [1, 2], steps=2, scheduler="ddpm"), sample_batch(loaded, emb, [1, 2], steps=2, scheduler="ddpm")
+        sample_batch(model_in, emb, [1, 2], steps=2, scheduler="ddpm"),
+        sample_batch(loaded, emb, [1, 2], steps=2, scheduler="ddpm"),
     )
     assert sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) < 5_000_000
 

@@ -133,8 +133,12 @@ def test_resume_continues_to_the_same_weights(folder, tmp_path):
     with pytest.raises(InputError, match="--resume"):
         train_recognizer(ds, r, tmp_path / "cut")
     with pytest.raises(ConfigError, match="train.lr"):
-        train_recognizer(ds, recipe("train.max_steps=12", "train.checkpoint_every=4", "train.augment=[]", "train.lr=0.01"),
-                         tmp_path / "cut", resume=True)
+        train_recognizer(
+            ds,
+            recipe("train.max_steps=12", "train.checkpoint_every=4", "train.augment=[]", "train.lr=0.01"),
+            tmp_path / "cut",
+            resume=True,
+        )
     resumed = train_recognizer(ds, r, tmp_path / "cut", resume=True)
     assert resumed.steps == 12 and [h["step"] for h in resumed.history] == [5, 10, 12]
     a, _ = load_recognizer(full.recognizer)

@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from synthface.cli.common import AllowPartialOpt, JsonOpt, RecipeOpt, RichBar, SetOpt, console, example, handle_errors, recipe, write_json
+from synthface.cli.common import (
+    AllowPartialOpt,
+    JsonOpt,
+    RecipeOpt,
+    RichBar,
+    SetOpt,
+    console,
+    example,
+    handle_errors,
+    recipe,
+    write_json,
+)
 from synthface.config import InspectRecipe, write_resolved
 
 EPILOG = example(
@@ -21,9 +32,26 @@ synthface inspect runs/10k --out runs/10k-report --set gallery=lfw-facenet.parqu
 @handle_errors
 def inspect_cmd(
     src: Annotated[Path, typer.Argument(help="Dataset directory written by `synthface generate`.", show_default=False)],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report directory (default: SRC/inspect).", show_default=False)] = None,
-    embedder: Annotated[str | None, typer.Option("--embedder", "-e", help="Embedder of the similarity histograms ('none' skips them; recipe key: embedder).", show_default=False)] = None,
-    gallery: Annotated[str | None, typer.Option("--gallery", help="`synthface embed` Parquet of real people: leakage report (recipe key: gallery).", show_default=False)] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Report directory (default: SRC/inspect).", show_default=False)
+    ] = None,
+    embedder: Annotated[
+        str | None,
+        typer.Option(
+            "--embedder",
+            "-e",
+            help="Embedder of the similarity histograms ('none' skips them; recipe key: embedder).",
+            show_default=False,
+        ),
+    ] = None,
+    gallery: Annotated[
+        str | None,
+        typer.Option(
+            "--gallery",
+            help="`synthface embed` Parquet of real people: leakage report (recipe key: gallery).",
+            show_default=False,
+        ),
+    ] = None,
     allow_partial: AllowPartialOpt = False,
     recipe_path: RecipeOpt = None,
     sets: SetOpt = None,

@@ -138,7 +138,7 @@ def card_text(
         licences = {
             "generator": {
                 "component": f"{getattr(model, 'family', 'generator')} model "
-                             f"{shown_path(str(getattr(model, 'source', '') or config.get('model')), out)}",
+                f"{shown_path(str(getattr(model, 'source', '') or config.get('model')), out)}",
                 "licence": "as its owner licensed it (a synthface native model is yours: it follows your training data)",
                 "url": "",
             }

@@ -88,7 +88,12 @@ def iter_rows(
         labels = t.column("label").to_numpy()
         tables.append((path, labels, t.column("sample").to_numpy()))
     order = sorted(
-        ((int(l), int(s), k, r) for k, (_, labels, samples) in enumerate(tables) for r, (l, s) in enumerate(zip(labels, samples)) if l >= 0)
+        (
+            (int(l), int(s), k, r)
+            for k, (_, labels, samples) in enumerate(tables)
+            for r, (l, s) in enumerate(zip(labels, samples))
+            if l >= 0
+        )
     )
     cache: dict[int, Any] = {}
     for label, _, k, r in order:

@@ -82,7 +82,9 @@ def contact_sheet(images: dict[int, list[tuple[int, bytes]]], path: Path, rows: 
     return path
 
 
-def similarity_pairs(emb: np.ndarray, labels: np.ndarray, max_pairs: int = 200_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def similarity_pairs(
+    emb: np.ndarray, labels: np.ndarray, max_pairs: int = 200_000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(intra, inter) cosines: every same-label pair; every different-label pair when there are at most
     ``max_pairs`` of them, else a seeded random subset of ``max_pairs`` distinct ones."""
     emb = l2n(emb, emb.dtype)
@@ -115,7 +117,12 @@ def _random_pairs(n: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _hist_png(
-    path: Path, series: dict[str, np.ndarray], title: str, xlabel: str, lines: dict[str, float] | None = None, unit: str = "images"
+    path: Path,
+    series: dict[str, np.ndarray],
+    title: str,
+    xlabel: str,
+    lines: dict[str, float] | None = None,
+    unit: str = "images",
 ) -> Path:
     """Overlaid density histograms; each legend entry counts its values in ``unit``."""
     import matplotlib
@@ -128,7 +135,14 @@ def _hist_png(
         values = np.asarray(values, np.float64)
         values = values[np.isfinite(values)]
         if len(values):
-            ax.hist(values, bins=50, range=(-1, 1) if "cos" in xlabel else None, alpha=0.6, density=True, label=f"{name} ({len(values)} {unit})")
+            ax.hist(
+                values,
+                bins=50,
+                range=(-1, 1) if "cos" in xlabel else None,
+                alpha=0.6,
+                density=True,
+                label=f"{name} ({len(values)} {unit})",
+            )
     for name, x in (lines or {}).items():
         ax.axvline(x, color="k", linestyle="--", linewidth=1)
         ax.text(x, ax.get_ylim()[1] * 0.9, f" {name} {x:g}", fontsize=8)
@@ -199,7 +213,9 @@ def inspect_dataset(
 
         real = read_embeddings_parquet(gallery)
         if real.embedder and real.embedder != name:
-            raise InputError(f"--gallery holds '{real.embedder}' embeddings but inspect embeds with '{name}': pass --embedder {real.embedder}")
+            raise InputError(
+                f"--gallery holds '{real.embedder}' embeddings but inspect embeds with '{name}': pass --embedder {real.embedder}"
+            )
     with staged_files(out) as stage:
         report = _report(src, out, stage, shards, rows, config, name, emb_model, real, gallery, max_identities,
                          sheet_identities, sheet_images, progress_or_null(progress))  # fmt: skip
@@ -207,8 +223,20 @@ def inspect_dataset(
 
 
 def _report(
-    src: Path, out: Path, stage: Path, shards: list[Path], rows: Any, config: dict[str, Any], name: str, emb_model: Any,
-    real: Any, gallery: str | None, max_identities: int, sheet_identities: int, sheet_images: int, bar: Progress,
+    src: Path,
+    out: Path,
+    stage: Path,
+    shards: list[Path],
+    rows: Any,
+    config: dict[str, Any],
+    name: str,
+    emb_model: Any,
+    real: Any,
+    gallery: str | None,
+    max_identities: int,
+    sheet_identities: int,
+    sheet_images: int,
+    bar: Progress,
 ) -> dict[str, Any]:
     """The report's figures and JSON, written into ``stage``; the paths it records are under ``out``."""
     import pyarrow.parquet as pq
@@ -226,7 +254,10 @@ def _report(
         "shards": len(shards),
         "images": int(valid.sum()),
         "identities": int(len(counts)),
-        "images_per_identity": {**quantiles(counts), "histogram": {str(k): int(v) for k, v in zip(*np.unique(counts, return_counts=True))}},
+        "images_per_identity": {
+            **quantiles(counts),
+            "histogram": {str(k): int(v) for k, v in zip(*np.unique(counts, return_counts=True))},
+        },
         "id_score": quantiles(rows.column("id_score").to_numpy(zero_copy_only=False)),
         "det_score": quantiles(rows.column("det_score").to_numpy(zero_copy_only=False)),
         "labels_contiguous": bool(len(counts) == 0 or np.array_equal(np.unique(labels[valid]), np.arange(len(counts)))),
@@ -269,10 +300,16 @@ def _report(
         ids = [x for row in records.column("id_scores").to_pylist() for x in row]
         threshold = (config.get("filter") or {}).get("threshold")
         report["files"]["candidate_scores"] = written(
-            _hist_png(stage / "candidate_scores.png", {"all candidates": np.array(ids, np.float64),
-                      "kept": rows.column("id_score").to_numpy(zero_copy_only=False)},  # fmt: skip
-                      "identity score of candidates", "cosine to anchor",
-                      {"threshold": float(threshold)} if threshold is not None else None)
+            _hist_png(
+                stage / "candidate_scores.png",
+                {
+                    "all candidates": np.array(ids, np.float64),
+                    "kept": rows.column("id_score").to_numpy(zero_copy_only=False),
+                },  # fmt: skip
+                "identity score of candidates",
+                "cosine to anchor",
+                {"threshold": float(threshold)} if threshold is not None else None,
+            )
         )
 
     # contact sheet
@@ -282,8 +319,11 @@ def _report(
     sheet_labels = set(int(x) for x in all_labels[:sheet_identities])
     bar.start(None, "inspect: reading images")
     images = _load_images(shards, sampled | sheet_labels)
-    report["files"]["contact_sheet"] = written(contact_sheet({k: images[k] for k in sheet_labels if k in images},
-                                                             stage / "contact_sheet.png", sheet_identities, sheet_images))
+    report["files"]["contact_sheet"] = written(
+        contact_sheet(
+            {k: images[k] for k in sheet_labels if k in images}, stage / "contact_sheet.png", sheet_identities, sheet_images
+        )
+    )
     bar.finish()
 
     # similarity histograms
@@ -304,9 +344,15 @@ def _report(
         intra, inter = similarity_pairs(emb, lab)
         report["similarity"] = {"embedder": name, "identities": len(sampled), "images": len(crops),
                                 "intra": quantiles(intra), "inter": quantiles(inter)}  # fmt: skip
-        report["files"]["similarity"] = written(_hist_png(
-            stage / "similarity.png", {"intra-identity": intra, "inter-identity": inter},
-            f"pairwise cosine ({name}, {len(crops)} images of {len(sampled)} identities)", "cosine", unit="pairs"))
+        report["files"]["similarity"] = written(
+            _hist_png(
+                stage / "similarity.png",
+                {"intra-identity": intra, "inter-identity": inter},
+                f"pairwise cosine ({name}, {len(crops)} images of {len(sampled)} identities)",
+                "cosine",
+                unit="pairs",
+            )
+        )
         centres = np.stack([emb[lab == k].mean(0) for k in sorted(set(crop_labels))]) if crops else None
         if centres is not None and len(centres) > 1:
             c = l2n(centres, centres.dtype)
@@ -330,8 +376,15 @@ def _report(
     if leak:
         report["leakage"] = leak
         values = np.asarray(cos, np.float64)
-        report["files"]["leakage"] = written(_hist_png(stage / "leakage.png", {"nearest real person": values},
-                                                       "identity centre vs nearest real person", "cosine", unit="identities"))
+        report["files"]["leakage"] = written(
+            _hist_png(
+                stage / "leakage.png",
+                {"nearest real person": values},
+                "identity centre vs nearest real person",
+                "cosine",
+                unit="identities",
+            )
+        )
     else:
         report["leakage"] = {"note": "no gallery: pass --gallery EMBEDDINGS.parquet (from `synthface embed`) to measure it"}
     report["files"]["report"] = str(out / REPORT_FILE)

@@ -83,7 +83,9 @@ class PartLock:
             except BlockingIOError:
                 os.close(fd)
                 self.release()
-                raise InputError(f"{who} {self.out} (lock {path} is held): wait for it to finish or choose another --out") from None
+                raise InputError(
+                    f"{who} {self.out} (lock {path} is held): wait for it to finish or choose another --out"
+                ) from None
             except OSError:  # no flock here
                 os.close(fd)
                 continue

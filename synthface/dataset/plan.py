@@ -32,9 +32,7 @@ class Shard:
 
 def make_shards(num_identities: int, shard_identities: int) -> list[Shard]:
     total = max(1, -(-num_identities // shard_identities))
-    return [
-        Shard(s, total, s * shard_identities, min((s + 1) * shard_identities, num_identities)) for s in range(total)
-    ]
+    return [Shard(s, total, s * shard_identities, min((s + 1) * shard_identities, num_identities)) for s in range(total)]
 
 
 def shards_for_process(shards: list[Shard], rank: int, world: int) -> list[Shard]:

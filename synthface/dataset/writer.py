@@ -181,7 +181,9 @@ def shard_paths(data_dir: Path, shard: Shard) -> tuple[Path, Path]:
     return parquet, marker_path(parquet)
 
 
-def write_shard(data_dir: Path, shard: Shard, rows: ShardRows, config_hash: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_shard(
+    data_dir: Path, shard: Shard, rows: ShardRows, config_hash: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Write a shard's Parquet file, then its commit marker; returns the marker."""
     parquet, marker = shard_paths(data_dir, shard)
     sha, size = write_parquet(parquet, rows.table())

@@ -17,7 +17,6 @@ from synthface.files import IMAGE_SUFFIXES, list_images
 from synthface.runtime import Progress, progress_or_null
 
 
-
 @dataclass
 class AlignSummary:
     src: str
@@ -53,9 +52,7 @@ def _atomic_save(array: np.ndarray, path: Path, fmt: str) -> None:
             img.save(handle, format="PNG", compress_level=1)
 
 
-def align_folder(
-    src: str | Path, dst: str | Path, recipe: AlignRecipe, progress: Progress | None = None
-) -> AlignSummary:
+def align_folder(src: str | Path, dst: str | Path, recipe: AlignRecipe, progress: Progress | None = None) -> AlignSummary:
     """Detect the chosen face of every image under `src` and write its aligned crop under `dst`.
 
     Existing outputs are kept (a rerun resumes); files are written atomically.
@@ -78,7 +75,9 @@ def align_folder(
         progress.finish()
         return summary
     detector = FaceDetector(
-        device=recipe.device, min_face_size=recipe.min_face_size, select=recipe.select,
+        device=recipe.device,
+        min_face_size=recipe.min_face_size,
+        select=recipe.select,
         score_threshold=recipe.detector_threshold,
     )
     paths = [f for f, _ in todo]

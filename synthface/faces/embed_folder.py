@@ -59,8 +59,9 @@ def embed_folder(src: str | Path, out: str | Path, recipe: EmbedRecipe, progress
         raise InputError(f"no images found under {src}")
     embedder = get_embedder(recipe.embedder, device=recipe.device, weights=recipe.weights)
     detector = None if recipe.aligned else FaceDetector(device=recipe.device, select=recipe.select)
-    res = embed_files(files, embedder, detector, aligned=recipe.aligned, batch_size=recipe.batch_size,
-                      workers=2, progress=progress)
+    res = embed_files(
+        files, embedder, detector, aligned=recipe.aligned, batch_size=recipe.batch_size, workers=2, progress=progress
+    )
     rel = [str(f.relative_to(src)) for f in files]
     ids = [str(Path(r).parent) if Path(r).parent != Path(".") else Path(r).stem for r in rel]
     emb = np.nan_to_num(res.embeddings, nan=0.0)
@@ -71,6 +72,14 @@ def embed_folder(src: str | Path, out: str | Path, recipe: EmbedRecipe, progress
     with atomic_file(out) as handle:
         pq.write_table(table, handle)
     counts = res.counts()
-    return {"src": str(src), "out": str(out), "embedder": embedder.name, "dim": embedder.dim,
-            "total": len(files), "embedded": counts["ok"], "no_face": counts["no_face"],
-            "too_small": counts["too_small"], "unreadable": counts["unreadable"]}
+    return {
+        "src": str(src),
+        "out": str(out),
+        "embedder": embedder.name,
+        "dim": embedder.dim,
+        "total": len(files),
+        "embedded": counts["ok"],
+        "no_face": counts["no_face"],
+        "too_small": counts["too_small"],
+        "unreadable": counts["unreadable"],
+    }

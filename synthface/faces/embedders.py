@@ -20,7 +20,9 @@ from synthface.faces.align import ARCFACE_TEMPLATE, template_landmarks, warp_fac
 
 
 # What a failed download suggests instead: the embedders whose weights ship with the install.
-OFFLINE_HINT = "offline, use an embedder that ships with the install: --embedder dlib (or sface; filter.embedder=dlib in a generate recipe)"
+OFFLINE_HINT = (
+    "offline, use an embedder that ships with the install: --embedder dlib (or sface; filter.embedder=dlib in a generate recipe)"
+)
 
 
 @runtime_checkable
@@ -28,9 +30,7 @@ class Embedder(Protocol):
     name: str
     dim: int
 
-    def embed(
-        self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None
-    ) -> np.ndarray: ...
+    def embed(self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray: ...
 
 
 def _check_inputs(images: Sequence[np.ndarray], landmarks: np.ndarray) -> np.ndarray:
@@ -120,9 +120,7 @@ class DlibEmbedder:
             out.append(self._dlib.get_face_chip(img, shape, size=self.chip_size, padding=self.padding))
         return out
 
-    def embed(
-        self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None
-    ) -> np.ndarray:
+    def embed(self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
         chips = self.chips(images, landmarks, boxes)
@@ -203,9 +201,7 @@ class FacenetEmbedder:
             out[i] = np.asarray(region.resize((self.crop_size, self.crop_size), Image.Resampling.BILINEAR))
         return out
 
-    def embed(
-        self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None
-    ) -> np.ndarray:
+    def embed(self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
         import torch
 
         lms = _check_inputs(images, landmarks)
@@ -283,9 +279,7 @@ class OnnxEmbedder:
         x = np.zeros((1, 3, self.crop_size, self.crop_size), np.float32)
         return int(self._session.run(None, {self._input: x})[0].shape[-1])
 
-    def embed(
-        self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None
-    ) -> np.ndarray:
+    def embed(self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
         lms = _check_inputs(images, landmarks)
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
@@ -299,7 +293,9 @@ class OnnxEmbedder:
 
 EMBEDDERS: dict[str, Callable[..., Embedder]] = {
     "dlib": lambda device="auto", weights=None: DlibEmbedder(device, weights),
-    "facenet-vggface2": lambda device="auto", weights=None: FacenetEmbedder(FACENET_VARIANTS["facenet-vggface2"], device, weights),
+    "facenet-vggface2": lambda device="auto", weights=None: FacenetEmbedder(
+        FACENET_VARIANTS["facenet-vggface2"], device, weights
+    ),
     "facenet-casia": lambda device="auto", weights=None: FacenetEmbedder(FACENET_VARIANTS["facenet-casia"], device, weights),
     "sface": lambda device="auto", weights=None: _sface(device, weights),
 }

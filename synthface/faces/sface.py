@@ -220,13 +220,17 @@ def repaired_sface_path(source: Path | None = None, cache_dir: Path | None = Non
     except WeightsError:
         raise
     except Exception as exc:  # noqa: BLE001 - onnx raises many types on a malformed graph
-        raise WeightsError(f"cannot repair the SFace graph {source}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}") from None
+        raise WeightsError(
+            f"cannot repair the SFace graph {source}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        ) from None
     blob = repaired.SerializeToString()
     try:
         _atomic_write(path, blob)
         _atomic_write(check, (_sha256(blob) + "\n").encode())
     except OSError as exc:
-        raise WeightsError(f"cannot write the SFace cache {root} ({exc.strerror}): set XDG_CACHE_HOME to a writable folder") from None
+        raise WeightsError(
+            f"cannot write the SFace cache {root} ({exc.strerror}): set XDG_CACHE_HOME to a writable folder"
+        ) from None
     return path
 
 
@@ -291,9 +295,7 @@ class SFaceEmbedder:
         out = [self._session.run(None, {self._input: x[i : i + self.batch_size]})[0] for i in range(0, len(x), self.batch_size)]
         return l2n(np.concatenate(out).reshape(len(crops), -1), np.float32)
 
-    def embed(
-        self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None
-    ) -> np.ndarray:
+    def embed(self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
         return self.embed_crops(self.crops(images, landmarks))
 
     def differentiable(self, image_size: int = CROP_SIZE, template_scale: float = 1.0) -> Any:

@@ -57,4 +57,3 @@ def gather(state: Any, obj: Any) -> list[Any]:
     from accelerate.utils import gather_object
 
     return list(gather_object([obj]))
-

@@ -74,7 +74,6 @@ def parse_part(text: str) -> tuple[int, int]:
     return index, parts
 
 
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -354,13 +353,20 @@ def _finish(
     for shard in shards:
         parquet, marker = shard_paths(data_dir, shard)
         info = read_marker(marker)
-        if info is None or info.get("config_hash") != guard_hash or not parquet.is_file() or parquet.stat().st_size != info.get("bytes"):
+        if (
+            info is None
+            or info.get("config_hash") != guard_hash
+            or not parquet.is_file()
+            or parquet.stat().st_size != info.get("bytes")
+        ):
             missing.append(shard.name)
             continue
         rows += int(info["rows"])
         present.update(int(i) for i in info.get("identities_kept", []))
     if missing:
-        raise SynthfaceError(f"{len(missing)} shard(s) are missing after the run (first: {missing[0]}): run the same command again to finish them")
+        raise SynthfaceError(
+            f"{len(missing)} shard(s) are missing after the run (first: {missing[0]}): run the same command again to finish them"
+        )
     kept = plan.kept & np.isin(np.arange(len(plan)), sorted(present))
     reasons = [r if r or k else "filter: no sample kept" for r, k in zip(plan.reasons, kept)]
     final = IdentityPlan(plan.strategy, plan.embeddings, kept, reasons, plan.seeds, plan.attempts, plan.sources)

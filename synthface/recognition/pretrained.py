@@ -31,8 +31,11 @@ class PretrainedVerification:
     embedder: str
 
     def summary(self) -> dict[str, Any]:
-        failed = [str(self.protocol.images[i]) if isinstance(self.protocol.images[i], Path) else f"#{i}"
-                  for i, ok in enumerate(self.embedded.ok) if not ok]
+        failed = [
+            str(self.protocol.images[i]) if isinstance(self.protocol.images[i], Path) else f"#{i}"
+            for i, ok in enumerate(self.embedded.ok)
+            if not ok
+        ]
         out = self.result.to_dict()
         out.update(
             benchmark=self.protocol.name,
@@ -60,8 +63,14 @@ def verify_embedder(
     aligned = recipe.aligned if recipe.aligned is not None else Path(pairs).suffix.lower() == ".bin"
     detector = None if aligned else FaceDetector(device=recipe.device, select=recipe.select)
     embedded = embed_files(
-        protocol.images, embedder, detector, aligned=aligned, flip=recipe.flip,
-        batch_size=recipe.batch_size, workers=2, progress=progress,
+        protocol.images,
+        embedder,
+        detector,
+        aligned=aligned,
+        flip=recipe.flip,
+        batch_size=recipe.batch_size,
+        workers=2,
+        progress=progress,
     )
     result = evaluate_embeddings(embedded.embeddings, protocol, fars=(recipe.far,), failed="wrong")
     return PretrainedVerification(protocol=protocol, result=result, embedded=embedded, embedder=embedder.name)
@@ -72,9 +81,15 @@ def save_embeddings(verification: PretrainedVerification, path: str | Path) -> P
     path = Path(path)
     names = [str(x) if isinstance(x, Path) else f"#{i}" for i, x in enumerate(verification.protocol.images)]
     with atomic_file(path) as handle:
-        np.savez_compressed(handle, embeddings=verification.embedded.embeddings, status=np.array(verification.embedded.status),
-                            images=np.array(names), pairs=verification.protocol.pairs, issame=verification.protocol.issame,
-                            folds=verification.protocol.folds)
+        np.savez_compressed(
+            handle,
+            embeddings=verification.embedded.embeddings,
+            status=np.array(verification.embedded.status),
+            images=np.array(names),
+            pairs=verification.protocol.pairs,
+            issame=verification.protocol.issame,
+            folds=verification.protocol.folds,
+        )
     return path
 
 

@@ -111,7 +111,12 @@ def render_markdown(report: dict[str, Any], title: str = "synthface evaluate") -
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {_fmt_pct(avg['accuracy'])} | {_fmt_pct(avg[TAR_KEY])} |")
     training = report.get("training") or {}
     if training:
-        lines += ["", "## Training", "", "| training set | images | identities | steps | epochs | wall time (s) | images/s | final loss | final train acc |"]
+        lines += [
+            "",
+            "## Training",
+            "",
+            "| training set | images | identities | steps | epochs | wall time (s) | images/s | final loss | final train acc |",
+        ]
         lines.append("|" + " --- |" * 9)
         for s in sets:
             t = training.get(s, {})

@@ -294,8 +294,7 @@ def train_recognizer(
     per_process = t.batch_size // world
     if len(dataset) < t.batch_size:
         raise InputError(
-            f"training set '{name}' has {len(dataset)} images, fewer than one batch of {t.batch_size}: "
-            "lower train.batch_size"
+            f"training set '{name}' has {len(dataset)} images, fewer than one batch of {t.batch_size}: lower train.batch_size"
         )
 
     ident = {
@@ -308,9 +307,7 @@ def train_recognizer(
     state: dict | None = None
     if ckpt_path.exists():
         if not resume:
-            raise InputError(
-                f"{run_dir} already holds a training run: pass --resume to continue it or choose a new --out"
-            )
+            raise InputError(f"{run_dir} already holds a training run: pass --resume to continue it or choose a new --out")
         state = _torch_load(ckpt_path, "checkpoint")
         if state.get("ident") != ident:
             old = state.get("ident", {})

@@ -262,9 +262,7 @@ def evaluate_embeddings(
     """Evaluate one embedding per protocol image (a NaN row marks an image that failed)."""
     embeddings = np.asarray(embeddings)
     if embeddings.ndim != 2 or len(embeddings) != len(protocol.images):
-        raise InputError(
-            f"expected one embedding per image ({len(protocol.images)} rows), got shape {embeddings.shape}"
-        )
+        raise InputError(f"expected one embedding per image ({len(protocol.images)} rows), got shape {embeddings.shape}")
     scores = pair_scores(embeddings, protocol.pairs)
     return evaluate_scores(scores, protocol.issame, protocol.folds, fars=fars, failed=failed)
 
@@ -272,9 +270,7 @@ def evaluate_embeddings(
 # --------------------------------------------------------------------------- plots
 
 
-def plot_roc(
-    curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "ROC"
-) -> Path:
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "ROC") -> Path:
     """Write a PNG with one ROC line (TPR against log-scale FPR) per name in ``curves``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -81,9 +81,7 @@ class FaceData:
             return self.identity_embeddings[self.labels]
         if mode == "image":
             if not np.isfinite(self.image_embeddings).all():
-                raise ConfigError(
-                    "data.condition=image needs every image embedded: unset data.embed_per_identity"
-                )
+                raise ConfigError("data.condition=image needs every image embedded: unset data.embed_per_identity")
             return self.image_embeddings
         raise ConfigError(f"unknown data.condition '{mode}': use identity or image")
 
@@ -131,7 +129,11 @@ def list_source(src: str | Path, people: Sequence[str] | None = None, min_images
             fingerprint.append(f"{path.name}:{st.st_size}:{marker.read_text(encoding='utf-8') if marker.is_file() else ''}")
         names = [str(v) for v in shards.class_values]
         return SourceItems(
-            root, "shards", keys, [names[label] for label in shards.labels], fingerprint,
+            root,
+            "shards",
+            keys,
+            [names[label] for label in shards.labels],
+            fingerprint,
             lambda i: shards.encoded(int(shards.index[i])),
         )
     folder = ImageFolderFaces(root, None, min_images, people=people)
@@ -271,7 +273,6 @@ def embed_selection(identities: Sequence[str], per_identity: int | None) -> np.n
         picks = np.unique(np.linspace(0, len(members) - 1, min(per_identity, len(members))).round().astype(int))
         mask[[members[k] for k in picks]] = True
     return mask
-
 
 
 def _prepare(

@@ -51,7 +51,9 @@ class LossLog:
             writer = csv.DictWriter(f, LOSS_FIELDS)
             if new:
                 writer.writeheader()
-            writer.writerow({"step": step, "loss": f"{loss:.6g}", "lr": f"{lr:.6g}", "epoch": f"{epoch:.4f}", "seconds": f"{seconds:.1f}"})
+            writer.writerow(
+                {"step": step, "loss": f"{loss:.6g}", "lr": f"{lr:.6g}", "epoch": f"{epoch:.4f}", "seconds": f"{seconds:.1f}"}
+            )
             f.flush()
             os.fsync(f.fileno())
 

@@ -87,8 +87,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafeFileError(
-            f"refusing to load {self._source}: it holds persistent references; "
-            ".bin files must only hold image bytes and labels"
+            f"refusing to load {self._source}: it holds persistent references; .bin files must only hold image bytes and labels"
         )
 
 
@@ -155,9 +154,7 @@ def read_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
     if len(labels) == 0:
         raise InputError(f"{path}: the file holds no pairs")
     if len(bins) != 2 * len(labels):
-        raise InputError(
-            f"{path}: {len(bins)} images for {len(labels)} pairs; a .bin file needs exactly two images per pair"
-        )
+        raise InputError(f"{path}: {len(bins)} images for {len(labels)} pairs; a .bin file needs exactly two images per pair")
     images = [_as_bytes(item, k, path) for k, item in enumerate(bins)]
     return images, labels
 
@@ -168,9 +165,7 @@ def load_bin(path: str | Path, n_folds: int = 10) -> PairsProtocol:
     images, issame = read_bin(path)
     n = len(issame)
     pairs = np.arange(2 * n, dtype=np.int64).reshape(n, 2)
-    return PairsProtocol(
-        name=path.stem, images=images, pairs=pairs, issame=issame, folds=split_folds(n, n_folds), source=path
-    )
+    return PairsProtocol(name=path.stem, images=images, pairs=pairs, issame=issame, folds=split_folds(n, n_folds), source=path)
 
 
 def write_bin(path: str | Path, images: Sequence[bytes], issame: Sequence[bool]) -> Path:

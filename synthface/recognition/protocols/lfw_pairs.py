@@ -10,9 +10,7 @@ from synthface.errors import InputError
 from synthface.recognition.protocols.pairs import PairsProtocol, split_folds
 
 
-def read_pairs(
-    pairs_path: str | Path, images_dir: str | Path, n_folds: int = 10, ext: str = ".jpg"
-) -> PairsProtocol:
+def read_pairs(pairs_path: str | Path, images_dir: str | Path, n_folds: int = 10, ext: str = ".jpg") -> PairsProtocol:
     """Parse an LFW-style ``pairs.txt`` into a :class:`PairsProtocol`.
 
     Format: an optional header ``n_folds<TAB>n_per_class`` (LFW View 2: ``10<TAB>300``;
