@@ -38,7 +38,7 @@ from synthface.faces.embedders import get_embedder  # noqa: E402
 from synthface.files import is_image_file  # noqa: E402
 from synthface.generator.families import load_model  # noqa: E402
 from synthface.generator.pipeline import generate  # noqa: E402
-from synthface.training.report import image_grid, save_png  # noqa: E402
+from synthface.generator.training.report import image_grid, save_png  # noqa: E402
 
 
 def test_people(split: Path, aligned: Path, count: int) -> list[tuple[str, list[Path]]]:

@@ -49,7 +49,7 @@ from synthface.generator.planning import identity_guide_for  # noqa: E402
 from synthface.gallery import read_embeddings_parquet  # noqa: E402
 from synthface.identities import Gaussian, accept_sequential, gaussian_draw  # noqa: E402
 from synthface.recognition.verification import evaluate_scores  # noqa: E402
-from synthface.training.report import image_grid, save_png  # noqa: E402
+from synthface.generator.training.report import image_grid, save_png  # noqa: E402
 
 
 def embed_aligned(embedder, crops: list[np.ndarray] | np.ndarray, scale: float, batch: int = 64) -> np.ndarray:

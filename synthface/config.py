@@ -1,4 +1,8 @@
-"""Recipe models for every command, YAML loading, ``--set`` overrides and a stable config hash."""
+"""Recipe models for every command, YAML loading, ``--set`` overrides and a stable config hash.
+
+Longer than most modules on purpose: every recipe key of every command is declared here, in one
+place, so docs/recipes.md can be generated from it (synthface/recipe_reference.py).
+"""
 
 from __future__ import annotations
 

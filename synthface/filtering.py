@@ -31,6 +31,10 @@ Across identities (:func:`finalize`, process 0, after every shard is committed):
    shifted labels) is rewritten atomically, then its marker. The pass depends only on the
    committed shards and their records, so it is idempotent: a run killed during it, or a resume
    with any number of processes, ends with the same files as an uninterrupted run.
+
+Longer than most modules: the per-identity stage and the final pass share their thresholds, records
+and reasons, and are read together; the records' on-disk reading is in
+:mod:`synthface.dataset.filter_records`.
 """
 
 from __future__ import annotations

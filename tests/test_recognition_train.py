@@ -14,7 +14,7 @@ from synthface.dataset.reader import open_training_set
 from synthface.errors import ConfigError, InputError
 from synthface.recognition.benchmarks import embed_crops
 from synthface.recognition.train import (
-    EpochSampler,
+    ProcessEpochSampler,
     build_transform,
     load_recognizer,
     lr_factor,
@@ -156,10 +156,10 @@ def test_schedule_and_sampler():
     poly = recipe("train.schedule=poly", "train.poly_power=2")
     assert lr_factor(50, 100, 10, poly) == pytest.approx(0.25)
     # two processes see disjoint halves of the single-process batches, resumable mid-epoch
-    one = list(EpochSampler(20, seed=3, per_process=4))
-    r0, r1 = list(EpochSampler(20, 3, 2, rank=0, world=2)), list(EpochSampler(20, 3, 2, rank=1, world=2))
+    one = list(ProcessEpochSampler(20, seed=3, per_process=4))
+    r0, r1 = list(ProcessEpochSampler(20, 3, 2, rank=0, world=2)), list(ProcessEpochSampler(20, 3, 2, rank=1, world=2))
     assert one[:4] == r0[:2] + r1[:2] and sorted(r0 + r1) == sorted(one)
-    s = EpochSampler(20, seed=3, per_process=4)
+    s = ProcessEpochSampler(20, seed=3, per_process=4)
     s.set_epoch(0, skip_steps=2)
     assert list(s) == one[8:]
     s.set_epoch(1)

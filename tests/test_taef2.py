@@ -26,7 +26,7 @@ from synthface.generator.taef2 import (
     vae_downscale_factor,
 )
 from synthface.testing import TinyEmbedder, tiny_native
-from synthface.training.loop import load_vae
+from synthface.generator.training.loop import load_vae
 
 TAEF2_DIR = Path(__file__).resolve().parents[2] / "shared" / "models" / "taef2"
 EMBED_DIM = 128

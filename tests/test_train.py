@@ -18,9 +18,9 @@ from synthface.cli.app import app
 from synthface.config import TrainRecipe, load_recipe
 from synthface.errors import ConfigError, InputError
 from synthface.testing import TinyEmbedder
-from synthface.training import EpochSampler, checkpoints, load_faces, train_generator
-from synthface.training.data import crop_box, model_crop
-from synthface.training.loop import Trainer, drop_mask, step_generator
+from synthface.generator.training import EpochSampler, checkpoints, load_faces, train_generator
+from synthface.generator.training.data import crop_box, model_crop
+from synthface.generator.training.loop import Trainer, drop_mask, step_generator
 
 IDENTITIES, PER_ID = 4, 4
 

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
         import synthface.config  # noqa: F401  (pydantic)
         import synthface.generator.native  # noqa: F401  (diffusers)
-        import synthface.training  # noqa: F401
+        import synthface.generator.training  # noqa: F401
 
         return {
             "torch": torch.__version__,

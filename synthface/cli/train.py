@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = None,
     ) -> None:
         """Train the native generator (DDPM, condition dropout for CFG, EMA) on real faces; export OUT/model."""
-        from synthface.training import train_generator
+        from synthface.generator.training import train_generator
 
         config = recipe(TrainRecipe, recipe_path, sets)
         summary = train_generator(

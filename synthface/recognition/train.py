@@ -16,6 +16,8 @@ sees the same batches as an uninterrupted one.
 Outputs in the run folder: ``checkpoint.pt`` (everything needed to resume, written
 every ``train.checkpoint_every`` steps and at the end), ``recognizer.pt`` (the final
 backbone and what it needs to embed images) and ``history.json`` (training curve).
+
+Slightly longer than most modules: the trainer and its checkpoint format are one piece of state.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def lr_factor(step: int, total: int, steps_per_epoch: int, recipe: EvaluateRecip
     return 1.0
 
 
-class EpochSampler(Sampler[int]):
+class ProcessEpochSampler(Sampler[int]):
     """This process's share of a seeded per-epoch permutation, from a given global step on.
 
     Global step s takes positions [s*B, (s+1)*B) of the permutation (B = global batch);
@@ -220,7 +222,7 @@ def load_recognizer(path: str | Path, device: str | torch.device = "cpu") -> tup
 
 
 def _data_loader(
-    dataset: FaceImages, recipe: EvaluateRecipe, device: torch.device, sampler: EpochSampler, progress: Progress
+    dataset: FaceImages, recipe: EvaluateRecipe, device: torch.device, sampler: ProcessEpochSampler, progress: Progress
 ) -> tuple[DataLoader, str]:
     t = recipe.train
     size = dataset.size
@@ -336,7 +338,7 @@ def train_recognizer(
     )
     params = [p for p in list(backbone.parameters()) + list(head.parameters()) if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    sampler = EpochSampler(len(dataset), recipe.seed, per_process, rank, world)
+    sampler = ProcessEpochSampler(len(dataset), recipe.seed, per_process, rank, world)
     steps_per_epoch = sampler.steps_per_epoch
     total = t.max_steps if t.max_steps is not None else t.epochs * steps_per_epoch
 

@@ -15,6 +15,9 @@ Run folder::
     RUN_DIR/samples/step-NNNNNNN.png  fixed identities x fixed seeds, EMA weights (first column: a real face)
     RUN_DIR/model/                    the EMA weights as a native model (`synthface generate --model RUN_DIR/model`)
     RUN_DIR/train.json                summary of the last run
+
+Longer than most modules: the loop, its checkpoints and its resume are one piece of state (what a
+checkpoint holds is exactly what the loop needs to continue), kept together so they cannot drift.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ from torch import nn
 from synthface.config import TrainRecipe, config_dict, config_hash, diff_keys, read_resolved, write_resolved
 from synthface.errors import ConfigError, InputError, WeightsError
 from synthface.runtime import Progress, progress_or_null
-from synthface.training.data import FaceData, load_faces
-from synthface.training.report import LossLog, image_grid, plot_loss, save_png
-from synthface.training.sampler import EpochSampler
+from synthface.generator.training.data import FaceData, load_faces
+from synthface.generator.training.report import LossLog, image_grid, plot_loss, save_png
+from synthface.generator.training.sampler import EpochSampler
 
 CHECKPOINT_PREFIX = "step-"
 TRAINER_FILE = "trainer.json"
@@ -218,7 +221,7 @@ def latent_cache(
 ) -> np.ndarray:
     import hashlib
 
-    from synthface.training.data import _atomic_save_npy
+    from synthface.generator.training.data import _atomic_save_npy
 
     tag = hashlib.sha256(
         f"{faces.cache_key}|{vae_spec}|{json.dumps(dict(vae.config), sort_keys=True, default=str)}".encode()
