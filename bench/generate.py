@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from synthface.config import GenerateRecipe, load_recipe  # noqa: E402
 from synthface.generator.families import load_model  # noqa: E402
 from synthface.generator.native import build_native  # noqa: E402
-from synthface.generator.pipeline import _shared_timestep, _unet  # noqa: E402
+from synthface.generator.pipeline import shared_timestep, unet_forward  # noqa: E402
 from synthface.generator.run import generate_dataset  # noqa: E402
 
 
@@ -57,11 +57,11 @@ def raw_unet_seconds(model_dir: Path, batch: int, steps: int, batches: int) -> t
     with torch.no_grad():
         hidden = torch.cat([model.condition(emb), model.uncondition(batch)])
         t = torch.tensor(500)
-        with _shared_timestep(model.unet):  # the loop's own call path
-            _unet(model, x, t, hidden)  # warm-up
+        with shared_timestep(model.unet):  # the loop's own call path
+            unet_forward(model, x, t, hidden)  # warm-up
             start, cpu = time.perf_counter(), time.process_time()
             for _ in range(batches * steps):
-                _unet(model, x, t, hidden)
+                unet_forward(model, x, t, hidden)
     return time.perf_counter() - start, time.process_time() - cpu
 
 

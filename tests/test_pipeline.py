@@ -12,7 +12,7 @@ from helpers_generate import EMBED_DIM, IMAGE_SIZE, make_tiny_model
 from synthface.errors import InputError, WeightsError
 from synthface.generator import ModelMismatchError, generate, load_model, sample_batch
 from synthface.generator.native import IdentityProjector, load_native
-from synthface.generator.pipeline import _shared_timestep
+from synthface.generator.pipeline import shared_timestep
 from synthface.testing import TinyEmbedder, tiny_native
 
 
@@ -89,7 +89,7 @@ def test_timestep_sharing_matches_the_plain_unet(model):
     t = torch.tensor(500)
     with torch.no_grad():
         plain = model.unet(x, t, encoder_hidden_states=h).sample
-        with _shared_timestep(model.unet):
+        with shared_timestep(model.unet):
             shared = model.unet(x, t, encoder_hidden_states=h).sample
     torch.testing.assert_close(shared, plain, rtol=1e-4, atol=1e-5)
 

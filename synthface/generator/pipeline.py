@@ -140,7 +140,7 @@ def batch_invariant(device: torch.device) -> bool:
 
 
 @contextlib.contextmanager
-def _shared_timestep(unet: Any) -> Iterator[None]:
+def shared_timestep(unet: Any) -> Iterator[None]:
     """Compute the timestep embedding once per call (and any class embedding row by row), with fixed matrix shapes.
 
     Every row of a call shares the timestep, so the embedding is computed on one row and
@@ -196,7 +196,7 @@ class _RowWise:
     """Runs a module one row at a time until removed (a hook handle's interface).
 
     A bare Linear sees each row repeated ``_FIXED_ROWS`` times (a fixed-shape product, see
-    :func:`_shared_timestep`); other modules run per row and their inner Linears get those hooks.
+    :func:`shared_timestep`); other modules run per row and their inner Linears get those hooks.
     """
 
     def __init__(self, module: torch.nn.Module) -> None:
@@ -215,7 +215,7 @@ class _RowWise:
         del self.module.forward  # back to the class's forward
 
 
-def _unet(
+def unet_forward(
     model: GeneratorModel, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor, labels: torch.Tensor | None = None
 ) -> torch.Tensor:
     """One UNet call; a single row is padded to two so kernels never take their batch-1 paths."""
@@ -389,13 +389,13 @@ def sample_batch(
         labels = labels.to(device, dtype) if labels is not None else None
 
     target = emb.to(device) if guided and not unconditional else None
-    with torch.no_grad(), _shared_timestep(model.unet):
+    with torch.no_grad(), shared_timestep(model.unet):
         for t in sched.timesteps:
             with clock("scheduler"):
                 inp = sched.scale_model_input(x, t)
                 rows = torch.cat([inp] * branches) if branches > 1 else inp
             with clock("unet"):
-                out = _unet(model, rows.to(dtype), t, hidden, labels).float()
+                out = unet_forward(model, rows.to(dtype), t, hidden, labels).float()
             with clock("scheduler"):
                 if branches == 2:
                     cond_out, uncond_out = out.chunk(2)
