@@ -35,14 +35,16 @@ sys.path.insert(0, str(REPO))
 from synthface.faces.align import load_image  # noqa: E402
 from synthface.lfw import IMAGES, lfw_dir  # noqa: E402
 from synthface.filtering import KEPT, FaceScorer, FilterSelector, FilterSettings, Scored, default_threshold  # noqa: E402
-from synthface.generator.run import Candidate  # noqa: E402
+from synthface.selection import Candidate  # noqa: E402
 
 
 def people_images(root: Path, ext: str) -> dict[str, list[Path]]:
     return {d.name: sorted(d.glob(f"*.{ext}")) for d in sorted(root.iterdir()) if d.is_dir()}
 
 
-def build_sets(people: dict[str, list[Path]], min_images: int, fraction: float, seed: int) -> list[tuple[str, list[Path], list[bool]]]:
+def build_sets(
+    people: dict[str, list[Path]], min_images: int, fraction: float, seed: int
+) -> list[tuple[str, list[Path], list[bool]]]:
     """(person, files, is_wrong) per person with >= min_images images, in a seeded random order.
 
     Person p (its rank in name order) gets round(fraction x n) intruders drawn with a generator
@@ -74,8 +76,14 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--cache", type=Path, default=None, help="folder of per-person detection/embedding results (reused)")
     ap.add_argument("--cached-only", action="store_true", help="evaluate only the people already in --cache")
-    ap.add_argument("--sweep", type=float, nargs=3, default=(0.80, 0.96, 0.01), metavar=("START", "STOP", "STEP"),
-                    help="thresholds swept (dlib's scale by default; sface: 0.20 0.60 0.02)")
+    ap.add_argument(
+        "--sweep",
+        type=float,
+        nargs=3,
+        default=(0.80, 0.96, 0.01),
+        metavar=("START", "STOP", "STEP"),
+        help="thresholds swept (dlib's scale by default; sface: 0.20 0.60 0.02)",
+    )
     args = ap.parse_args()
 
     root, ext = (args.aligned, "png") if args.source == "aligned" else (args.raw, "jpg")
@@ -84,7 +92,9 @@ def main() -> None:
         sets = sets[: args.limit]
     n_images = sum(len(f) for _, f, _ in sets)
     n_wrong = sum(sum(w) for _, _, w in sets)
-    print(f"{len(sets)} people, {n_images - n_wrong} own images + {n_wrong} wrong ones ({args.source}, {args.embedder})", flush=True)
+    print(
+        f"{len(sets)} people, {n_images - n_wrong} own images + {n_wrong} wrong ones ({args.source}, {args.embedder})", flush=True
+    )
 
     def settings(threshold: float) -> FilterSettings:
         return FilterSettings(
@@ -149,9 +159,13 @@ def main() -> None:
     default = evaluate(default_threshold(args.embedder))
     print(f"\n{'threshold':>9} {'precision':>9} {'recall':>7} {'rejected':>8} {'false rej':>9} {'missed':>6}")
     for r in sweep:
-        print(f"{r['threshold']:9.2f} {r['precision']:9.3f} {r['recall']:7.3f} {r['rejected']:8d} {r['false_rejects']:9d} {r['missed']:6d}")
-    print(f"\ndefault threshold {default['threshold']}: precision {default['precision']:.3f}, recall {default['recall']:.3f} "
-          f"({default['rejected']} rejected, {default['false_rejects']} of them correct faces, {default['missed']} wrong ones kept)")
+        print(
+            f"{r['threshold']:9.2f} {r['precision']:9.3f} {r['recall']:7.3f} {r['rejected']:8d} {r['false_rejects']:9d} {r['missed']:6d}"
+        )
+    print(
+        f"\ndefault threshold {default['threshold']}: precision {default['precision']:.3f}, recall {default['recall']:.3f} "
+        f"({default['rejected']} rejected, {default['false_rejects']} of them correct faces, {default['missed']} wrong ones kept)"
+    )
     if computed:
         print(f"detect+embed: {computed} faces in {seconds:.0f}s ({computed / seconds:.2f} faces/s on this shared machine)")
     if args.json:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from synthface.config import GenerateRecipe, load_recipe  # noqa: E402
 from synthface.generator.families import load_model  # noqa: E402
 from synthface.generator.native import build_native  # noqa: E402
-from synthface.generator.pipeline import _shared_timestep, _unet  # noqa: E402
+from synthface.generator.pipeline import shared_timestep, unet_forward  # noqa: E402
 from synthface.generator.run import generate_dataset  # noqa: E402
 
 
@@ -57,11 +57,11 @@ def raw_unet_seconds(model_dir: Path, batch: int, steps: int, batches: int) -> t
     with torch.no_grad():
         hidden = torch.cat([model.condition(emb), model.uncondition(batch)])
         t = torch.tensor(500)
-        with _shared_timestep(model.unet):  # the loop's own call path
-            _unet(model, x, t, hidden)  # warm-up
+        with shared_timestep(model.unet):  # the loop's own call path
+            unet_forward(model, x, t, hidden)  # warm-up
             start, cpu = time.perf_counter(), time.process_time()
             for _ in range(batches * steps):
-                _unet(model, x, t, hidden)
+                unet_forward(model, x, t, hidden)
     return time.perf_counter() - start, time.process_time() - cpu
 
 
@@ -109,7 +109,9 @@ def main() -> None:
             ],
         )
         raw, e2e, raw_cpu, e2e_cpu, summaries = [], [], [], [], []
-        warm = recipe.model_copy(update={"identities": recipe.identities.model_copy(update={"count": args.batch // per_identity})})
+        warm = recipe.model_copy(
+            update={"identities": recipe.identities.model_copy(update={"count": args.batch // per_identity})}
+        )
         end_to_end(model_dir, warm, Path(tmp) / "warm")  # imports, allocator, caches: one batch
         for _ in range(args.repeats):
             wall, cpu = raw_unet_seconds(model_dir, args.batch, args.steps, args.batches)
@@ -156,7 +158,9 @@ def main() -> None:
     ]
     for name, value in parts:
         lines.append(f"  {name:42s}{value:10.3f}  {100 * value / e2e_s:5.1f}%")
-    lines.append(f"  {'other (process state, bookkeeping)':42s}{e2e_s - accounted:10.3f}  {100 * (e2e_s - accounted) / e2e_s:5.1f}%")
+    lines.append(
+        f"  {'other (process state, bookkeeping)':42s}{e2e_s - accounted:10.3f}  {100 * (e2e_s - accounted) / e2e_s:5.1f}%"
+    )
     lines.append(f"  UNet inside the loop vs raw bound: {t.get('unet', 0.0):.2f} s vs {raw_s:.2f} s")
     lines.append(f"  UNet share of the end-to-end wall time: {t.get('unet', 0.0) / e2e_s:.3f}")
     lines.append(f"raw runs: {', '.join(f'{x:.2f}' for x in raw)} s wall, {', '.join(f'{x:.2f}' for x in raw_cpu)} s CPU")

@@ -38,8 +38,7 @@ from synthface.faces.embedders import get_embedder  # noqa: E402
 from synthface.files import is_image_file  # noqa: E402
 from synthface.generator.families import load_model  # noqa: E402
 from synthface.generator.pipeline import generate  # noqa: E402
-from synthface.training.report import image_grid, save_png  # noqa: E402
-
+from synthface.generator.training.report import image_grid, save_png  # noqa: E402
 
 
 def test_people(split: Path, aligned: Path, count: int) -> list[tuple[str, list[Path]]]:
@@ -92,7 +91,12 @@ def identify(gen_emb: np.ndarray, gen_labels: np.ndarray, identities: np.ndarray
     top1 = float(np.mean(order[:, 0] == gen_labels))
     top5 = float(np.mean([lab in row[:5] for lab, row in zip(gen_labels, order)]))
     own = sims[np.arange(len(gen_labels)), gen_labels]
-    return {"top1": top1, "top5": top5, "mean_cos_own": float(own.mean()), "mean_cos_other": float((sims.sum(1) - own).mean() / (sims.shape[1] - 1))}
+    return {
+        "top1": top1,
+        "top5": top5,
+        "mean_cos_own": float(own.mean()),
+        "mean_cos_other": float((sims.sum(1) - own).mean() / (sims.shape[1] - 1)),
+    }
 
 
 def main() -> None:
@@ -170,7 +174,9 @@ def main() -> None:
     sheet_images = None
     for g in guidances:
         t1 = time.time()
-        images = generate(model, cond, seeds, batch_size=args.batch_size, scheduler=args.scheduler, steps=args.steps, guidance_scale=g)
+        images = generate(
+            model, cond, seeds, batch_size=args.batch_size, scheduler=args.scheduler, steps=args.steps, guidance_scale=g
+        )
         t_gen = time.time() - t1
         g_emb = embed_crops(embedder, images, scale)
         r = identify(g_emb, labels, identities)

@@ -45,10 +45,11 @@ from synthface.faces.align import FaceDetector, template_landmarks  # noqa: E402
 from synthface.faces.embedders import get_embedder  # noqa: E402
 from synthface.generator.families import load_model  # noqa: E402
 from synthface.generator.pipeline import generate  # noqa: E402
-from synthface.generator.run import identity_guide_for  # noqa: E402
-from synthface.identities import Gaussian, accept_sequential, gaussian_draw, read_embeddings_parquet  # noqa: E402
+from synthface.generator.planning import identity_guide_for  # noqa: E402
+from synthface.gallery import read_embeddings_parquet  # noqa: E402
+from synthface.identities import Gaussian, accept_sequential, gaussian_draw  # noqa: E402
 from synthface.recognition.verification import evaluate_scores  # noqa: E402
-from synthface.training.report import image_grid, save_png  # noqa: E402
+from synthface.generator.training.report import image_grid, save_png  # noqa: E402
 
 
 def embed_aligned(embedder, crops: list[np.ndarray] | np.ndarray, scale: float, batch: int = 64) -> np.ndarray:
@@ -83,8 +84,14 @@ def pair_accuracy(emb: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, f
     scores = np.sum(emb[pairs[:, 0]] * emb[pairs[:, 1]], axis=1)
     folds = rng.permutation(np.arange(len(pairs)) % 10)
     res = evaluate_scores(scores, issame, folds)
-    return {"accuracy": float(res.accuracy), "std": float(res.accuracy_std), "same_pairs": len(same), "different_pairs": len(diff),
-            "mean_cos_same": float(scores[issame].mean()), "mean_cos_different": float(scores[~issame].mean())}
+    return {
+        "accuracy": float(res.accuracy),
+        "std": float(res.accuracy_std),
+        "same_pairs": len(same),
+        "different_pairs": len(diff),
+        "mean_cos_same": float(scores[issame].mean()),
+        "mean_cos_different": float(scores[~issame].mean()),
+    }
 
 
 def main() -> None:
@@ -107,9 +114,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--judges", default=None,
-                    help="comma-separated judging embedders (default: dlib and the conditioning embedder, which always "
-                    "judges too); e.g. --judges sface on a machine without dlib (docs/device.md)")
+    ap.add_argument(
+        "--judges",
+        default=None,
+        help="comma-separated judging embedders (default: dlib and the conditioning embedder, which always "
+        "judges too); e.g. --judges sface on a machine without dlib (docs/device.md)",
+    )
     ap.add_argument("--device", default="cpu", help="torch device of the model, MTCNN and identity guidance (cuda on a GPU)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/identity.json"))
     ap.add_argument("--sheet", default=str(ROOT / "bench/results/identity_contact_sheet.png"))
@@ -147,8 +157,12 @@ def main() -> None:
     if model.vae is not None:
         with torch.no_grad():
             x = torch.from_numpy(small).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(model.device, model.dtype)
-            rec = torch.cat([model.vae.decode(model.vae.encode(x[i : i + 16]).latent_dist.mean).sample.float().cpu()
-                             for i in range(0, len(x), 16)])
+            rec = torch.cat(
+                [
+                    model.vae.decode(model.vae.encode(x[i : i + 16]).latent_dist.mean).sample.float().cpu()
+                    for i in range(0, len(x), 16)
+                ]
+            )
         small = rec.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()
     roundtrip = {}
     for name, judge in judges.items():
@@ -199,14 +213,18 @@ def main() -> None:
             seeds_new = np.array([20_000_000 + 100 * i + j for i in range(m) for j in range(k)])
             new_images = generate(model, np.repeat(new_ids[:m], k, axis=0), seeds_new, batch_size=args.batch_size, **options)
             labels_new = np.repeat(np.arange(m), k)
-            r["new_identities"] = {"identities": m} | {
-                j: pair_accuracy(embed_aligned(e, new_images, scale), labels_new, args.seed) for j, e in judges.items()
-            } | {"detection_rate": detection_rate(detector, new_images)}
+            r["new_identities"] = (
+                {"identities": m}
+                | {j: pair_accuracy(embed_aligned(e, new_images, scale), labels_new, args.seed) for j, e in judges.items()}
+                | {"detection_rate": detection_rate(detector, new_images)}
+            )
         runs.append(r)
         if sheet is None:
             hits = np.argmax(g[sheet_judge] @ ids[sheet_judge].T, axis=1) == labels
-            reals = [np.asarray(Image.fromarray(crops_real[int(np.flatnonzero(labels_real == i)[0])]).resize((size, size)))
-                     for i in range(min(10, n_people))]
+            reals = [
+                np.asarray(Image.fromarray(crops_real[int(np.flatnonzero(labels_real == i)[0])]).resize((size, size)))
+                for i in range(min(10, n_people))
+            ]
             sheet = save_png(image_grid(marked_rows(reals, images, hits, k, border=2), scale=1), Path(args.sheet))
 
     base = runs[0]
@@ -220,14 +238,23 @@ def main() -> None:
         "judges": list(judges),
         "id_rate_dlib": base["dlib"]["top1"] if "dlib" in judges else None,
         f"id_rate_{model.embedder}": base[model.embedder]["top1"],
-        "synthetic_pair_accuracy_dlib": base["new_identities"]["dlib"]["accuracy"] if new_ids is not None and "dlib" in judges else None,
+        "synthetic_pair_accuracy_dlib": base["new_identities"]["dlib"]["accuracy"]
+        if new_ids is not None and "dlib" in judges
+        else None,
         "detection_rate": base["detection_rate"],
         "chance": 1.0 / len(names),
         "train_cpu_minutes": train_minutes,
         "real_roundtrip_top1": roundtrip,
         "runs": runs,
-        "protocol": {"people": len(names), "per_person": k, "new_identities": args.new_identities, "guidance_scale": args.guidance,
-                     "scheduler": args.scheduler, "steps": args.steps, "aligned": args.aligned},
+        "protocol": {
+            "people": len(names),
+            "per_person": k,
+            "new_identities": args.new_identities,
+            "guidance_scale": args.guidance,
+            "scheduler": args.scheduler,
+            "steps": args.steps,
+            "aligned": args.aligned,
+        },
         "sheet": str(sheet) if sheet else None,
         "sheet_legend": "row = test-half person; first column: a real photo at the model's size; then renders from the "
         f"person's mean embedding, green border = {sheet_judge} identifies the person, red = not",

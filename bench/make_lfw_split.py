@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 
 from synthface.lfw import IMAGES, lfw_dir
-from synthface.recognition.folder_pairs import deal_folds, diff_pairs, same_pairs
+from synthface.recognition.protocols.folders import deal_folds, diff_pairs, same_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_LFW = lfw_dir(ROOT.parent / "shared" / "data" / "lfw") / IMAGES  # $SYNTHFACE_LFW, else ../shared

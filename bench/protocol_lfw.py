@@ -206,7 +206,7 @@ def real_contact_sheet(aligned: Path, split: Path, out: Path, people: int = 12, 
     from PIL import Image
 
     sys.path.insert(0, str(ROOT))
-    from synthface.training.report import image_grid, save_png
+    from synthface.generator.training.report import image_grid, save_png
 
     names = json.loads(split.read_text())["train"]
     rows = []

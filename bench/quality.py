@@ -86,8 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     embedder = get_embedder(args.judge)
     detector = FaceDetector(device="cpu")
     threshold = DEFAULT_THRESHOLDS.get(args.judge)
-    result: dict = {"judge": args.judge, "threshold": threshold, "k": args.k, "max_identities": args.max_identities,
-                    "per_identity": args.per_identity, "sets": {}}
+    result: dict = {
+        "judge": args.judge,
+        "threshold": threshold,
+        "k": args.k,
+        "max_identities": args.max_identities,
+        "per_identity": args.per_identity,
+        "sets": {},
+    }
     specs = [args.reference] + args.sets
     ref_name = args.reference.split("=", 1)[0]
     ref_emb = None
@@ -103,13 +109,20 @@ def main(argv: list[str] | None = None) -> int:
         fig["path"] = path
         result["sets"][name] = fig
         c, s, p = fig["consistency"], fig["spread"], fig.get("pose", {})
-        print(f"{name}: {fig['identities']} ids, {fig['images']} images; consistency {c['cos_to_centre']['mean']:.3f} "
-              f"(within {threshold}: {c.get('within_threshold', float('nan')):.3f}); spread {s['spread'].get('mean', float('nan')):.3f}; "
-              f"nearest other {fig['separability']['nearest_other'].get('median', float('nan')):.3f}; "
-              f"yaw std {p.get('yaw', {}).get('within_identity_std', {}).get('mean', float('nan')):.1f} deg; "
-              f"detected {fig['detection_rate']:.3f}"
-              + (f"; FD to {ref_name} {fig['frechet_distance']:.4f}, precision {fig['knn']['precision']:.3f}, "
-                 f"recall {fig['knn']['recall']:.3f}" if "knn" in fig else ""), flush=True)
+        print(
+            f"{name}: {fig['identities']} ids, {fig['images']} images; consistency {c['cos_to_centre']['mean']:.3f} "
+            f"(within {threshold}: {c.get('within_threshold', float('nan')):.3f}); spread {s['spread'].get('mean', float('nan')):.3f}; "
+            f"nearest other {fig['separability']['nearest_other'].get('median', float('nan')):.3f}; "
+            f"yaw std {p.get('yaw', {}).get('within_identity_std', {}).get('mean', float('nan')):.1f} deg; "
+            f"detected {fig['detection_rate']:.3f}"
+            + (
+                f"; FD to {ref_name} {fig['frechet_distance']:.4f}, precision {fig['knn']['precision']:.3f}, "
+                f"recall {fig['knn']['recall']:.3f}"
+                if "knn" in fig
+                else ""
+            ),
+            flush=True,
+        )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

@@ -27,7 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -114,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = json.loads((cell / "generate.json").read_text())
         figures = cell_figures(cell / "synthetic", args.judge)
         t1 = time.time()
-        run(exe + ["evaluate", "--recipe", args.evaluate_recipe, "--train", f"synthetic={cell / 'synthetic'}",
+        # a cell holds ~100 images: batches of 32 give the protocol's step count (402 images at 128)
+        run(exe + ["evaluate", "--recipe", args.evaluate_recipe, "--set", "train.batch_size=32", "--train", f"synthetic={cell / 'synthetic'}",
                    "--bench", args.test, "--out", str(cell / "eval"), "--resume", "--json", str(cell / "eval.json")],
             cell / "log.txt")  # fmt: skip
         report = json.loads((cell / "eval.json").read_text())

@@ -1,7 +1,12 @@
-"""Recipe models for every command, YAML loading, ``--set`` overrides and a stable config hash."""
+"""Recipe models for every command, YAML loading, ``--set`` overrides and a stable config hash.
+
+Longer than most modules on purpose: every recipe key of every command is declared here, in one
+place, so docs/recipes.md can be generated from it (synthface/recipe_reference.py).
+"""
 
 from __future__ import annotations
 
+import copy
 import glob
 import hashlib
 import json
@@ -28,9 +33,7 @@ class Section(BaseModel):
     or 1e400).
     """
 
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, protected_namespaces=(), strict=True, allow_inf_nan=False
-    )
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), strict=True, allow_inf_nan=False)
 
 
 def one_file(value: str | None) -> str | None:
@@ -43,7 +46,9 @@ def one_file(value: str | None) -> str | None:
         return matches[0]
     if not matches:
         raise ValueError(f"no file matches {value}")
-    raise ValueError(f"{value} matches {len(matches)} files ({', '.join(matches[:3])}{', ...' if len(matches) > 3 else ''}): name one")
+    raise ValueError(
+        f"{value} matches {len(matches)} files ({', '.join(matches[:3])}{', ...' if len(matches) > 3 else ''}): name one"
+    )
 
 
 # A file or folder key that accepts a glob matching exactly one path (see one_file).
@@ -57,7 +62,9 @@ class AlignRecipe(Section):
     seed: int = 0
     image_size: int = Field(112, ge=32, le=1024, description="output side in pixels (112 = ArcFace template)")
     template_scale: float = Field(
-        1.0, gt=0.1, le=1.0,
+        1.0,
+        gt=0.1,
+        le=1.0,
         description="ArcFace points scaled by this around the centre: 1 = tight template, 0.6 = loose crop with context",
     )
     image_format: Literal["png", "jpeg"] = "png"
@@ -86,8 +93,10 @@ class VerifyRecipe(Section):
     folds: int = Field(10, ge=2)
     far: float = Field(1e-3, gt=0.0, lt=1.0)
     pairs_per_fold: int | None = Field(
-        None, ge=1, description="a folder of people: same (and as many different) pairs drawn per fold; null: as many "
-        "as the poorest fold allows, at most 300"
+        None,
+        ge=1,
+        description="a folder of people: same (and as many different) pairs drawn per fold; null: as many "
+        "as the poorest fold allows, at most 300",
     )
     flip: bool = True
     batch_size: int = Field(32, ge=1)
@@ -125,15 +134,22 @@ class VariationSection(Section):
     """Per-image variation: each draw is a pure function of the sample's seed, recorded in the shard."""
 
     identity_cosine: list[float] = Field(
-        [1.0, 1.0], min_length=2, max_length=2, description="each image's conditioning vector sits at a cosine drawn from [low, high] to its identity "
-        "(moved on the sphere in a random direction); [1, 1]: the identity itself"
+        [1.0, 1.0],
+        min_length=2,
+        max_length=2,
+        description="each image's conditioning vector sits at a cosine drawn from [low, high] to its identity "
+        "(moved on the sphere in a random direction); [1, 1]: the identity itself",
     )
     guidance_scale: list[float] | None = Field(
-        None, min_length=2, max_length=2, description="each image's CFG scale drawn from [low, high] (lower: more variation); null: sampling.guidance_scale"
+        None,
+        min_length=2,
+        max_length=2,
+        description="each image's CFG scale drawn from [low, high] (lower: more variation); null: sampling.guidance_scale",
     )
     style_bank: GlobPath = Field(
-        None, description="folder of face images framed like the model's renders: each image starts from a partially "
-        "noised one of them (SDEdit), so pose and lighting come from the bank; null: from pure noise"
+        None,
+        description="folder of face images framed like the model's renders: each image starts from a partially "
+        "noised one of them (SDEdit), so pose and lighting come from the bank; null: from pure noise",
     )
     style_strength: float = Field(
         0.7, gt=0.0, le=1.0, description="fraction of the noise schedule run from a style image (1: pure noise)"
@@ -166,17 +182,23 @@ class FilterSection(Section):
     oversample: float = Field(1.5, ge=1.0)
     min_images: int = Field(40, ge=1)
     anchor: Literal["auto", "identity", "centre"] = Field(
-        "auto", description="identity: the conditioning embedding; centre: robust centre of the samples; auto: identity "
-        "when the filter embedder is the conditioning embedder"
+        "auto",
+        description="identity: the conditioning embedding; centre: robust centre of the samples; auto: identity "
+        "when the filter embedder is the conditioning embedder",
     )
     merge_threshold: float | None = Field(
         None, ge=-1.0, le=1.0, description="max cosine between two kept identity centres; null: the threshold"
     )
     leakage: float | None = Field(
-        None, ge=-1.0, le=1.0, description="max cosine of an identity centre to a real person; null: identities.leakage "
-        "when the filter embedder is the conditioning embedder, else the threshold"
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="max cosine of an identity centre to a real person; null: identities.leakage "
+        "when the filter embedder is the conditioning embedder, else the threshold",
     )
-    gallery: GlobPath = Field(None, description="real faces/embeddings for the leakage check (a glob matching one file); null: identities.gallery")
+    gallery: GlobPath = Field(
+        None, description="real faces/embeddings for the leakage check (a glob matching one file); null: identities.gallery"
+    )
     batch_size: int = Field(64, ge=1, description="faces per embedder call")
 
 
@@ -222,7 +244,9 @@ class NativeModelSection(Section):
     vae: str | None = None
     block_out_channels: list[int] = [64, 128, 256]
     id_tokens: int = Field(4, ge=1)
-    crop: Literal["tight", "loose"] = Field("loose", description="what the model outputs: loose (context) or tight 112 template crops")
+    crop: Literal["tight", "loose"] = Field(
+        "loose", description="what the model outputs: loose (context) or tight 112 template crops"
+    )
     template_scale: float = Field(0.6, gt=0.0, le=1.0, description="ArcFace points scale of loose crops")
     layers_per_block: int = Field(2, ge=1)
     attention_head_dim: int = Field(8, ge=1)
@@ -352,8 +376,10 @@ class EvaluateBenchSection(Section):
     flip: bool = True
     folds: int = Field(10, ge=2)
     pairs_per_fold: int | None = Field(
-        None, ge=1, description="a folder of people: same (and as many different) pairs drawn per fold; null: as many "
-        "as the poorest fold allows, at most 300"
+        None,
+        ge=1,
+        description="a folder of people: same (and as many different) pairs drawn per fold; null: as many "
+        "as the poorest fold allows, at most 300",
     )
     far: float = Field(1e-3, gt=0.0, lt=1.0)
 
@@ -370,20 +396,30 @@ class EvaluateRecipe(Section):
 
 class InspectRecipe(Section):
     seed: int = 0
-    embedder: str | None = Field(None, description="embedder of the similarity histograms; null: the dataset's filter "
-                                 f"embedder when its filter ran, else {DEFAULT_EMBEDDER}; none: skip them")
+    embedder: str | None = Field(
+        None,
+        description="embedder of the similarity histograms; null: the dataset's filter "
+        f"embedder when its filter ran, else {DEFAULT_EMBEDDER}; none: skip them",
+    )
     max_identities: int = Field(100, ge=1, description="identities embedded for the similarity histograms")
     sheet_identities: int = Field(16, ge=1, description="contact sheet rows (one identity each)")
     sheet_images: int = Field(8, ge=1, description="contact sheet columns (images per identity)")
-    gallery: GlobPath = Field(None, description="`synthface embed` Parquet of real people for a leakage report (a glob matching one file)")
-    reference: GlobPath = Field(None, description="real aligned faces (a folder with one sub-folder per person, shards or "
-                                "a RecordIO file) for the Frechet distance and k-NN precision/recall in embedding space")
+    gallery: GlobPath = Field(
+        None, description="`synthface embed` Parquet of real people for a leakage report (a glob matching one file)"
+    )
+    reference: GlobPath = Field(
+        None,
+        description="real aligned faces (a folder with one sub-folder per person, shards or "
+        "a RecordIO file) for the Frechet distance and k-NN precision/recall in embedding space",
+    )
     reference_images: int = Field(2000, ge=2, description="reference images embedded at most (people in a seeded order)")
     k: int = Field(3, ge=1, description="k of the k-NN precision/recall")
-    detector: Literal["mtcnn", "none"] = Field("mtcnn", description="face detector of the detection rate and the pose "
-                                               "figures, run on the stored crops; none: skip them")
-    card: bool = Field(True, description="also write the quality figures into the dataset card (SRC/README.md, when "
-                       "synthface wrote it)")
+    detector: Literal["mtcnn", "none"] = Field(
+        "mtcnn", description="face detector of the detection rate and the pose figures, run on the stored crops; none: skip them"
+    )
+    card: bool = Field(
+        True, description="also write the quality figures into the dataset card (SRC/README.md, when synthface wrote it)"
+    )
     device: str = "auto"
 
 
@@ -538,6 +574,26 @@ def diff_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[st
     return out
 
 
+# settings of a generate recipe that cannot change an image: a resumed run may change them
+RESUME_FREE_KEYS = ("sampling.batch_size",)
+
+
+def resume_guard(config: dict[str, Any]) -> dict[str, Any]:
+    """The config minus the keys a resumed run may change (they cannot change an image), and minus the
+    variation section while it holds its defaults (so runs started before it existed still resume)."""
+    guard = copy.deepcopy(config)
+    if guard.get("variation") == VariationSection().model_dump(mode="json"):
+        guard.pop("variation")
+    for dotted in RESUME_FREE_KEYS:
+        node = guard
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return guard
+
+
 RESOLVED_HEADER = "# synthface resolved config"
 
 
@@ -548,7 +604,7 @@ def write_resolved(config: BaseModel, directory: str | Path, name: str = "config
     path = directory / name
     data = config_dict(config)
     text = f"{RESOLVED_HEADER}, hash {config_hash(data)}\n" + yaml.safe_dump(data, sort_keys=False)
-    from synthface.dataset.writer import atomic_write_bytes
+    from synthface.atomic import atomic_write_bytes
 
     atomic_write_bytes(path, text.encode("utf-8"))
     return path

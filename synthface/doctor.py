@@ -50,8 +50,14 @@ def _torch_report() -> dict[str, Any]:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            info["devices"].append({"index": i, "name": p.name, "memory_gib": round(p.total_memory / 2**30, 1),
-                                    "bf16": torch.cuda.is_bf16_supported()})
+            info["devices"].append(
+                {
+                    "index": i,
+                    "name": p.name,
+                    "memory_gib": round(p.total_memory / 2**30, 1),
+                    "bf16": torch.cuda.is_bf16_supported(),
+                }
+            )
     info["default_device"] = "cuda" if torch.cuda.is_available() else "cpu"
     return info
 

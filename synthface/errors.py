@@ -1,4 +1,7 @@
-"""The one exception type the CLI turns into a one-line error message."""
+"""The exceptions the CLI turns into a one-line error message: SynthfaceError and its kinds.
+
+Every module raises these from here, so raising one never imports the module that detects it.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,10 @@ class ConfigError(SynthfaceError):
 
 class InputError(SynthfaceError):
     """A bad input file, folder or argument."""
+
+
+class ModelMismatchError(ConfigError):
+    """The model's conditioning embedder or embedding size does not match the identities asked for."""
 
 
 class WeightsError(SynthfaceError):

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from synthface.atomic import atomic_file
+
 
 def save_figure(fig: Any, path: str | Path) -> Path:
     """Save ``fig`` as PNG at ``path`` (parent folders created); a reader never sees a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)
+    with atomic_file(path) as handle:
+        fig.savefig(handle, format="png")
     return path

@@ -31,6 +31,10 @@ Across identities (:func:`finalize`, process 0, after every shard is committed):
    shifted labels) is rewritten atomically, then its marker. The pass depends only on the
    committed shards and their records, so it is idempotent: a run killed during it, or a resume
    with any number of processes, ends with the same files as an uninterrupted run.
+
+Longer than most modules: the per-identity stage and the final pass share their thresholds, records
+and reasons, and are read together; the records' on-disk reading is in
+:mod:`synthface.dataset.filter_records`.
 """
 
 from __future__ import annotations
@@ -45,32 +49,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from synthface.errors import ConfigError, InputError, SynthfaceError
-from synthface.identities import l2n
+from synthface.errors import ConfigError, SynthfaceError
+from synthface.dataset.filter_records import FILTER_DIR, leakage_summary, read_records
+from synthface.embeddings import fixed_list, fixed_list_array, l2n
+from synthface.faces.embedders import DEFAULT_THRESHOLDS, FALLBACK_THRESHOLD, default_threshold  # noqa: F401 (public here too)
+from synthface.identities import plan_labels
+from synthface.selection import Candidate, Selected, Selector
 
-FILTER_DIR = "filter"
-
-# Default consistency thresholds (cosine to the anchor) per filter embedder. dlib's and sface's are
-# measured on LFW (bench/filter_lfw.py --source raw, BENCHMARKS.md "## filter"); the others are not
-# measured here. sface: on the same 4,753 photos (429 wrong labels) recall of rejecting the wrong
-# ones reaches 1.000 at 0.38 and precision stays 0.986 (6 correct faces rejected) up to 0.40, then
-# falls (0.979 at 0.44, 0.973 at 0.50); 0.40 is the top of that best plateau (F1 0.993), the same
-# precision-first rule as dlib's 0.92 (0.979 / 0.995), with more margin against look-alikes.
-DEFAULT_THRESHOLDS: dict[str, float] = {
-    "dlib": 0.92,
-    "sface": 0.40,
-    "facenet-vggface2": 0.5,
-    "facenet-casia": 0.5,
-}
-FALLBACK_THRESHOLD = 0.5
 
 KEPT, SURPLUS, NO_FACE, LOW_DETECTION, LOW_IDENTITY, DROPPED = (
     "kept", "surplus", "no_face", "detector", "identity", "identity_dropped"
 )  # fmt: skip
-
-
-def default_threshold(embedder: str) -> float:
-    return DEFAULT_THRESHOLDS.get(embedder, FALLBACK_THRESHOLD)
 
 
 # --------------------------------------------------------------------------- scores
@@ -272,7 +261,9 @@ class FaceScorer:
         return Scored(np.asarray(samples, np.int64), det, ok, emb, lms, status)
 
 
-def judge(identity: int, scored: Scored, anchor: np.ndarray | None, settings: FilterSettings) -> tuple[IdentityRecord, np.ndarray]:
+def judge(
+    identity: int, scored: Scored, anchor: np.ndarray | None, settings: FilterSettings
+) -> tuple[IdentityRecord, np.ndarray]:
     """Consistency + oversampling decision for one identity; returns (record, indices of kept candidates)."""
     n = len(scored.samples)
     id_scores = np.full(n, np.nan, np.float32)
@@ -313,7 +304,7 @@ def judge(identity: int, scored: Scored, anchor: np.ndarray | None, settings: Fi
 # --------------------------------------------------------------------------- the selector
 
 
-class FilterSelector:
+class FilterSelector(Selector):
     """The ``generate`` selection stage with filtering on (see the module docstring)."""
 
     def __init__(self, settings: FilterSettings, model: Any, identity_embeddings: np.ndarray | None = None,
@@ -327,14 +318,13 @@ class FilterSelector:
     def candidates_per_identity(self, images_per_identity: int) -> int:
         return self.settings.candidates(images_per_identity)
 
-    def select(self, identity: int, candidates: list[Any]) -> list[Any]:
+    def select(self, identity: int, candidates: list[Candidate]) -> list[Selected]:
         scored = self.scorer.score([c.image for c in candidates], [c.sample for c in candidates])
         return self.decide(identity, candidates, scored)
 
-    def decide(self, identity: int, candidates: list[Any], scored: Scored) -> list[Any]:
+    def decide(self, identity: int, candidates: list[Candidate], scored: Scored) -> list[Selected]:
         """The selection of :meth:`select` once the candidates are scored (detected and embedded)."""
         from synthface.faces.align import warp_face
-        from synthface.generator.run import Selected
 
         anchor = None
         if self.settings.anchor == "identity":
@@ -366,12 +356,18 @@ class FilterSelector:
         sha, size = write_parquet(path, records_table(records, dim, self.settings))
         return {"filter": {"file": f"{FILTER_DIR}/{path.name}", "sha256": sha, "bytes": size}}
 
-    def finalize(self, out: Path, plan: Any, shards: Sequence[Any], config_hash: str) -> "FinalReport":
+    def finalize(self, out: Path, plan: Any, shards: Sequence[Any], config_hash: str) -> "FinalReport | None":
+        """The final pass, once every shard is committed (else None: the run then reports the missing ones)."""
+        from synthface.dataset.writer import shard_done
+
+        data_dir = Path(out) / "data"
+        if not all(shard_done(data_dir, s, config_hash) is not None for s in shards):
+            return None
         return finalize(Path(out), plan, shards, config_hash, self.settings, self.scorer)
 
 
 def make_selector(recipe: Any, model: Any, plan: Any = None) -> FilterSelector:
-    """The selector ``generate`` uses with ``filter.enabled`` (called by generator/run.py)."""
+    """The selector ``generate`` uses with ``filter.enabled`` (called by synthface.generator.selection)."""
     settings = FilterSettings.from_recipe(recipe, getattr(model, "embedder", None))
     embeddings = None if plan is None else plan.embeddings
     return FilterSelector(settings, model, identity_embeddings=embeddings, device=str(model.device))
@@ -381,7 +377,7 @@ def make_selector(recipe: Any, model: Any, plan: Any = None) -> FilterSelector:
 
 
 def records_table(records: Sequence[IdentityRecord], dim: int, settings: FilterSettings | None = None) -> pa.Table:
-    flat = np.concatenate([r.centre for r in records]).astype(np.float32) if records else np.zeros(0, np.float32)
+    centres = np.stack([r.centre for r in records]) if records else np.zeros((0, dim), np.float32)
     table = pa.table(
         {
             "identity": pa.array([r.identity for r in records], pa.int64()),
@@ -389,7 +385,7 @@ def records_table(records: Sequence[IdentityRecord], dim: int, settings: FilterS
             "passed": pa.array([r.passed for r in records], pa.int32()),
             "kept": pa.array([r.kept for r in records], pa.int32()),
             "reason": pa.array([r.reason for r in records], pa.string()),
-            "centre": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim),
+            "centre": fixed_list_array(centres),
             "samples": pa.array([r.samples.tolist() for r in records], pa.list_(pa.int64())),
             "det_scores": pa.array([r.det_scores.tolist() for r in records], pa.list_(pa.float32())),
             "id_scores": pa.array([r.id_scores.tolist() for r in records], pa.list_(pa.float32())),
@@ -398,23 +394,6 @@ def records_table(records: Sequence[IdentityRecord], dim: int, settings: FilterS
     )
     meta = {"settings": settings.as_dict() if settings else {}}
     return table.replace_schema_metadata({b"synthface_filter": json.dumps(meta, sort_keys=True).encode()})
-
-
-def read_records(out: Path) -> pa.Table | None:
-    """Every filter record of a dataset (one row per identity that reached the filter), or None."""
-    files = sorted((Path(out) / FILTER_DIR).glob("train-*.parquet"))
-    if not files:
-        return None
-    try:
-        return pa.concat_tables([pq.read_table(f) for f in files]).sort_by("identity")
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types on a bad file
-        raise InputError(f"cannot read the filter records in {Path(out) / FILTER_DIR}: {exc}") from None
-
-
-def fixed_list(column: Any) -> np.ndarray:
-    col = column.combine_chunks() if hasattr(column, "combine_chunks") else column
-    n, d = len(col), col.type.list_size
-    return np.asarray(col.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(n, d)
 
 
 # --------------------------------------------------------------------------- the final pass
@@ -431,7 +410,7 @@ class FinalReport:
 
     def extend(self, table: pa.Table) -> pa.Table:
         """identities.parquet with the filter's verdict: kept, reason, label and the per-identity figures."""
-        labels = np.where(self.kept, np.cumsum(self.kept) - 1, -1).astype(np.int64)
+        labels = plan_labels(self.kept)
         for name, values in (("kept", pa.array(self.kept)), ("reason", pa.array(self.reasons, pa.string())),
                              ("label", pa.array(labels))):  # fmt: skip
             if name in table.column_names:
@@ -476,26 +455,12 @@ def _sequential_separation(centres: np.ndarray, active: np.ndarray, limit: float
 
 def load_leakage_gallery(path: str, scorer: FaceScorer) -> Any:
     """The real gallery in the filter embedder's space: a `synthface embed` Parquet of that embedder, or a folder."""
-    from synthface.identities import FaceEmbedding, Gallery, embed_groups, read_embeddings_parquet, reference_groups
+    from synthface.gallery import LEAKAGE_GALLERY, FaceEmbedding, load_gallery
 
-    p = Path(path)
-    name = scorer.settings.embedder
-    if p.is_file():
-        gallery = read_embeddings_parquet(p)
-        if gallery.embedder and gallery.embedder != name:
-            raise ConfigError(
-                f"the leakage gallery {p} holds '{gallery.embedder}' embeddings but the filter embedder is '{name}': "
-                f"pass filter.gallery=<a `synthface embed --set embedder={name}` Parquet or a folder of faces>"
-            )
-        if gallery.dim != scorer.embedder.dim:
-            raise ConfigError(f"the leakage gallery {p} holds {gallery.dim}-d embeddings; '{name}' gives {scorer.embedder.dim}-d")
-        return gallery
-    if p.is_dir():
-        emb, names = embed_groups(reference_groups(p), FaceEmbedding(scorer.embedder, detector=scorer.detector))
-        if len(emb) == 0:
-            raise InputError(f"no face was found in any image of the leakage gallery {p}")
-        return Gallery.from_rows(emb, names, name, str(p))
-    raise InputError(f"leakage gallery not found: {p} (a `synthface embed` Parquet file or a folder of faces)")
+    def embed() -> FaceEmbedding:
+        return FaceEmbedding(scorer.embedder, detector=scorer.detector)
+
+    return load_gallery(path, embed, scorer.settings.embedder, scorer.embedder.dim, LEAKAGE_GALLERY)
 
 
 def finalize(out: Path, plan: Any, shards: Sequence[Any], config_hash: str, settings: FilterSettings,
@@ -544,9 +509,7 @@ def finalize(out: Path, plan: Any, shards: Sequence[Any], config_hash: str, sett
                 leak_person[i] = gallery.names[b]
         leaked = active & (leak_cos > settings.leakage)
         for i in np.flatnonzero(leaked):
-            reasons[i] = (
-                f"leakage: centre cosine {leak_cos[i]:.3f} to real person '{leak_person[i]}' > {settings.leakage:g}"
-            )
+            reasons[i] = f"leakage: centre cosine {leak_cos[i]:.3f} to real person '{leak_person[i]}' > {settings.leakage:g}"
         leakage.update(leakage_summary(leak_cos[has], settings.leakage))
         leakage["dropped"] = int(leaked.sum())
         leakage["persons"] = len(gallery.names)
@@ -562,7 +525,7 @@ def finalize(out: Path, plan: Any, shards: Sequence[Any], config_hash: str, sett
             f"{settings.merge_threshold:g} (the earlier identity is kept)"
         )
     kept = active & sep_kept
-    labels = np.where(kept, np.cumsum(kept) - 1, -1).astype(np.int64)
+    labels = plan_labels(kept)
     rewritten = relabel_shards(out, shards, labels, config_hash)
     columns = {
         "filter_candidates": pa.array(candidates),
@@ -593,22 +556,6 @@ def finalize(out: Path, plan: Any, shards: Sequence[Any], config_hash: str, sett
     return FinalReport(kept, reasons, columns, summary)
 
 
-def leakage_summary(cos: np.ndarray, threshold: float) -> dict[str, Any]:
-    """Distribution of each identity's cosine to its nearest real person."""
-    cos = np.asarray(cos, np.float64)
-    cos = cos[np.isfinite(cos)]
-    if not len(cos):
-        return {"identities": 0}
-    q = np.quantile(cos, [0.0, 0.5, 0.9, 0.99, 1.0])
-    hist, edges = np.histogram(cos, bins=20, range=(-1.0, 1.0))
-    return {
-        "identities": int(len(cos)),
-        "above_threshold": int((cos > threshold).sum()),
-        "min": float(q[0]), "median": float(q[1]), "p90": float(q[2]), "p99": float(q[3]), "max": float(q[4]),
-        "histogram": {"edges": [round(float(e), 3) for e in edges], "counts": hist.tolist()},
-    }  # fmt: skip
-
-
 def relabel_shards(out: Path, shards: Sequence[Any], labels: np.ndarray, config_hash: str) -> int:
     """Rewrite each committed shard whose rows differ from the final labels; returns how many were rewritten.
 
@@ -616,7 +563,8 @@ def relabel_shards(out: Path, shards: Sequence[Any], labels: np.ndarray, config_
     marker (rows, checksum, kept identities, label range). Killed in between, the shard fails its
     checksum and is rendered again on resume, which ends in the same bytes.
     """
-    from synthface.dataset.writer import atomic_write_json, read_marker, shard_paths, write_parquet
+    from synthface.atomic import atomic_write_json
+    from synthface.dataset.writer import read_marker, shard_paths, write_parquet
 
     data_dir = Path(out) / "data"
     count = 0

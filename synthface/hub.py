@@ -90,7 +90,9 @@ def locate(files: HubFiles) -> Path:
             return local.resolve()
         raise InputError(f"{files.what} {files.spec} is a file; pass its directory or a Hugging Face Hub id ({key})")
     if not files.is_hub:
-        raise InputError(f"{files.what} not found: {files.spec} (pass a local directory or a Hugging Face Hub id like owner/name)")
+        raise InputError(
+            f"{files.what} not found: {files.spec} (pass a local directory or a Hugging Face Hub id like owner/name)"
+        )
     root, missing = status(files)
     if root is not None and not missing:
         return root
@@ -127,7 +129,9 @@ def fetch(files: HubFiles, progress: Progress | None = None) -> Path:
         root = cached_snapshot(files)
     lacking = missing_in(root, files.required) if root is not None else list(files.required)
     if lacking:
-        raise WeightsError(f"Hub repo {files.spec} lacks {', '.join(lacking)}: it is not a {files.what} ({files.option.rstrip('=')})")
+        raise WeightsError(
+            f"Hub repo {files.spec} lacks {', '.join(lacking)}: it is not a {files.what} ({files.option.rstrip('=')})"
+        )
     assert root is not None
     return root
 

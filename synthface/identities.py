@@ -24,16 +24,13 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from synthface.errors import InputError
-from synthface.files import IMAGE_SUFFIXES, is_image_file
+from synthface.embeddings import fixed_list, fixed_list_array, l2n
+from synthface.errors import InputError, ModelMismatchError
+from synthface.gallery import ImageEmbedFn, embed_groups, load_gallery, reference_groups
 
 # Domain tags keep the seed streams of different uses apart.
 _TAG_IDENTITY, _TAG_SAMPLE, _TAG_CANDIDATE = 1, 2, 3
 _SEED_MASK = (1 << 63) - 1
-
-
-ImageEmbedFn = Callable[[list[np.ndarray]], np.ndarray]
-"""HxWx3 uint8 images -> (B, D) L2-normalised float32 embeddings, NaN rows where no face was found."""
 
 
 def _entropy(*values: int) -> list[int]:
@@ -63,12 +60,13 @@ def candidate_rng(run_seed: int, identity: int, attempt: int) -> np.random.Gener
     return np.random.default_rng(np.random.SeedSequence(_entropy(_TAG_CANDIDATE, run_seed, identity, attempt)))
 
 
-def l2n(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 # --------------------------------------------------------------------------- the plan
+
+
+def plan_labels(kept: np.ndarray) -> np.ndarray:
+    """Contiguous labels over kept identities (-1 where dropped): label = kept identities before it."""
+    kept = np.asarray(kept, bool)
+    return np.where(kept, np.cumsum(kept) - 1, -1).astype(np.int64)
 
 
 @dataclass
@@ -92,7 +90,7 @@ class IdentityPlan:
 
     def labels(self) -> np.ndarray:
         """Contiguous labels over kept identities (-1 where not kept)."""
-        return np.where(self.kept, np.cumsum(self.kept) - 1, -1).astype(np.int64)
+        return plan_labels(self.kept)
 
     def digest(self) -> str:
         """sha256 of what the renders depend on: the embeddings and the identity seeds."""
@@ -105,11 +103,10 @@ class IdentityPlan:
         import pyarrow as pa
 
         n, d = self.embeddings.shape
-        flat = pa.array(np.ascontiguousarray(self.embeddings, np.float32).reshape(-1), pa.float32())
         table = pa.table(
             {
                 "index": pa.array(np.arange(n, dtype=np.int64)),
-                "embedding": pa.FixedSizeListArray.from_arrays(flat, d),
+                "embedding": fixed_list_array(self.embeddings),
                 "seed": pa.array(self.seeds.astype(np.int64)),
                 "kept": pa.array(self.kept.astype(bool)),
                 "reason": pa.array(list(self.reasons), pa.string()),
@@ -124,12 +121,9 @@ class IdentityPlan:
     @classmethod
     def from_table(cls, table: Any) -> "IdentityPlan":
         meta = json.loads((table.schema.metadata or {}).get(b"synthface", b"{}"))
-        n = table.num_rows
-        dim = int(meta.get("dim", 0)) or (table.schema.field("embedding").type.list_size)
-        emb = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         return cls(
             strategy=str(meta.get("strategy", "")),
-            embeddings=np.asarray(emb, np.float32).reshape(n, dim),
+            embeddings=fixed_list(table.column("embedding")),
             kept=np.asarray(table.column("kept").to_numpy(zero_copy_only=False), bool),
             reasons=[str(r) for r in table.column("reason").to_pylist()],
             seeds=np.asarray(table.column("seed").to_numpy(), np.int64),
@@ -307,183 +301,6 @@ def unconditional_draw(
     return draw
 
 
-# --------------------------------------------------------------------------- real embeddings
-
-
-@dataclass
-class Gallery:
-    """Real embeddings: every image (to fit a distribution) and one mean per person (for leakage)."""
-
-    embeddings: np.ndarray  # (n, D) float64 normalised
-    persons: np.ndarray  # (p, D) float64 normalised per-person means
-    names: list[str]
-    embedder: str | None = None
-    source: str = ""
-
-    @property
-    def dim(self) -> int:
-        return int(self.embeddings.shape[1])
-
-    @classmethod
-    def from_rows(cls, embeddings: np.ndarray, identities: Sequence[str] | None, embedder: str | None, source: str) -> "Gallery":
-        emb = l2n(embeddings)
-        if identities is None:
-            names = [str(i) for i in range(len(emb))]
-            return cls(emb, emb.copy(), names, embedder, source)
-        names = sorted(set(identities))
-        index = {n: k for k, n in enumerate(names)}
-        sums = np.zeros((len(names), emb.shape[1]))
-        np.add.at(sums, [index[n] for n in identities], emb)
-        return cls(emb, l2n(sums), names, embedder, source)
-
-
-def _parquet_embedder_name(schema: Any) -> str | None:
-    meta = schema.metadata or {}
-    for key in (b"synthface", b"embedder"):
-        raw = meta.get(key)
-        if raw is None:
-            continue
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            return raw.decode(errors="replace")
-        if isinstance(value, dict) and isinstance(value.get("embedder"), str):
-            return value["embedder"]
-        if isinstance(value, str):
-            return value
-    return None
-
-
-def read_embeddings_parquet(path: str | Path) -> Gallery:
-    """Real embeddings written by `synthface embed`: columns path, identity, embedding (fixed-size list)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-        raise InputError(f"cannot read embeddings Parquet {path} ({type(exc).__name__}): write it with `synthface embed`") from None
-    if "embedding" not in table.column_names:
-        raise InputError(f"{path} has no 'embedding' column: write it with `synthface embed`")
-    col = table.column("embedding").combine_chunks()
-    if table.num_rows == 0:
-        raise InputError(f"{path} holds no embeddings")
-    if pa.types.is_fixed_size_list(col.type):
-        emb = col.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, col.type.list_size)
-    elif pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
-        rows = col.to_pylist()
-        if len({len(r) for r in rows if r is not None}) != 1 or any(r is None for r in rows):
-            raise InputError(f"{path}: embeddings have differing lengths or missing values")
-        emb = np.asarray(rows, np.float64)
-    else:
-        raise InputError(f"{path}: 'embedding' must be a list of floats, not {col.type}")
-    emb = np.asarray(emb, np.float64)
-    good = np.isfinite(emb).all(axis=1) & (np.linalg.norm(emb, axis=1) > 0)
-    ids = None
-    if "identity" in table.column_names:
-        ids = [str(v) for v, g in zip(table.column("identity").to_pylist(), good) if g]
-    return Gallery.from_rows(emb[good], ids, _parquet_embedder_name(table.schema), str(path))
-
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if is_image_file(p))
-
-
-def reference_groups(folder: str | Path) -> list[tuple[str, list[Path]]]:
-    """Identities of a reference folder: one per sub-folder (its images), else one per image file."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"reference folder not found: {folder}")
-    subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and list_images(d))
-    if subdirs:
-        return [(d.name, list_images(d)) for d in subdirs]
-    files = sorted(p for p in folder.iterdir() if is_image_file(p))
-    if not files:
-        raise InputError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) nor sub-folders of images")
-    return [(p.name, [p]) for p in files]
-
-
-def embed_paths(paths: Sequence[Path], embed: ImageEmbedFn, batch_size: int = 32) -> np.ndarray:
-    """(len(paths), D) embeddings of image files; NaN rows where no face was found."""
-    from synthface.faces.align import load_image
-
-    out = []
-    for start in range(0, len(paths), batch_size):
-        out.append(np.asarray(embed([load_image(p) for p in paths[start : start + batch_size]]), np.float64))
-    return np.concatenate(out) if out else np.zeros((0, 0))
-
-
-def embed_groups(groups: list[tuple[str, list[Path]]], embed: ImageEmbedFn, batch_size: int = 32) -> tuple[np.ndarray, list[str]]:
-    """Per-image embeddings of reference groups and each row's group name (faceless images dropped)."""
-    paths = [p for _, files in groups for p in files]
-    names = [n for n, files in groups for _ in files]
-    emb = embed_paths(paths, embed, batch_size)
-    good = np.isfinite(emb).all(axis=1) if len(emb) else np.zeros(0, bool)
-    return emb[good], [n for n, g in zip(names, good) if g]
-
-
-def load_gallery(path: str | Path, embed: Callable[[], ImageEmbedFn], embedder: str, dim: int) -> Gallery:
-    """Real embeddings from a `synthface embed` Parquet file or a folder of face images."""
-    from synthface.generator.families import ModelMismatchError
-
-    path = Path(path)
-    if path.is_file():
-        gallery = read_embeddings_parquet(path)
-        if gallery.embedder and gallery.embedder != embedder:
-            raise ModelMismatchError(
-                f"gallery {path} holds '{gallery.embedder}' embeddings but the model is conditioned on "
-                f"'{embedder}': embed the gallery with `synthface embed --set embedder={embedder}`"
-            )
-    elif path.is_dir():
-        groups = reference_groups(path)
-        emb, names = embed_groups(groups, embed())
-        if len(emb) == 0:
-            raise InputError(f"no face was found in any image of the gallery folder {path}")
-        gallery = Gallery.from_rows(emb, names, embedder, str(path))
-    else:
-        raise InputError(f"identities.gallery not found: {path} (a `synthface embed` Parquet file or a folder of faces)")
-    if gallery.dim != dim:
-        raise ModelMismatchError(
-            f"gallery {path} holds {gallery.dim}-d embeddings but the model expects {dim} ({embedder}): "
-            f"embed the gallery with `synthface embed --set embedder={embedder}`"
-        )
-    return gallery
-
-
-class FaceEmbedding:
-    """An :data:`ImageEmbedFn` from an Embedder: landmarks from a detector, or from the template of
-    already-aligned crops (``template_scale``: 1 = tight ArcFace crop, 0.6 = native loose crop)."""
-
-    def __init__(self, embedder: Any, detector: Any = None, template_scale: float | None = None) -> None:
-        if detector is None and template_scale is None:
-            raise InputError("FaceEmbedding needs a face detector or a template scale")
-        self.embedder = embedder
-        self.detector = detector
-        self.template_scale = template_scale
-        self.name = embedder.name
-        self.dim = embedder.dim
-
-    def __call__(self, images: list[np.ndarray]) -> np.ndarray:
-        from synthface.faces.align import template_landmarks
-
-        out = np.full((len(images), self.dim), np.nan, np.float32)
-        if not images:
-            return out
-        if self.detector is not None:
-            faces = self.detector.detect(images)
-            idx = [k for k, f in enumerate(faces) if f is not None]
-            lms = np.stack([faces[k].landmarks for k in idx]) if idx else np.zeros((0, 5, 2), np.float32)
-            boxes = np.stack([faces[k].box for k in idx]) if idx else None
-        else:
-            idx = list(range(len(images)))
-            lms = np.stack([template_landmarks(img.shape[0], 1, self.template_scale)[0] for img in images])
-            boxes = None
-        if idx:
-            out[idx] = self.embedder.embed([images[k] for k in idx], lms, boxes)
-        return out
-
-
 # --------------------------------------------------------------------------- planning
 
 
@@ -531,7 +348,13 @@ def plan_identities(
         raise InputError(f"unknown identities.strategy '{strategy}': use uniform, gallery, images or unconditional")
     block = 64 if strategy == "unconditional" else 256
     emb, attempts = accept_sequential(
-        count, draw, cfg.separation, real, cfg.leakage, attempts_cap, block=block,
+        count,
+        draw,
+        cfg.separation,
+        real,
+        cfg.leakage,
+        attempts_cap,
+        block=block,
         retry_batch=4 if strategy == "unconditional" else 1,
     )
     return IdentityPlan(
@@ -566,8 +389,6 @@ def _plan_images(
     groups = groups[:count]
     emb, names = embed_groups(groups, image_embed())
     if emb.size and emb.shape[1] != dim:
-        from synthface.generator.families import ModelMismatchError
-
         raise ModelMismatchError(f"reference embeddings have dimension {emb.shape[1]} but the model expects {dim}")
     by_name: dict[str, list[np.ndarray]] = {}
     for n, e in zip(names, emb):

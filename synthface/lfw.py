@@ -26,5 +26,7 @@ def lfw_dir(default: Path) -> Path:
 
 def not_found(root: Path, what: str = "LFW") -> str:
     """Why LFW is unavailable, worded for a user: where it was looked for and how to provide it."""
-    return (f"{what} not found in {root}: set {ENV}=DIR (a folder holding {IMAGES}/ and {PAIRS}, "
-            f"downloaded from {SOURCE}) or place LFW at {root}")
+    return (
+        f"{what} not found in {root}: set {ENV}=DIR (a folder holding {IMAGES}/ and {PAIRS}, "
+        f"downloaded from {SOURCE}) or place LFW at {root}"
+    )

@@ -79,13 +79,13 @@ def embedder_need(name: str, used_for: str) -> Need:
                     f"synthface download --embedder {name}", size="~107 MB",
                     fetcher=lambda progress: fetch_url(url, path, progress))  # fmt: skip
     if name.startswith("onnx:"):
-        spec = name[len("onnx:"):]
+        spec = name[len("onnx:") :]
         hub_file = embedders.onnx_hub_file(spec)
         if hub_file is None:
             path = Path(spec).expanduser()
             return Need(f"ONNX model {spec}", used_for, path.is_file(), str(path), f"pass an existing .onnx file ({name})")
         repo, filename = hub_file
-        need = hub_need(HubFiles("ONNX model", repo, (filename,), (filename,), f"--embedder onnx:"), used_for)
+        need = hub_need(HubFiles("ONNX model", repo, (filename,), (filename,), "--embedder onnx:"), used_for)
         need.name, need.fetch = f"ONNX model {spec}", f"synthface download --embedder {name}"
         return need
     raise WeightsError(f"unknown embedder '{name}'; choose one of: {', '.join(embedders.embedder_names())}")

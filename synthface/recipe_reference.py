@@ -41,7 +41,9 @@ def _type_name(annotation: Any) -> str:
 
 
 def _range(info: FieldInfo) -> str:
-    parts = [f"{sign} {getattr(m, type(m).__name__.lower())}" for m in info.metadata for cls, sign in _BOUNDS if isinstance(m, cls)]
+    parts = [
+        f"{sign} {getattr(m, type(m).__name__.lower())}" for m in info.metadata for cls, sign in _BOUNDS if isinstance(m, cls)
+    ]
     return ", ".join(parts)
 
 
@@ -59,7 +61,13 @@ def _rows(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, str, 
             yield from _rows(annotation, key + ".")
             continue
         description = (info.description or "").replace("|", "\\|")
-        yield key, _type_name(annotation).replace("|", "\\|"), _default(info.default).replace("|", "\\|"), _range(info), description
+        yield (
+            key,
+            _type_name(annotation).replace("|", "\\|"),
+            _default(info.default).replace("|", "\\|"),
+            _range(info),
+            description,
+        )
 
 
 def render() -> str:
@@ -67,7 +75,10 @@ def render() -> str:
     lines = [HEADER]
     for command, model in RECIPES.items():
         lines += [f"## `synthface {command}`", "", "| key | type | default | range | what |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| `{k}` | `{t}` | `{d}` | {r} | {w} |" if d else f"| `{k}` | `{t}` | | {r} | {w} |" for k, t, d, r, w in _rows(model)]
+        lines += [
+            f"| `{k}` | `{t}` | `{d}` | {r} | {w} |" if d else f"| `{k}` | `{t}` | | {r} | {w} |"
+            for k, t, d, r, w in _rows(model)
+        ]
         lines.append("")
     return "\n".join(lines)
 

@@ -89,7 +89,8 @@ def test_generate_run_with_arc2face_writes_a_valid_dataset(tmp_path):
 @pytest.mark.lfw
 def test_alignment_step_warps_a_real_face_to_the_template(lfw_images):
     from synthface.faces.align import load_image
-    from synthface.generator.run import AlignAll, Candidate
+    from synthface.generator.selection import AlignAll
+    from synthface.selection import Candidate
 
     image = load_image(next(iter(sorted(lfw_images.glob("*/*.jpg")))))
     blank = np.full((250, 250, 3), 127, np.uint8)

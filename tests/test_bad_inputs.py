@@ -271,9 +271,9 @@ def test_export_into_the_dataset_is_refused(dataset):
 def test_a_full_disk_leaves_no_partial_export(dataset, tmp_path, monkeypatch):
     import errno
 
-    from synthface.dataset import writer
+    from synthface import atomic
 
-    real, calls = writer.atomic_write_bytes, []
+    real, calls = atomic.atomic_write_bytes, []
 
     def fill_up(path, data):
         calls.append(path)
@@ -281,7 +281,7 @@ def test_a_full_disk_leaves_no_partial_export(dataset, tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, data)
 
-    monkeypatch.setattr(writer, "atomic_write_bytes", fill_up)
+    monkeypatch.setattr(atomic, "atomic_write_bytes", fill_up)
     refused(cli("export", dataset, tmp_path / "folders"), "No space left on device")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]  # no OUT, no temp folder
 
@@ -418,7 +418,9 @@ def test_an_unexpected_error_is_one_line_naming_its_log(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
     def boom(*args, **kwargs):
-        raise RuntimeError("Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n  x\nRuntimeError: bad")
+        raise RuntimeError(
+            "Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n  x\nRuntimeError: bad"
+        )
 
     monkeypatch.setattr(common, "load_recipe", boom)
     text = refused(cli("export", tmp_path, tmp_path / "o"), "unexpected RuntimeError", "full traceback in", code=1)

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from synthface.errors import InputError, UnsafeFileError
-from synthface.recognition.binfile import load_bin, read_bin, write_bin
-from synthface.recognition.verification import load_protocol
+from synthface.recognition.protocols import load_protocol
+from synthface.recognition.protocols.binfile import load_bin, read_bin, write_bin
 
 
 def _png(seed: int) -> tuple[bytes, np.ndarray]:
@@ -65,7 +65,9 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, payload, where, pr
     obj = {"image": ([evil, b"x"], [True]), "label": ([b"a", b"b"], [evil]), "top": evil}[where]
     path = tmp_path / "evil.bin"
     path.write_bytes(pickle.dumps(obj, protocol=protocol))
-    with pytest.raises(UnsafeFileError, match=r"refusing to load .*evil\.bin: it asks to construct (posix|nt|os|builtins|__builtin__)\."):
+    with pytest.raises(
+        UnsafeFileError, match=r"refusing to load .*evil\.bin: it asks to construct (posix|nt|os|builtins|__builtin__)\."
+    ):
         load_bin(path)
     assert not marker.exists()
 
@@ -92,7 +94,12 @@ def test_custom_class_and_extension_registry_are_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"garbage that is not a pickle at all", np.random.default_rng(0).bytes(256), b"\x80\x04\x95\xff\xff\xff\xff\xff\xff\x00\x00"],
+    [
+        b"",
+        b"garbage that is not a pickle at all",
+        np.random.default_rng(0).bytes(256),
+        b"\x80\x04\x95\xff\xff\xff\xff\xff\xff\x00\x00",
+    ],
 )
 def test_garbage_is_a_clean_input_error(tmp_path, content):
     path = tmp_path / "bad.bin"

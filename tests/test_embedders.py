@@ -30,7 +30,8 @@ def tiny_arcface_onnx(path, dim=32, size=112):
         helper.make_node("MatMul", ["f", "w_fc"], ["embedding"]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny_arcface",
+        nodes,
+        "tiny_arcface",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])],
         [numpy_helper.from_array(w_conv, "w_conv"), numpy_helper.from_array(w_fc, "w_fc")],

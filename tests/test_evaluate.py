@@ -18,9 +18,10 @@ from synthface.cli.app import app
 from synthface.errors import InputError
 from synthface.lfw import not_found
 from synthface.recognition.benchmarks import load_benchmark, split_spec
-from synthface.recognition.binfile import write_bin
+from synthface.recognition.protocols import read_pairs
+from synthface.recognition.protocols.binfile import write_bin
 from synthface.recognition.report import write_report
-from synthface.recognition.verification import evaluate_scores, read_pairs
+from synthface.recognition.verification import evaluate_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 LFW = LFW_IMAGES
@@ -116,8 +117,19 @@ def test_evaluate_cli_trains_each_set_and_beats_the_untrained_baseline(tmp_path)
     images, issame = make_pairs(test, 200)
     write_bin(tmp_path / "own.bin", images, issame)
     runner = CliRunner()
-    args = ["evaluate", "--train", f"folder={tmp_path / 'folder'}", "--train", f"shards={tmp_path / 'synth'}",
-            "--bench", f"own={tmp_path / 'own.bin'}", "--out", str(tmp_path / "out"), "--json", str(tmp_path / "s.json")]
+    args = [
+        "evaluate",
+        "--train",
+        f"folder={tmp_path / 'folder'}",
+        "--train",
+        f"shards={tmp_path / 'synth'}",
+        "--bench",
+        f"own={tmp_path / 'own.bin'}",
+        "--out",
+        str(tmp_path / "out"),
+        "--json",
+        str(tmp_path / "s.json"),
+    ]
     res = runner.invoke(app, args + _sets(TINY))
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "s.json").read_text())
@@ -130,11 +142,22 @@ def test_evaluate_cli_trains_each_set_and_beats_the_untrained_baseline(tmp_path)
 
     # the untrained backbone (max_steps=0) is the floor the trained one must clear
     untrained = runner.invoke(
-        app, ["evaluate", "--train", f"folder={tmp_path / 'folder'}", "--bench", f"own={tmp_path / 'own.bin'}",
-              "--out", str(tmp_path / "untrained"), "--json", "-"] + _sets(TINY + ["train.max_steps=0"]),
+        app,
+        [
+            "evaluate",
+            "--train",
+            f"folder={tmp_path / 'folder'}",
+            "--bench",
+            f"own={tmp_path / 'own.bin'}",
+            "--out",
+            str(tmp_path / "untrained"),
+            "--json",
+            "-",
+        ]
+        + _sets(TINY + ["train.max_steps=0"]),
     )
     assert untrained.exit_code == 0, untrained.output
-    floor = json.loads(untrained.stdout[untrained.stdout.index("{"):])["results"]["folder"]["own"]["accuracy"]
+    floor = json.loads(untrained.stdout[untrained.stdout.index("{") :])["results"]["folder"]["own"]["accuracy"]
     assert summary["results"]["folder"]["own"]["accuracy"] > floor
 
     # re-running without --resume refuses; --resume of a finished run re-tests without training
@@ -145,9 +168,21 @@ def test_evaluate_cli_trains_each_set_and_beats_the_untrained_baseline(tmp_path)
     assert json.loads((tmp_path / "s.json").read_text())["results"] == summary["results"]
 
     # --bench-only re-tests a saved recognizer
-    only = runner.invoke(app, ["evaluate", "--bench-only", str(tmp_path / "out" / "runs" / "folder" / "recognizer.pt"),
-                               "--bench", f"own={tmp_path / 'own.bin'}", "--out", str(tmp_path / "recheck"),
-                               "--json", str(tmp_path / "r.json")] + _sets(["bench.aligned=true"]))
+    only = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--bench-only",
+            str(tmp_path / "out" / "runs" / "folder" / "recognizer.pt"),
+            "--bench",
+            f"own={tmp_path / 'own.bin'}",
+            "--out",
+            str(tmp_path / "recheck"),
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+        + _sets(["bench.aligned=true"]),
+    )
     assert only.exit_code == 0, only.output
     recheck = json.loads((tmp_path / "r.json").read_text())["results"]["folder"]["own"]["accuracy"]
     assert recheck == pytest.approx(summary["results"]["folder"]["own"]["accuracy"])
@@ -184,4 +219,4 @@ def test_lfw_split_is_disjoint_and_pairs_use_only_test_people():
     people = {p.parent.name for p in protocol.paths}
     assert people <= test
     fold_people = [{protocol.paths[i].parent.name for i in protocol.pairs[protocol.folds == f].ravel()} for f in range(10)]
-    assert all(not a & b for i, a in enumerate(fold_people) for b in fold_people[i + 1:])  # people-disjoint folds
+    assert all(not a & b for i, a in enumerate(fold_people) for b in fold_people[i + 1 :])  # people-disjoint folds

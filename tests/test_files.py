@@ -8,9 +8,8 @@ import numpy as np
 from PIL import Image
 
 from synthface.dataset.reader import open_training_set
-from synthface.files import IMAGE_SUFFIXES, is_image_file
-from synthface.identities import list_images
-from synthface.recognition.folder_pairs import people_in
+from synthface.files import IMAGE_SUFFIXES, is_image_file, list_images
+from synthface.recognition.protocols.folders import people_in
 
 
 def _faces(root, suffix: str):

@@ -21,11 +21,11 @@ from synthface.filtering import (
     Scored,
     choose_best,
     default_threshold,
-    fixed_list,
     judge,
-    read_records,
     robust_centre,
 )
+from synthface.dataset.filter_records import read_records
+from synthface.embeddings import fixed_list
 
 SETS = ("filter.threshold=0.15", "filter.merge_threshold=0.2")
 
@@ -177,7 +177,9 @@ def test_identity_anchor_scores_against_the_identity_embedding(tmp_path: Path) -
     for row in read_rows(tmp_path / "out"):
         full = decode(row["image_full"]["bytes"])
         e = emb.embed([full], np.zeros((1, 5, 2)))[0].astype(np.float64)
-        assert row["id_score"] == pytest.approx(float(e @ vectors[row["identity"]] / np.linalg.norm(vectors[row["identity"]])), abs=1e-5)
+        assert row["id_score"] == pytest.approx(
+            float(e @ vectors[row["identity"]] / np.linalg.norm(vectors[row["identity"]])), abs=1e-5
+        )
 
 
 def _table_rows(out: Path) -> list[dict]:
@@ -185,7 +187,7 @@ def _table_rows(out: Path) -> list[dict]:
 
 
 def test_resume_after_kills_equals_uninterrupted(tmp_path: Path, filtered: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import synthface.dataset.writer as writer
+    import synthface.atomic as atomic
     import synthface.generator.run as run
     from synthface.generator.run import generate_dataset
 
@@ -210,7 +212,7 @@ def test_resume_after_kills_equals_uninterrupted(tmp_path: Path, filtered: Path,
     monkeypatch.setattr(run, "write_shard", real_write)
 
     # 2) killed during the relabel pass: a shard's Parquet replaced, its marker not yet
-    real_json = writer.atomic_write_json
+    real_json = atomic.atomic_write_json
     state = {"armed": True}
 
     def dying_json(path, data):
@@ -219,11 +221,11 @@ def test_resume_after_kills_equals_uninterrupted(tmp_path: Path, filtered: Path,
             raise KeyboardInterrupt
         return real_json(path, data)
 
-    monkeypatch.setattr(writer, "atomic_write_json", dying_json)
+    monkeypatch.setattr(atomic, "atomic_write_json", dying_json)
     with pytest.raises(KeyboardInterrupt):
         generate_dataset(recipe, out)
     assert not state["armed"], "the relabel pass should have been interrupted"
-    monkeypatch.setattr(writer, "atomic_write_json", real_json)
+    monkeypatch.setattr(atomic, "atomic_write_json", real_json)
 
     summary = generate_dataset(recipe, out)
     assert summary["resumed"]
@@ -309,7 +311,7 @@ def test_card_says_what_was_done(tmp_path: Path) -> None:
     """Unfiltered tiny run: no detector ran, renders kept at the model's size, paths relative, label a ClassLabel."""
     import yaml
 
-    from helpers_generate import make_tiny_model, tiny_recipe
+    from helpers_generate import make_tiny_model
     from synthface.dataset.card import read_header
     from synthface.generator.run import generate_dataset
 

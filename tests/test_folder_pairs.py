@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from synthface.cli.app import app
 from synthface.errors import InputError
 from synthface.recognition.benchmarks import split_spec
-from synthface.recognition.verification import load_protocol
+from synthface.recognition.protocols import load_protocol
 
 
 def people_folder(root: Path, people: int = 24, per: int = 3) -> Path:

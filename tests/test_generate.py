@@ -13,9 +13,8 @@ from typer.testing import CliRunner
 
 from helpers_generate import IMAGE_SIZE, TINY_SETS, make_tiny_model, read_rows, tiny_recipe
 from synthface.cli.app import app
-from synthface.dataset.writer import RunLock
-from synthface.errors import ConfigError, InputError
-from synthface.generator import ModelMismatchError
+from synthface.dataset.locks import RunLock
+from synthface.errors import InputError, ModelMismatchError
 from synthface.generator.run import generate_dataset
 
 RECIPE_SETS = TINY_SETS

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from helpers_generate import TINY_SETS, make_tiny_model, tiny_recipe
 from synthface.cli.app import app
 from synthface.config import write_resolved
-from synthface.dataset.writer import RunLock
+from synthface.dataset.locks import PartLock, RunLock
 from synthface.errors import ConfigError, InputError
-from synthface.generator.run import PartLock, generate_dataset, parse_part
+from synthface.generator.run import generate_dataset, parse_part
 
 SETS = ["identities.count=6"]  # 3 shards of 2 identities x 2 images
 CLI_SETS = [*TINY_SETS, *SETS]  # the later identities.count wins
@@ -83,9 +83,25 @@ def test_parts_running_at_the_same_time_share_the_output(model_dir, reference, t
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "synthface", "generate", "--model", str(model_dir), *sets, "--out", str(out),
-             "--part", part, "--json", str(tmp_path / f"part{part[0]}.json")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "synthface",
+                "generate",
+                "--model",
+                str(model_dir),
+                *sets,
+                "--out",
+                str(out),
+                "--part",
+                part,
+                "--json",
+                str(tmp_path / f"part{part[0]}.json"),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )  # fmt: skip
         for part in ("0/2", "1/2")
     ]

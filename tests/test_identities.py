@@ -10,8 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from synthface.config import IdentitiesSection
-from synthface.errors import InputError
-from synthface.generator import ModelMismatchError
+from synthface.errors import InputError, ModelMismatchError
 from synthface.identities import (
     IdentityPlan,
     PlacementError,
@@ -20,6 +19,7 @@ from synthface.identities import (
     plan_identities,
     sample_seeds,
 )
+
 
 def _cfg(**kw) -> IdentitiesSection:
     return IdentitiesSection(**kw)
@@ -180,7 +180,7 @@ def test_images_strategy_uses_the_reference_faces(lfw_images):
 
     from synthface.faces.align import FaceDetector
     from synthface.faces.embedders import get_embedder
-    from synthface.identities import FaceEmbedding, embed_paths
+    from synthface.gallery import FaceEmbedding, embed_paths
 
     people = ["Aaron_Peirsol", "Abdullah_Gul", "Adrien_Brody"]
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,8 +14,8 @@ from synthface.errors import ConfigError, InputError
 from synthface.generator import generate, load_model, sample_batch
 from synthface.generator.native import NativeMeta, default_scheduler_config, prepare_condition, uses_class_embedding
 from synthface.testing import tiny_native
-from synthface.training import train_generator
-from synthface.training.loop import loss_weights, training_target
+from synthface.generator.training import train_generator
+from synthface.generator.training.loop import loss_weights, training_target
 
 DIM = 16
 
@@ -39,8 +39,12 @@ def test_prepare_condition_centres_and_scales():
     assert torch.allclose(out.norm(dim=-1), torch.full((6,), DIM**0.5), atol=1e-4)
     centred = (e - mean) / (e - mean).norm(dim=-1, keepdim=True)
     assert torch.allclose(out / DIM**0.5, centred, atol=1e-6)
+
     # centring spreads people apart: the mean pairwise cosine drops from ~0.8 to ~0
-    cos = lambda x: (torch.nn.functional.normalize(x, dim=-1) @ torch.nn.functional.normalize(x, dim=-1).T)[~torch.eye(6, dtype=bool)].mean()  # noqa: E731
+    def cos(x):
+        n = torch.nn.functional.normalize(x, dim=-1)
+        return (n @ n.T)[~torch.eye(6, dtype=bool)].mean()
+
     assert cos(e) > 0.5 and abs(float(cos(out))) < 0.3
     assert torch.equal(prepare_condition(e, None), e)
 
@@ -81,7 +85,9 @@ def test_round_trip_keeps_mean_schedule_and_images(tmp_path):
     assert loaded.scheduler_config["prediction_type"] == "v_prediction"
     assert loaded.scheduler_config["rescale_betas_zero_snr"] and loaded.scheduler_config["timestep_spacing"] == "trailing"
     emb = _embeddings(2, 3)
-    assert np.array_equal(generate(model, emb, [1, 2], scheduler="ddim", steps=2), generate(loaded, emb, [1, 2], scheduler="ddim", steps=2))
+    assert np.array_equal(
+        generate(model, emb, [1, 2], scheduler="ddim", steps=2), generate(loaded, emb, [1, 2], scheduler="ddim", steps=2)
+    )
 
 
 def test_a_mean_of_the_wrong_size_is_refused(tmp_path):
@@ -136,13 +142,32 @@ def test_training_with_the_identity_recipe_records_the_condition_effect(tmp_path
     from test_train import CountingEmbedder
 
     sets = [
-        "embedder=tiny", "model.image_size=16", "model.crop=tight", "model.block_out_channels=[16,32]",
-        "model.layers_per_block=1", "model.norm_num_groups=8", "model.token_dim=32", "model.class_embedding=true",
-        "model.center_condition=true", "model.prediction_type=v_prediction", "model.zero_terminal_snr=true",
-        "model.timestep_spacing=trailing", "train.snr_gamma=5", "train.batch_size=4", "train.max_steps=3",
-        "train.warmup_steps=1", "train.sample_every=3", "train.sample_steps=2", "train.sample_identities=2",
-        "train.sample_seeds=2", "train.sample_scheduler=ddim", "train.device=cpu", "train.threads=1",
-        f"data.cache={tmp_path / 'cache'}", "data.workers=0", "data.condition=image",
+        "embedder=tiny",
+        "model.image_size=16",
+        "model.crop=tight",
+        "model.block_out_channels=[16,32]",
+        "model.layers_per_block=1",
+        "model.norm_num_groups=8",
+        "model.token_dim=32",
+        "model.class_embedding=true",
+        "model.center_condition=true",
+        "model.prediction_type=v_prediction",
+        "model.zero_terminal_snr=true",
+        "model.timestep_spacing=trailing",
+        "train.snr_gamma=5",
+        "train.batch_size=4",
+        "train.max_steps=3",
+        "train.warmup_steps=1",
+        "train.sample_every=3",
+        "train.sample_steps=2",
+        "train.sample_identities=2",
+        "train.sample_seeds=2",
+        "train.sample_scheduler=ddim",
+        "train.device=cpu",
+        "train.threads=1",
+        f"data.cache={tmp_path / 'cache'}",
+        "data.workers=0",
+        "data.condition=image",
     ]
     config = load_recipe(TrainRecipe, None, sets)
     run = tmp_path / "run"
@@ -152,16 +177,16 @@ def test_training_with_the_identity_recipe_records_the_condition_effect(tmp_path
     assert model.condition_mean is not None and model.condition_mean.shape == (CountingEmbedder.dim,)
     # the training embeddings travel with the model: the gallery strategy draws from them by default
     from synthface.config import IdentitiesSection
-    from synthface.generator.run import _with_model_gallery
-    from synthface.identities import read_embeddings_parquet
+    from synthface.generator.planning import with_model_gallery
+    from synthface.gallery import read_embeddings_parquet
 
     gallery = read_embeddings_parquet(run / "model" / "gallery.parquet")
     assert gallery.embedder == "tiny" and len(gallery.names) == 4 and len(gallery.embeddings) == 12
-    cfg = _with_model_gallery(IdentitiesSection(strategy="gallery"), model)
+    cfg = with_model_gallery(IdentitiesSection(strategy="gallery"), model)
     assert cfg.gallery == str(run / "model" / "gallery.parquet")
     named = IdentitiesSection(strategy="gallery", gallery="elsewhere.parquet")
-    assert _with_model_gallery(named, model).gallery == "elsewhere.parquet"
-    assert _with_model_gallery(IdentitiesSection(strategy="uniform"), model).gallery is None
+    assert with_model_gallery(named, model).gallery == "elsewhere.parquet"
+    assert with_model_gallery(IdentitiesSection(strategy="uniform"), model).gallery is None
     with open(run / "samples" / "condition.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["step"] for r in rows] == ["3"] and float(rows[0]["cond_vs_uncond"]) >= 0.0
@@ -176,7 +201,9 @@ def test_identity_guidance_runs_on_a_zero_terminal_snr_model():
     guide = TinyEmbedder(DIM, seed=1)
     emb = _embeddings(2, 4)
     plain = sample_batch(model, emb, [1, 2], scheduler="ddim", steps=3, guidance_scale=2.0)
-    guided = sample_batch(model, emb, [1, 2], scheduler="ddim", steps=3, guidance_scale=2.0, identity_scale=5.0, identity_guide=guide)
+    guided = sample_batch(
+        model, emb, [1, 2], scheduler="ddim", steps=3, guidance_scale=2.0, identity_scale=5.0, identity_guide=guide
+    )
     assert torch.isfinite(guided).all() and not torch.equal(plain, guided)
 
 

@@ -110,7 +110,12 @@ def test_quality_figures_follow_the_identities(inspected: dict) -> None:
     assert quality["separability"]["identities"] == 3 and quality["separability"]["duplicates"] == 0
     assert inspected["similarity"]["nearest_identity_centre"] == quality["separability"]["nearest_other"]
     # every crop had a face; yaw follows the nose offset, so each identity spans the same yaw range
-    assert quality["detection"] == {"images": 15, "detected": 15, "rate": 1.0, "confidence": pytest.approx(quality["detection"]["confidence"])}
+    assert quality["detection"] == {
+        "images": 15,
+        "detected": 15,
+        "rate": 1.0,
+        "confidence": pytest.approx(quality["detection"]["confidence"]),
+    }
     assert quality["detection"]["confidence"]["mean"] == pytest.approx(0.97)
     yaw = quality["pose"]["yaw"]
     assert yaw["within_identity_std"]["mean"] > 10 and quality["pose"]["roll"]["within_identity_std"]["max"] < 1e-6
@@ -148,7 +153,9 @@ def test_a_reference_of_other_people_is_further(dataset: Path, inspected: dict, 
 def _rows(page: str) -> dict[int, list[float]]:
     """label -> the yaw of each image of its contact sheet row, in page order."""
     out = {}
-    for label, body in re.findall(r'<div class="row" data-label="(\d+)"[^>]*>(.*?)</div>\n(?=<div class="row"|</div>)', page, re.S):
+    for label, body in re.findall(
+        r'<div class="row" data-label="(\d+)"[^>]*>(.*?)</div>\n(?=<div class="row"|</div>)', page, re.S
+    ):
         out[int(label)] = [float(y) for y in re.findall(r'data-yaw="([-0-9.]+)"', body)]
     return out
 
@@ -202,7 +209,9 @@ def test_html_report_renders_in_a_browser(inspected: dict, tmp_path: Path) -> No
     assert decoded[1] == total[1]  # every embedded image decoded
     assert 'id="metric-table"' in dom and dom.count('class="row"') == 3
     shot = tmp_path / "page.png"
-    done = _browser("--hide-scrollbars", "--window-size=1200,4000", "--virtual-time-budget=5000", f"--screenshot={shot}", page.as_uri())
+    done = _browser(
+        "--hide-scrollbars", "--window-size=1200,4000", "--virtual-time-budget=5000", f"--screenshot={shot}", page.as_uri()
+    )
     assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
     from PIL import Image
 

@@ -12,7 +12,7 @@ from helpers_generate import EMBED_DIM, IMAGE_SIZE, make_tiny_model
 from synthface.errors import InputError, WeightsError
 from synthface.generator import ModelMismatchError, generate, load_model, sample_batch
 from synthface.generator.native import IdentityProjector, load_native
-from synthface.generator.pipeline import _shared_timestep
+from synthface.generator.pipeline import shared_timestep
 from synthface.testing import TinyEmbedder, tiny_native
 
 
@@ -37,9 +37,7 @@ def test_same_seed_any_batch_size_gives_identical_images(model, scheduler):
     options = dict(scheduler=scheduler, steps=2, guidance_scale=2.5)
     whole = sample_batch(model, emb, seeds, **options)
     for batch in (1, 3):
-        parts = torch.cat(
-            [sample_batch(model, emb[i : i + batch], seeds[i : i + batch], **options) for i in range(0, 5, batch)]
-        )
+        parts = torch.cat([sample_batch(model, emb[i : i + batch], seeds[i : i + batch], **options) for i in range(0, 5, batch)])
         assert torch.equal(parts, whole), f"batch size {batch} changed the images"
     # and the uint8 images the writer stores
     assert np.array_equal(generate(model, emb, seeds, batch_size=2, **options), (whole * 255).round().permute(0, 2, 3, 1).numpy())
@@ -91,7 +89,7 @@ def test_timestep_sharing_matches_the_plain_unet(model):
     t = torch.tensor(500)
     with torch.no_grad():
         plain = model.unet(x, t, encoder_hidden_states=h).sample
-        with _shared_timestep(model.unet):
+        with shared_timestep(model.unet):
             shared = model.unet(x, t, encoder_hidden_states=h).sample
     torch.testing.assert_close(shared, plain, rtol=1e-4, atol=1e-5)
 
@@ -128,7 +126,8 @@ def test_native_model_round_trip(tmp_path, model):
     loaded = load_native(path)
     emb = _embeddings(2)
     assert torch.equal(
-        sample_batch(model_in, emb, [1, 2], steps=2, scheduler="ddpm"), sample_batch(loaded, emb, [1, 2], steps=2, scheduler="ddpm")
+        sample_batch(model_in, emb, [1, 2], steps=2, scheduler="ddpm"),
+        sample_batch(loaded, emb, [1, 2], steps=2, scheduler="ddpm"),
     )
     assert sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) < 5_000_000
 

@@ -14,13 +14,14 @@ from synthface.dataset.reader import open_training_set
 from synthface.errors import ConfigError, InputError
 from synthface.recognition.benchmarks import embed_crops
 from synthface.recognition.train import (
-    EpochSampler,
+    ProcessEpochSampler,
     build_transform,
     load_recognizer,
     lr_factor,
     train_recognizer,
 )
-from synthface.recognition.verification import evaluate_embeddings, PairsProtocol
+from synthface.recognition.protocols import PairsProtocol
+from synthface.recognition.verification import evaluate_embeddings
 
 TINY = [
     "recognizer.backbone=iresnet-mini",
@@ -132,8 +133,12 @@ def test_resume_continues_to_the_same_weights(folder, tmp_path):
     with pytest.raises(InputError, match="--resume"):
         train_recognizer(ds, r, tmp_path / "cut")
     with pytest.raises(ConfigError, match="train.lr"):
-        train_recognizer(ds, recipe("train.max_steps=12", "train.checkpoint_every=4", "train.augment=[]", "train.lr=0.01"),
-                         tmp_path / "cut", resume=True)
+        train_recognizer(
+            ds,
+            recipe("train.max_steps=12", "train.checkpoint_every=4", "train.augment=[]", "train.lr=0.01"),
+            tmp_path / "cut",
+            resume=True,
+        )
     resumed = train_recognizer(ds, r, tmp_path / "cut", resume=True)
     assert resumed.steps == 12 and [h["step"] for h in resumed.history] == [5, 10, 12]
     a, _ = load_recognizer(full.recognizer)
@@ -151,10 +156,10 @@ def test_schedule_and_sampler():
     poly = recipe("train.schedule=poly", "train.poly_power=2")
     assert lr_factor(50, 100, 10, poly) == pytest.approx(0.25)
     # two processes see disjoint halves of the single-process batches, resumable mid-epoch
-    one = list(EpochSampler(20, seed=3, per_process=4))
-    r0, r1 = list(EpochSampler(20, 3, 2, rank=0, world=2)), list(EpochSampler(20, 3, 2, rank=1, world=2))
+    one = list(ProcessEpochSampler(20, seed=3, per_process=4))
+    r0, r1 = list(ProcessEpochSampler(20, 3, 2, rank=0, world=2)), list(ProcessEpochSampler(20, 3, 2, rank=1, world=2))
     assert one[:4] == r0[:2] + r1[:2] and sorted(r0 + r1) == sorted(one)
-    s = EpochSampler(20, seed=3, per_process=4)
+    s = ProcessEpochSampler(20, seed=3, per_process=4)
     s.set_epoch(0, skip_steps=2)
     assert list(s) == one[8:]
     s.set_epoch(1)

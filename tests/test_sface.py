@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -181,7 +180,7 @@ def test_template_warp_matches_warp_face():
 
 def test_identity_guide_passes_the_model_geometry(monkeypatch):
     from synthface.faces.embedders import EMBEDDERS
-    from synthface.generator.run import identity_guide_for
+    from synthface.generator.planning import identity_guide_for
 
     seen = {}
 

@@ -26,7 +26,7 @@ from synthface.generator.taef2 import (
     vae_downscale_factor,
 )
 from synthface.testing import TinyEmbedder, tiny_native
-from synthface.training.loop import load_vae
+from synthface.generator.training.loop import load_vae
 
 TAEF2_DIR = Path(__file__).resolve().parents[2] / "shared" / "models" / "taef2"
 EMBED_DIM = 128
@@ -99,7 +99,10 @@ def test_tampered_file_is_a_named_checksum_error(taef2_dir, tmp_path):
     data = bytearray((tmp_path / DECODER_FILE).read_bytes())
     data[len(data) // 2] ^= 0xFF
     (tmp_path / DECODER_FILE).write_bytes(bytes(data))
-    with pytest.raises(WeightsError, match=rf"{DECODER_FILE} has sha256 [0-9a-f]{{64}} but the published {DECODER_FILE} has {KNOWN_SHA256[DECODER_FILE]}") as info:
+    with pytest.raises(
+        WeightsError,
+        match=rf"{DECODER_FILE} has sha256 [0-9a-f]{{64}} but the published {DECODER_FILE} has {KNOWN_SHA256[DECODER_FILE]}",
+    ) as info:
         load_taef2(tmp_path)
     assert "\n" not in str(info.value) and "madebyollin/taesd" in str(info.value)
 

@@ -18,9 +18,9 @@ from synthface.cli.app import app
 from synthface.config import TrainRecipe, load_recipe
 from synthface.errors import ConfigError, InputError
 from synthface.testing import TinyEmbedder
-from synthface.training import EpochSampler, checkpoints, load_faces, train_generator
-from synthface.training.data import crop_box, model_crop
-from synthface.training.loop import Trainer, drop_mask, step_generator
+from synthface.generator.training import EpochSampler, checkpoints, load_faces, train_generator
+from synthface.generator.training.data import crop_box, model_crop
+from synthface.generator.training.loop import Trainer, drop_mask, step_generator
 
 IDENTITIES, PER_ID = 4, 4
 
@@ -133,8 +133,17 @@ def test_load_faces_skips_bad_images_and_caches(faces_dir, tmp_path):
 
 def test_embed_per_identity_embeds_a_few_and_trains_on_all(faces_dir, tmp_path):
     emb = CountingEmbedder()
-    faces = load_faces(faces_dir, "tiny", image_size=16, crop="tight", model_scale=0.6, cache_dir=tmp_path,
-                       workers=0, embedder=emb, embed_per_identity=2)
+    faces = load_faces(
+        faces_dir,
+        "tiny",
+        image_size=16,
+        crop="tight",
+        model_scale=0.6,
+        cache_dir=tmp_path,
+        workers=0,
+        embedder=emb,
+        embed_per_identity=2,
+    )
     # person_0's two picks (first and last of its sorted files) include the unreadable one
     assert emb.calls == 2 * IDENTITIES - 1 and len(faces) == IDENTITIES * PER_ID
     assert np.isfinite(faces.image_embeddings).all(axis=1).sum() == 2 * IDENTITIES - 1
@@ -145,7 +154,9 @@ def test_embed_per_identity_embeds_a_few_and_trains_on_all(faces_dir, tmp_path):
 
 def test_tight_data_cannot_make_loose_crops(faces_dir, tmp_path):
     with pytest.raises(ConfigError, match="model.crop=tight"):
-        load_faces(faces_dir, "tiny", image_size=16, crop="loose", model_scale=0.6, cache_dir=tmp_path, embedder=CountingEmbedder())
+        load_faces(
+            faces_dir, "tiny", image_size=16, crop="loose", model_scale=0.6, cache_dir=tmp_path, embedder=CountingEmbedder()
+        )
 
 
 def test_loose_to_tighter_crop_takes_the_centre():
@@ -184,8 +195,15 @@ def test_training_lowers_loss_and_exports_a_loadable_model(faces_dir, cache_dir,
     from synthface.generator.native import NativeMeta
     from synthface.generator.pipeline import generate
 
-    config = tiny_recipe(cache_dir, "train.max_steps=12", "train.lr=2e-3", "train.ema_decay=0",
-                         "train.checkpoint_every=100", "train.sample_every=12", "train.cond_dropout=0.1")
+    config = tiny_recipe(
+        cache_dir,
+        "train.max_steps=12",
+        "train.lr=2e-3",
+        "train.ema_decay=0",
+        "train.checkpoint_every=100",
+        "train.sample_every=12",
+        "train.cond_dropout=0.1",
+    )
     run = tmp_path / "run"
     trainer = Trainer(config, faces_dir, run, embedder=CountingEmbedder())
     faces = trainer.prepare_data(torch.device("cpu"))
@@ -261,8 +279,14 @@ class _SpyTrainer(Trainer):
 
 
 def test_condition_dropout_feeds_null_tokens_at_the_configured_rate(faces_dir, cache_dir, tmp_path):
-    config = tiny_recipe(cache_dir, "train.max_steps=100", "train.batch_size=12", "train.cond_dropout=0.5",
-                         "train.checkpoint_every=100", "train.sample_every=100")
+    config = tiny_recipe(
+        cache_dir,
+        "train.max_steps=100",
+        "train.batch_size=12",
+        "train.cond_dropout=0.5",
+        "train.checkpoint_every=100",
+        "train.sample_every=100",
+    )
     trainer = _SpyTrainer(config, faces_dir, tmp_path / "run", embedder=CountingEmbedder())
     trainer.run(stop_at_step=4)
     rows = dropped = 0
@@ -351,8 +375,14 @@ def test_latent_model_trains_on_cached_latents_and_exports_its_vae(faces_dir, ca
 
     vae_dir = tmp_path / "vae"
     tiny_native(image_size=16, latent=True).vae.save_pretrained(vae_dir)
-    config = tiny_recipe(cache_dir, "model.latent=true", f"model.vae={vae_dir}", "train.max_steps=2",
-                         "train.augment=[flip]", "train.sample_every=2")
+    config = tiny_recipe(
+        cache_dir,
+        "model.latent=true",
+        f"model.vae={vae_dir}",
+        "train.max_steps=2",
+        "train.augment=[flip]",
+        "train.sample_every=2",
+    )
     summary = train_generator(config, faces_dir, tmp_path / "run", embedder=CountingEmbedder())
     assert summary["steps"] == 2 and list((cache_dir).glob("latents-*.npy"))
     model = load_model(tmp_path / "run" / "model")

@@ -178,8 +178,15 @@ def test_a_style_bank_run_records_rows_and_refuses_a_changed_bank(model_dir, tmp
     before = shard.read_bytes()
     Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(bank / "style1.png")
     result = CliRunner().invoke(
-        app, ["generate", "--model", str(model_dir), "--out", str(tmp_path / "out"),
-              *[x for s in [*TINY_SETS, *sets] for x in ("--set", s)]],  # fmt: skip
+        app,
+        [
+            "generate",
+            "--model",
+            str(model_dir),
+            "--out",
+            str(tmp_path / "out"),
+            *[x for s in [*TINY_SETS, *sets] for x in ("--set", s)],
+        ],  # fmt: skip
     )
     assert result.exit_code == 2 and "variation.style_bank files changed" in result.output
     assert shard.read_bytes() == before

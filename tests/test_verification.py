@@ -12,18 +12,15 @@ from PIL import Image
 
 from synthface.errors import InputError
 from synthface.lfw import lfw_dir, not_found
+from synthface.recognition.protocols import PairsProtocol, load_protocol, read_pairs, split_folds
 from synthface.recognition.verification import (
-    PairsProtocol,
     best_threshold,
     combine_flipped,
     evaluate_embeddings,
     evaluate_scores,
     far_key,
-    load_protocol,
     pair_scores,
     plot_roc,
-    read_pairs,
-    split_folds,
 )
 
 LFW = lfw_dir(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lfw")
@@ -165,8 +162,17 @@ def test_result_dict_keys_and_json():
     rng = np.random.default_rng(7)
     scores, issame = synthetic_scores(rng, 400)
     d = evaluate_scores(scores, issame, fars=[1e-4, 1.5e-2]).to_dict(roc=True)
-    for key in ("accuracy", "accuracy_std", "threshold", "pairs", "auc", "failed_pairs",
-                "tar_at_far_1e-3", "tar_at_far_1e-4", "tar_at_far_1.5e-2"):
+    for key in (
+        "accuracy",
+        "accuracy_std",
+        "threshold",
+        "pairs",
+        "auc",
+        "failed_pairs",
+        "tar_at_far_1e-3",
+        "tar_at_far_1e-4",
+        "tar_at_far_1.5e-2",
+    ):
         assert key in d
     assert d["pairs"] == 400 and d["same_pairs"] == int(issame.sum())
     assert len(d["roc"]["fpr"]) == len(d["roc"]["tpr"])
@@ -364,8 +370,7 @@ def test_load_image_from_path(tmp_path):
     pixels = rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "a.png")
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
-    proto = PairsProtocol("t", [tmp_path / "a.png", tmp_path / "bad.jpg"], np.array([[0, 1]]),
-                          np.array([True]), np.array([0]))
+    proto = PairsProtocol("t", [tmp_path / "a.png", tmp_path / "bad.jpg"], np.array([[0, 1]]), np.array([True]), np.array([0]))
     assert np.array_equal(proto.load_image(0), pixels)
     with pytest.raises(InputError, match="cannot decode"):
         proto.load_image(1)

@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from synthface.dataset.plan import make_shards, plan_labels, shards_for_process
+from synthface.dataset.plan import make_shards, shards_for_process
+from synthface.identities import plan_labels
+from synthface.atomic import atomic_write_bytes, clean_temp
+from synthface.dataset.locks import RunLock
 from synthface.dataset.writer import (
-    RunLock,
+    SHARD_FILES,
     ShardRows,
-    atomic_write_bytes,
-    clean_temp,
     encode_image,
     shard_done,
     shard_paths,
@@ -92,7 +93,7 @@ def test_atomic_writes_leave_no_temp_files_and_stale_ones_are_cleaned(tmp_path):
     assert json.loads(target.read_text()) == {} and not list(tmp_path.glob(".*.tmp"))
     (tmp_path / ".train-00000-of-00001.parquet.abc123_z.tmp").write_bytes(b"partial")  # mkstemp's 8 characters
     (tmp_path / ".notes.tmp").write_bytes(b"a user's file")
-    assert clean_temp(tmp_path) == 1 and [p.name for p in tmp_path.glob(".*.tmp")] == [".notes.tmp"]
+    assert clean_temp(tmp_path, SHARD_FILES) == 1 and [p.name for p in tmp_path.glob(".*.tmp")] == [".notes.tmp"]
     assert oct(target.stat().st_mode & 0o777) != oct(0o600)
 
 

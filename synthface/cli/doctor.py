@@ -12,11 +12,18 @@ from synthface.cli.common import JsonOpt, RecipeOpt, RichBar, SetOpt, console, e
 
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="Generator model (directory or Hub id); overrides the recipe's model.", show_default=False),
+    typer.Option(
+        "--model", "-m", help="Generator model (directory or Hub id); overrides the recipe's model.", show_default=False
+    ),
 ]
 EmbedderOpt = Annotated[
     list[str] | None,
-    typer.Option("--embedder", "-e", help="Also an embedder's weights (repeatable): facenet-vggface2, onnx:ORG/REPO/FILE.onnx, ...", show_default=False),
+    typer.Option(
+        "--embedder",
+        "-e",
+        help="Also an embedder's weights (repeatable): facenet-vggface2, onnx:ORG/REPO/FILE.onnx, ...",
+        show_default=False,
+    ),
 ]
 
 DOCTOR_EPILOG = example(
@@ -68,7 +75,9 @@ def doctor(
     sets: SetOpt = None,
     model: ModelOpt = None,
     embedders: EmbedderOpt = None,
-    fetch: Annotated[bool, typer.Option("--fetch", help="Fetch every missing file that can be fetched (as `synthface download`).")] = False,
+    fetch: Annotated[
+        bool, typer.Option("--fetch", help="Fetch every missing file that can be fetched (as `synthface download`).")
+    ] = False,
     json_out: JsonOpt = None,
 ) -> None:
     """Report python, the torch build and devices, packages, and whether the weights a run loads are complete.
@@ -113,7 +122,9 @@ def doctor(
                       f"every download at once: [cyan]{one_step}[/]; one by one:", highlight=False, soft_wrap=True)  # fmt: skip
         for w in absent:
             lacks = f" (lacks {', '.join(w['missing'])})" if w["missing"] else ""
-            console.print(f"  {escape(w['name'])}{escape(lacks)}:\n    [cyan]{escape(w['fetch'])}[/]", highlight=False, soft_wrap=True)
+            console.print(
+                f"  {escape(w['name'])}{escape(lacks)}:\n    [cyan]{escape(w['fetch'])}[/]", highlight=False, soft_wrap=True
+            )
     write_json(json_out, data)
 
 

@@ -15,7 +15,15 @@ from synthface.config import EmbedRecipe, write_resolved
 def embed(
     src: Annotated[Path, typer.Argument(help="Folder of images (identity sub-folders name the identity).", show_default=False)],
     out: Annotated[Path, typer.Argument(help="Output Parquet file.", show_default=False)],
-    embedder: Annotated[str | None, typer.Option("--embedder", "-e", help="dlib | sface | facenet-vggface2 | facenet-casia | onnx:PATH (recipe key: embedder).", show_default=False)] = None,
+    embedder: Annotated[
+        str | None,
+        typer.Option(
+            "--embedder",
+            "-e",
+            help="dlib | sface | facenet-vggface2 | facenet-casia | onnx:PATH (recipe key: embedder).",
+            show_default=False,
+        ),
+    ] = None,
     recipe_path: RecipeOpt = None,
     sets: SetOpt = None,
     json_out: JsonOpt = None,

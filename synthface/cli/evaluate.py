@@ -82,8 +82,15 @@ def run_evaluate(
     b = config.bench
     loaded = {
         name: load_benchmark(
-            name, spec, aligned=b.aligned, folds=b.folds, batch_size=b.batch_size, device=str(device),
-            progress=progress_factory(), seed=config.seed, pairs_per_fold=b.pairs_per_fold,
+            name,
+            spec,
+            aligned=b.aligned,
+            folds=b.folds,
+            batch_size=b.batch_size,
+            device=str(device),
+            progress=progress_factory(),
+            seed=config.seed,
+            pairs_per_fold=b.pairs_per_fold,
         )
         for name, spec in benches.items()
     }
@@ -108,12 +115,8 @@ def run_evaluate(
         size = input_size_of(config)
         for name, path in trains.items():
             people_list = read_people(people[name]) if name in people else None
-            dataset = open_training_set(
-                path, size=size, min_images=config.train.min_images, people=people_list
-            )
-            result = train_recognizer(
-                dataset, config, runs / name, name=name, resume=resume, progress=progress_factory()
-            )
+            dataset = open_training_set(path, size=size, min_images=config.train.min_images, people=people_list)
+            result = train_recognizer(dataset, config, runs / name, name=name, resume=resume, progress=progress_factory())
             training[name] = {"path": path, **result.summary()}
             histories[name] = result.history
             if state.is_main_process:
@@ -200,8 +203,10 @@ def register(app: typer.Typer) -> None:
             "training_sets": report["training_sets"],
             "benchmarks": report["benchmarks"],
             "results": {
-                s: {b: {k: r[k] for k in ("accuracy", "accuracy_std", "tar_at_far_1e-3", "auc", "pairs")}
-                    for b, r in report["results"][s].items()}
+                s: {
+                    b: {k: r[k] for k in ("accuracy", "accuracy_std", "tar_at_far_1e-3", "auc", "pairs")}
+                    for b, r in report["results"][s].items()
+                }
                 for s in report["training_sets"]
             },
             "average": report["average"],

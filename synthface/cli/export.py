@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from synthface.cli.common import AllowPartialOpt, JsonOpt, RecipeOpt, RichBar, SetOpt, console, example, handle_errors, recipe, write_json
+from synthface.cli.common import (
+    AllowPartialOpt,
+    JsonOpt,
+    RecipeOpt,
+    RichBar,
+    SetOpt,
+    console,
+    example,
+    handle_errors,
+    recipe,
+    write_json,
+)
 from synthface.config import ExportRecipe
 
 EPILOG = example(
@@ -22,8 +33,13 @@ synthface export runs/10k --format webdataset runs/10k-wds --set shard_size=5000
 @handle_errors
 def export_cmd(
     src: Annotated[Path, typer.Argument(help="Dataset directory written by `synthface generate`.", show_default=False)],
-    out: Annotated[Path, typer.Argument(help="Output directory (created; must be empty unless --overwrite).", show_default=False)],
-    fmt: Annotated[str | None, typer.Option("--format", "-f", help="imagefolder | webdataset | recordio (recipe key: format).", show_default=False)] = None,
+    out: Annotated[
+        Path, typer.Argument(help="Output directory (created; must be empty unless --overwrite).", show_default=False)
+    ],
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", "-f", help="imagefolder | webdataset | recordio (recipe key: format).", show_default=False),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier export in OUT.")] = False,
     allow_partial: AllowPartialOpt = False,
     recipe_path: RecipeOpt = None,
@@ -37,7 +53,9 @@ def export_cmd(
     cfg = recipe(ExportRecipe, recipe_path, overrides)
     summary = export(src, cfg.format, out, overwrite=overwrite, shard_size=cfg.shard_size, progress=RichBar(),
                      allow_partial=allow_partial, config=cfg)  # fmt: skip
-    console.print(f"exported {summary['images']} images of {summary['identities']} identities as {cfg.format} -> {out}", highlight=False)
+    console.print(
+        f"exported {summary['images']} images of {summary['identities']} identities as {cfg.format} -> {out}", highlight=False
+    )
     write_json(json_out, summary)
 
 

@@ -45,7 +45,8 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = None,
     ) -> None:
         """Generate a labeled synthetic face dataset: Parquet shards under OUT/data, resumable."""
-        from synthface.generator.run import generate_dataset, process_state
+        from synthface.generator.distributed import process_state
+        from synthface.generator.run import generate_dataset
 
         config = recipe(GenerateRecipe, recipe_path, sets)
         if model is not None:

@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from synthface.cli.common import AllowPartialOpt, JsonOpt, RecipeOpt, RichBar, SetOpt, console, example, handle_errors, recipe, write_json
+from synthface.cli.common import (
+    AllowPartialOpt,
+    JsonOpt,
+    RecipeOpt,
+    RichBar,
+    SetOpt,
+    console,
+    example,
+    handle_errors,
+    recipe,
+    write_json,
+)
 from synthface.config import InspectRecipe, write_resolved
 
 EPILOG = example(
@@ -22,10 +33,34 @@ synthface inspect runs/10k --reference data/lfw-test-aligned112 --set card=false
 @handle_errors
 def inspect_cmd(
     src: Annotated[Path, typer.Argument(help="Dataset directory written by `synthface generate`.", show_default=False)],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report directory (default: SRC/inspect).", show_default=False)] = None,
-    embedder: Annotated[str | None, typer.Option("--embedder", "-e", help="Embedder of the similarity histograms ('none' skips them; recipe key: embedder).", show_default=False)] = None,
-    gallery: Annotated[str | None, typer.Option("--gallery", help="`synthface embed` Parquet of real people: leakage report (recipe key: gallery).", show_default=False)] = None,
-    reference: Annotated[str | None, typer.Option("--reference", help="Folder of real aligned faces (one sub-folder per person): Frechet distance and k-NN precision/recall (recipe key: reference).", show_default=False)] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Report directory (default: SRC/inspect).", show_default=False)
+    ] = None,
+    embedder: Annotated[
+        str | None,
+        typer.Option(
+            "--embedder",
+            "-e",
+            help="Embedder of the similarity histograms ('none' skips them; recipe key: embedder).",
+            show_default=False,
+        ),
+    ] = None,
+    gallery: Annotated[
+        str | None,
+        typer.Option(
+            "--gallery",
+            help="`synthface embed` Parquet of real people: leakage report (recipe key: gallery).",
+            show_default=False,
+        ),
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            "--reference",
+            help="Folder of real aligned faces (one sub-folder per person): Frechet distance and k-NN precision/recall (recipe key: reference).",
+            show_default=False,
+        ),
+    ] = None,
     allow_partial: AllowPartialOpt = False,
     recipe_path: RecipeOpt = None,
     sets: SetOpt = None,
@@ -34,8 +69,12 @@ def inspect_cmd(
     """Write SRC's report: report.html, inspect.json, contact_sheet.png, quality.png, similarity.png, candidate_scores.png, leakage.png."""
     from synthface.dataset.inspect import inspect_dataset
 
-    overrides = list(sets or []) + ([f"embedder={embedder}"] if embedder else []) + ([f"gallery={gallery}"] if gallery else []) \
+    overrides = (
+        list(sets or [])
+        + ([f"embedder={embedder}"] if embedder else [])
+        + ([f"gallery={gallery}"] if gallery else [])
         + ([f"reference={reference}"] if reference else [])
+    )
     cfg = recipe(InspectRecipe, recipe_path, overrides)
     target = out or (src / "inspect")
     report = inspect_dataset(

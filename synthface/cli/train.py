@@ -28,14 +28,20 @@ def register(app: typer.Typer) -> None:
         data: Annotated[
             Path,
             typer.Option(
-                "--data", "-d",
+                "--data",
+                "-d",
                 help="Real faces: a folder with one sub-folder of aligned faces per identity, or synthface shards.",
                 show_default=False,
             ),
         ],
         out: Annotated[
             Path,
-            typer.Option("--out", "-o", help="Run folder: checkpoints, samples, loss curve, and the model in OUT/model.", show_default=False),
+            typer.Option(
+                "--out",
+                "-o",
+                help="Run folder: checkpoints, samples, loss curve, and the model in OUT/model.",
+                show_default=False,
+            ),
         ],
         recipe_path: RecipeOpt = None,
         sets: SetOpt = None,
@@ -49,7 +55,7 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = None,
     ) -> None:
         """Train the native generator (DDPM, condition dropout for CFG, EMA) on real faces; export OUT/model."""
-        from synthface.training import train_generator
+        from synthface.generator.training import train_generator
 
         config = recipe(TrainRecipe, recipe_path, sets)
         summary = train_generator(

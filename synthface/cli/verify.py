@@ -14,11 +14,30 @@ from synthface.output_folder import check_output_folder
 
 @handle_errors
 def verify(
-    pairs: Annotated[Path, typer.Option("--pairs", help="LFW-style pairs.txt, a CSV (path_a,path_b,same), an insightface .bin, "
-                                        "or a folder of people (a seeded people-disjoint 10-fold protocol is drawn).", show_default=False)],
-    images: Annotated[Path | None, typer.Option("--images", help="Image folder that pairs.txt names (for a CSV: the folder its paths are relative to; default its own).", show_default=False)] = None,
-    embedder: Annotated[str | None, typer.Option("--embedder", "-e", help="dlib | sface | facenet-vggface2 | facenet-casia | onnx:PATH.", show_default=False)] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Folder for roc.png, the summary and the resolved config.", show_default=False)] = None,
+    pairs: Annotated[
+        Path,
+        typer.Option(
+            "--pairs",
+            help="LFW-style pairs.txt, a CSV (path_a,path_b,same), an insightface .bin, "
+            "or a folder of people (a seeded people-disjoint 10-fold protocol is drawn).",
+            show_default=False,
+        ),
+    ],
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images",
+            help="Image folder that pairs.txt names (for a CSV: the folder its paths are relative to; default its own).",
+            show_default=False,
+        ),
+    ] = None,
+    embedder: Annotated[
+        str | None,
+        typer.Option("--embedder", "-e", help="dlib | sface | facenet-vggface2 | facenet-casia | onnx:PATH.", show_default=False),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for roc.png, the summary and the resolved config.", show_default=False)
+    ] = None,
     recipe_path: RecipeOpt = None,
     sets: SetOpt = None,
     json_out: JsonOpt = None,

@@ -118,8 +118,7 @@ def card_text(
     """The card; ``data_files`` lists the shards when some are empty (the filter dropped all their identities),
     since `datasets` cannot read an empty Parquet file; None means every shard (a glob). ``label_names``
     names each label (its identity) for the ClassLabel feature."""
-    from synthface.config import config_dict
-    from synthface.generator.run import RESUME_FREE_KEYS
+    from synthface.config import RESUME_FREE_KEYS, config_dict
 
     out = Path(str(summary.get("out", ".")))
     config = _shown_config(config_dict(recipe), out)
@@ -135,15 +134,15 @@ def card_text(
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": data_files or "data/train-*.parquet"}]}],
     }
     if label_names is not None:
-        header["dataset_info"] = {"features": card_features(
-            label_names, recipe.output.store_full_resolution, recipe.variation.active
-        )}
+        header["dataset_info"] = {
+            "features": card_features(label_names, recipe.output.store_full_resolution, recipe.variation.active)
+        }
     licences = dict(getattr(model, "licences", {}) or {})
     if not licences:
         licences = {
             "generator": {
                 "component": f"{getattr(model, 'family', 'generator')} model "
-                             f"{shown_path(str(getattr(model, 'source', '') or config.get('model')), out)}",
+                f"{shown_path(str(getattr(model, 'source', '') or config.get('model')), out)}",
                 "licence": "as its owner licensed it (a synthface native model is yours: it follows your training data)",
                 "url": "",
             }
@@ -249,7 +248,11 @@ def quality_section(report: dict[str, Any], report_dir: str) -> str:
     lines.append("| metric | value |" + (" reference |" if with_ref else "") + " definition |")
     lines.append("| --- | --- |" + (" --- |" if with_ref else "") + " --- |")
     for r in table:
-        cells = [r["metric"], r["value"]] + ([r["reference"]] if with_ref else []) + [r["definition"] + (f" ({r['source']})" if r["source"] else "")]
+        cells = (
+            [r["metric"], r["value"]]
+            + ([r["reference"]] if with_ref else [])
+            + [r["definition"] + (f" ({r['source']})" if r["source"] else "")]
+        )
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines + [""])
 
@@ -303,7 +306,7 @@ def is_own_card(path: str | Path) -> bool:
 
 def write_card(out: str | Path, recipe: Any, model: Any, summary: dict[str, Any]) -> Path | None:
     """Write OUT/README.md; None (nothing written) when a README.md that synthface did not write is there."""
-    from synthface.dataset.writer import atomic_write_bytes
+    from synthface.atomic import atomic_write_bytes
 
     if (Path(out) / CARD_FILE).exists() and not is_own_card(Path(out) / CARD_FILE):
         return None

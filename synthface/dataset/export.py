@@ -43,7 +43,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from synthface.dataset.shards import committed_shards
-from synthface.dataset.writer import DIR_MODE
+from synthface.atomic import DIR_MODE
 from synthface.errors import InputError
 from synthface.runtime import Progress, progress_or_null
 
@@ -88,7 +88,12 @@ def iter_rows(
         labels = t.column("label").to_numpy()
         tables.append((path, labels, t.column("sample").to_numpy()))
     order = sorted(
-        ((int(l), int(s), k, r) for k, (_, labels, samples) in enumerate(tables) for r, (l, s) in enumerate(zip(labels, samples)) if l >= 0)
+        (
+            (int(l), int(s), k, r)
+            for k, (_, labels, samples) in enumerate(tables)
+            for r, (l, s) in enumerate(zip(labels, samples))
+            if l >= 0
+        )
     )
     cache: dict[int, Any] = {}
     for label, _, k, r in order:
@@ -192,7 +197,7 @@ def label_width(shards: list[Path]) -> int:
 
 
 def _imagefolder(rows: Iterator[dict[str, Any]], out: Path, bar: Any, width: int) -> dict[str, Any]:
-    from synthface.dataset.writer import atomic_write_bytes
+    from synthface.atomic import atomic_write_bytes
 
     labels = set()
     count = 0
@@ -317,7 +322,7 @@ def _recordio(rows: Iterator[dict[str, Any]], out: Path, bar: Any) -> dict[str, 
         rec.write(record_bytes(pack_labels([float(first_id), float(first_id + len(ranges))])))
         rec.flush()
         os.fsync(rec.fileno())
-    idx_lines = [f"0\t0"] + [f"{k}\t{o}" for k, o in offsets]
+    idx_lines = ["0\t0"] + [f"{k}\t{o}" for k, o in offsets]
     idx_tmp.write_text("\n".join(idx_lines) + "\n", encoding="utf-8")
     labels = [r[0] for r in ranges]
     if labels != list(range(len(labels))):

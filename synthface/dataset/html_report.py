@@ -74,10 +74,34 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 # (label, path under report["quality"], path under the reference's figures or None, format digits, definition key)
 METRIC_ROWS: list[tuple[str, str, str | None, int, str]] = [
-    ("identity consistency: mean cosine to the identity centre", "consistency.cos_to_centre.mean", "consistency.cos_to_centre.mean", 3, "consistency"),
-    ("images within the threshold of their centre", "consistency.within_threshold", "consistency.within_threshold", 3, "within_threshold"),
-    ("nearest other identity centre: median cosine", "separability.nearest_other.median", "separability.nearest_other.median", 3, "nearest_other"),
-    ("nearest other identity centre: 95th percentile", "separability.nearest_other.p95", "separability.nearest_other.p95", 3, "nearest_other"),
+    (
+        "identity consistency: mean cosine to the identity centre",
+        "consistency.cos_to_centre.mean",
+        "consistency.cos_to_centre.mean",
+        3,
+        "consistency",
+    ),
+    (
+        "images within the threshold of their centre",
+        "consistency.within_threshold",
+        "consistency.within_threshold",
+        3,
+        "within_threshold",
+    ),
+    (
+        "nearest other identity centre: median cosine",
+        "separability.nearest_other.median",
+        "separability.nearest_other.median",
+        3,
+        "nearest_other",
+    ),
+    (
+        "nearest other identity centre: 95th percentile",
+        "separability.nearest_other.p95",
+        "separability.nearest_other.p95",
+        3,
+        "nearest_other",
+    ),
     ("duplicate identities", "separability.duplicates", "separability.duplicates", 0, "duplicates"),
     ("embedding spread within an identity (median)", "spread.spread.median", "spread.spread.median", 3, "spread"),
     ("yaw spread within an identity (deg, mean std)", "pose.yaw.within_identity_std.mean", None, 1, "pose"),
@@ -147,7 +171,11 @@ _SCRIPT = """
 
 
 # a contact sheet row's figures: key -> (words, digits)
-_ROW_STATS = {"cos_to_centre": ("consistency", 3), "nearest_other": ("nearest other identity", 3), "yaw_std": ("yaw std (deg)", 1)}
+_ROW_STATS = {
+    "cos_to_centre": ("consistency", 3),
+    "nearest_other": ("nearest other identity", 3),
+    "yaw_std": ("yaw std (deg)", 1),
+}
 
 
 def _pose_text(pose: tuple[float, float, float] | None) -> str:
@@ -170,7 +198,7 @@ def render(report: dict[str, Any], rows: list[SheetRow], figures: dict[str, Path
     acc = _get(report, "acceptance.rate")
     if acc is not None:
         facts.append(f"filter acceptance {100 * acc:.1f}%")
-    parts.append(f'<p>{esc("; ".join(facts))}.</p>')
+    parts.append(f"<p>{esc('; '.join(facts))}.</p>")
     parts.append('<h2 id="metrics">Quality metrics</h2>')
     table = metric_table(report)
     ref = quality.get("reference") or {}
@@ -185,7 +213,7 @@ def render(report: dict[str, Any], rows: list[SheetRow], figures: dict[str, Path
         parts.append("</tbody></table>")
     else:
         parts.append('<p class="note">No quality figures: the embedder and the detector were both off.</p>')
-    for note in (quality.get("notes") or []):
+    for note in quality.get("notes") or []:
         parts.append(f'<p class="note">{esc(note)}</p>')
     if figures:
         parts.append('<h2 id="histograms">Histograms</h2><div class="figures">')

@@ -31,7 +31,9 @@ import numpy as np
 from synthface.dataset import quality as q
 from synthface.dataset.html_report import REPORT_HTML, SheetImage, SheetRow, write_html
 from synthface.dataset.quality import quantiles
-from synthface.dataset.writer import VARIATION_COLUMNS, staged_files
+from synthface.atomic import staged_files
+from synthface.embeddings import l2n
+from synthface.dataset.writer import VARIATION_COLUMNS
 from synthface.errors import InputError
 from synthface.figures import save_figure
 from synthface.runtime import Progress, progress_or_null
@@ -42,22 +44,22 @@ REPORT_FILE = "inspect.json"
 QUALITY_DEFINITIONS: dict[str, dict[str, str]] = {
     "consistency": {
         "definition": "cosine of each image to its identity centre (the normalised mean of the identity's embeddings), "
-                      "averaged per identity; quantiles over identities (1 = every image embeds the same)",
+        "averaged per identity; quantiles over identities (1 = every image embeds the same)",
         "source": "identity consistency as DCFace (Kim et al. 2023), IDiff-Face (Boutros et al. 2023) and Vec2Face report it",
     },
     "within_threshold": {
         "definition": "fraction of images whose cosine to their identity centre is at least the threshold: the dataset's "
-                      "filter threshold when inspect embeds with the filter embedder, else the embedder's default",
+        "filter threshold when inspect embeds with the filter embedder, else the embedder's default",
         "source": "synthface's filter thresholds (docs/filter.md)",
     },
     "nearest_other": {
         "definition": "for each identity centre, the cosine of the nearest other identity centre (lower: identities "
-                      "further apart)",
+        "further apart)",
         "source": "inter-class separability, as synthetic face datasets are compared (DCFace, Vec2Face)",
     },
     "duplicates": {
         "definition": "identities whose centre is at least duplicate_threshold from an earlier identity's centre: the "
-                      "filter's merge threshold when inspect embeds with the filter embedder, else the identity threshold",
+        "filter's merge threshold when inspect embeds with the filter embedder, else the identity threshold",
         "source": "synthface's separation check (docs/filter.md)",
     },
     "spread": {
@@ -66,9 +68,9 @@ QUALITY_DEFINITIONS: dict[str, dict[str, str]] = {
     },
     "pose": {
         "definition": "within-identity standard deviation of yaw, pitch and roll (degrees), each estimated from MTCNN's "
-                      "five landmarks on the stored crop: roll is the eye line's angle; yaw the nose's offset from the "
-                      "eye-mouth midline over half the eye distance; pitch the nose's height between eye and mouth lines "
-                      "against the ArcFace template's; both through arcsin",
+        "five landmarks on the stored crop: roll is the eye line's angle; yaw the nose's offset from the "
+        "eye-mouth midline over half the eye distance; pitch the nose's height between eye and mouth lines "
+        "against the ArcFace template's; both through arcsin",
         "source": "five-point geometry (synthface.dataset.quality.head_pose); landmarks by MTCNN (Zhang et al. 2016)",
     },
     "detection_rate": {
@@ -81,17 +83,17 @@ QUALITY_DEFINITIONS: dict[str, dict[str, str]] = {
     },
     "frechet_distance": {
         "definition": "Frechet distance between Gaussians fitted to this set's and the reference set's normalised "
-                      "embeddings: |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2); 0 = same mean and covariance",
+        "embeddings: |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2); 0 = same mean and covariance",
         "source": "Heusel et al. 2017 (FID), computed on face embeddings instead of Inception features",
     },
     "knn_precision": {
         "definition": "fraction of this set's embeddings inside the k-NN ball (radius: distance to the k-th nearest "
-                      "neighbour) of some reference embedding: how much of the set looks like real faces",
+        "neighbour) of some reference embedding: how much of the set looks like real faces",
         "source": "improved precision, Kynkaanniemi et al. 2019, in face-embedding space",
     },
     "knn_recall": {
         "definition": "fraction of the reference embeddings inside the k-NN ball of some embedding of this set: how "
-                      "much of the real face space the set covers",
+        "much of the real face space the set covers",
         "source": "improved recall, Kynkaanniemi et al. 2019, in face-embedding space",
     },
     "variation": {
@@ -187,10 +189,12 @@ def by_yaw(yaw: np.ndarray, limit: int) -> np.ndarray:
     return np.concatenate([face, np.flatnonzero(~np.isfinite(yaw))])[:limit]
 
 
-def similarity_pairs(emb: np.ndarray, labels: np.ndarray, max_pairs: int = 200_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def similarity_pairs(
+    emb: np.ndarray, labels: np.ndarray, max_pairs: int = 200_000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(intra, inter) cosines: every same-label pair; every different-label pair when there are at most
     ``max_pairs`` of them, else a seeded random subset of ``max_pairs`` distinct ones."""
-    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    emb = l2n(emb, emb.dtype)
     intra = []
     for label in np.unique(labels):
         x = emb[labels == label]
@@ -226,7 +230,14 @@ def _hist_ax(ax: Any, series: dict[str, np.ndarray], title: str, xlabel: str, li
         values = np.asarray(values, np.float64)
         values = values[np.isfinite(values)]
         if len(values):
-            ax.hist(values, bins=50, range=(-1, 1) if "cos" in xlabel else None, alpha=0.6, density=True, label=f"{name} ({len(values)} {unit})")
+            ax.hist(
+                values,
+                bins=50,
+                range=(-1, 1) if "cos" in xlabel else None,
+                alpha=0.6,
+                density=True,
+                label=f"{name} ({len(values)} {unit})",
+            )
     for name, x in (lines or {}).items():
         ax.axvline(x, color="k", linestyle="--", linewidth=1)
         ax.text(x, ax.get_ylim()[1] * 0.9, f" {name} {x:g}", fontsize=8)
@@ -249,7 +260,7 @@ def _hist_png(path: Path, *panels: tuple[Any, ...]) -> Path:
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), dpi=100, squeeze=False)
     for ax, panel in zip(axes.flat, panels):
         _hist_ax(ax, *panel)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     fig.tight_layout()
     save_figure(fig, path)
@@ -268,7 +279,7 @@ def default_embedder(config: dict[str, Any]) -> str:
 def quality_thresholds(config: dict[str, Any], embedder: str) -> tuple[float, float]:
     """(identity threshold, duplicate threshold) for the quality figures: the dataset's filter threshold
     and merge threshold when the filter ran with ``embedder``, else that embedder's default threshold for both."""
-    from synthface.filtering import default_threshold
+    from synthface.faces.embedders import default_threshold
 
     filt = config.get("filter") or {}
     same = bool(filt.get("enabled")) and filt.get("embedder") == embedder
@@ -348,11 +359,13 @@ def inspect_dataset(
     if gallery:
         if emb_model is None:
             raise InputError("--gallery needs the similarity embedder: drop --embedder none")
-        from synthface.identities import read_embeddings_parquet
+        from synthface.gallery import read_embeddings_parquet
 
         real = read_embeddings_parquet(gallery)
         if real.embedder and real.embedder != name:
-            raise InputError(f"--gallery holds '{real.embedder}' embeddings but inspect embeds with '{name}': pass --embedder {real.embedder}")
+            raise InputError(
+                f"--gallery holds '{real.embedder}' embeddings but inspect embeds with '{name}': pass --embedder {real.embedder}"
+            )
     ref_data = None
     if reference:
         if emb_model is None:
@@ -403,7 +416,7 @@ def _report(src: Path, out: Path, stage: Path, shards: list[Path], rows: Any, in
     """The report's figures, JSON and HTML, written into ``stage``; the paths it records are under ``out``."""
     import pyarrow.parquet as pq
 
-    from synthface.filtering import leakage_summary, read_records
+    from synthface.dataset.filter_records import leakage_summary, read_records
 
     config, name, emb_model = inp.config, inp.name, inp.emb_model
 
@@ -418,7 +431,10 @@ def _report(src: Path, out: Path, stage: Path, shards: list[Path], rows: Any, in
         "shards": len(shards),
         "images": int(valid.sum()),
         "identities": int(len(counts)),
-        "images_per_identity": {**quantiles(counts), "histogram": {str(k): int(v) for k, v in zip(*np.unique(counts, return_counts=True))}},
+        "images_per_identity": {
+            **quantiles(counts),
+            "histogram": {str(k): int(v) for k, v in zip(*np.unique(counts, return_counts=True))},
+        },
         "id_score": quantiles(rows.column("id_score").to_numpy(zero_copy_only=False)),
         "det_score": quantiles(rows.column("det_score").to_numpy(zero_copy_only=False)),
         "labels_contiguous": bool(len(counts) == 0 or np.array_equal(np.unique(labels[valid]), np.arange(len(counts)))),
@@ -464,10 +480,18 @@ def _report(src: Path, out: Path, stage: Path, shards: list[Path], rows: Any, in
         }
         ids = [x for row in records.column("id_scores").to_pylist() for x in row]
         threshold = (config.get("filter") or {}).get("threshold")
-        path = _hist_png(stage / "candidate_scores.png", ({"all candidates": np.array(ids, np.float64),
-                         "kept": rows.column("id_score").to_numpy(zero_copy_only=False)},  # fmt: skip
-                         "identity score of candidates", "cosine to anchor",
-                         {"threshold": float(threshold)} if threshold is not None else None))
+        path = _hist_png(
+            stage / "candidate_scores.png",
+            (
+                {
+                    "all candidates": np.array(ids, np.float64),
+                    "kept": rows.column("id_score").to_numpy(zero_copy_only=False),
+                },  # fmt: skip
+                "identity score of candidates",
+                "cosine to anchor",
+                {"threshold": float(threshold)} if threshold is not None else None,
+            ),
+        )
         report["files"]["candidate_scores"] = written(path)
         figures["identity score of the filter's candidates"] = path
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 
 from synthface.identities import IdentityPlan, sample_seeds
 
@@ -33,9 +32,7 @@ class Shard:
 
 def make_shards(num_identities: int, shard_identities: int) -> list[Shard]:
     total = max(1, -(-num_identities // shard_identities))
-    return [
-        Shard(s, total, s * shard_identities, min((s + 1) * shard_identities, num_identities)) for s in range(total)
-    ]
+    return [Shard(s, total, s * shard_identities, min((s + 1) * shard_identities, num_identities)) for s in range(total)]
 
 
 def shards_for_process(shards: list[Shard], rank: int, world: int) -> list[Shard]:
@@ -60,9 +57,3 @@ def shard_jobs(shard: Shard, plan: IdentityPlan, run_seed: int, per_identity: in
         for j, seed in enumerate(sample_seeds(run_seed, i, per_identity)):
             jobs.append(Job(i, j, int(seed)))
     return jobs
-
-
-def plan_labels(kept: np.ndarray) -> np.ndarray:
-    """Contiguous labels over kept identities (-1 where dropped): label = kept identities before it."""
-    kept = np.asarray(kept, bool)
-    return np.where(kept, np.cumsum(kept) - 1, -1).astype(np.int64)

@@ -27,7 +27,7 @@ import numpy as np
 
 from synthface.errors import InputError
 from synthface.faces.align import ARCFACE_TEMPLATE
-from synthface.identities import l2n as _normalise
+from synthface.embeddings import l2n
 
 
 def _check(emb: np.ndarray, labels: np.ndarray | None = None) -> None:
@@ -50,17 +50,17 @@ def quantiles(x: np.ndarray) -> dict[str, Any]:
 
 def identity_centres(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(identities, centres): the sorted distinct labels and each one's normalised mean embedding."""
-    emb, labels = _normalise(emb), np.asarray(labels)
+    emb, labels = l2n(emb), np.asarray(labels)
     _check(emb, labels)
     ids, inverse = np.unique(labels, return_inverse=True)
     sums = np.zeros((len(ids), emb.shape[1]))
     np.add.at(sums, inverse, emb)
-    return ids, _normalise(sums)
+    return ids, l2n(sums)
 
 
 def cos_to_centre(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(identities, per-image cosine to its identity centre, each image's index into identities)."""
-    emb, labels = _normalise(emb), np.asarray(labels)
+    emb, labels = l2n(emb), np.asarray(labels)
     ids, centres = identity_centres(emb, labels)
     inverse = np.searchsorted(ids, labels)
     return ids, np.einsum("nd,nd->n", emb, centres[inverse]), inverse
@@ -177,7 +177,7 @@ def pose_spread(poses: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to two sets of normalised embeddings."""
-    a, b = _normalise(a), _normalise(b)
+    a, b = l2n(a), l2n(b)
     _check(a)
     _check(b)
     if a.shape[1] != b.shape[1]:
@@ -200,7 +200,7 @@ def knn_precision_recall(generated: np.ndarray, reference: np.ndarray, k: int = 
     """k-NN precision and recall of ``generated`` against ``reference`` (Euclidean on normalised embeddings)."""
     from sklearn.neighbors import NearestNeighbors
 
-    g, r = _normalise(generated), _normalise(reference)
+    g, r = l2n(generated), l2n(reference)
     _check(g)
     _check(r)
     if min(len(g), len(r)) <= k:

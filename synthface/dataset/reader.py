@@ -165,7 +165,6 @@ class ImageFolderFaces(FaceImages):
 # --------------------------------------------------------------------------- Parquet shards
 
 
-
 class ShardFaces(FaceImages):
     """Rows of committed synthface Parquet shards (``image.bytes`` or ``image.path``, ``label``)."""
 

@@ -104,7 +104,9 @@ def _check_finished(directory: Path, markers: list[dict[str, Any]]) -> None:
     try:
         summary = json.loads((directory / "summary.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise IncompleteDatasetError(f"{directory} is unfinished (no summary.json: its final pass has not run): {finish}") from None
+        raise IncompleteDatasetError(
+            f"{directory} is unfinished (no summary.json: its final pass has not run): {finish}"
+        ) from None
     except (OSError, ValueError):
         raise IncompleteDatasetError(f"{directory}/summary.json is unreadable: {finish}") from None
     rows = sum(int(m.get("rows", 0)) for m in markers)

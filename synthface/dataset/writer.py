@@ -1,7 +1,7 @@
-"""Crash-safe dataset writing: Parquet shards with Hugging Face Image columns, commit markers, a run lock.
+"""Crash-safe dataset writing: Parquet shards with Hugging Face Image columns, commit markers.
 
-Every file is written to a temporary file in its own directory, flushed and fsynced, then moved
-into place with an atomic ``os.replace`` (and the directory fsynced). A shard's JSON commit marker
+Every file is written through :mod:`synthface.atomic` (a temporary file in its own directory, fsynced, then moved
+into place with ``os.replace``). A shard's JSON commit marker
 ``data/.train-SSSSS-of-NNNNN.json`` (rows, sha256 and size of the Parquet file, identity range,
 config hash; see :func:`marker_path`) is written after its Parquet file, so a shard counts as done
 only when its marker exists and the checksum matches: a run killed at any instant leaves either a
@@ -10,28 +10,24 @@ complete shard or one that is redone.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from synthface.atomic import atomic_write_bytes, atomic_write_json
 from synthface.dataset.plan import Shard
 from synthface.errors import InputError
 
 MARKER_FORMAT = 1
 IMAGE_EXT = {"jpeg": "jpg", "png": "png", "webp": "webp"}
-LOCK_NAME = ".synthface.lock"
 
 # The `huggingface` schema metadata: `datasets` reads it to decode the image column as PIL images.
 HF_FEATURES: dict[str, Any] = {
@@ -166,74 +162,6 @@ class ShardRows:
         )
 
 
-# --------------------------------------------------------------------------- atomic files
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
-DIR_MODE = 0o777 & ~_umask()  # for folders made by tempfile.mkdtemp (0700) that become outputs
-
-
-def fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; shards should be as readable as any file
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
-
-
-@contextlib.contextmanager
-def staged_files(out: Path) -> Iterator[Path]:
-    """A temp folder beside ``out`` to write a report into; its files move into ``out`` only when the
-    block succeeds, so a command that fails leaves nothing half-written behind (an older complete
-    report in ``out`` stays as it was)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        yield stage
-        out.mkdir(parents=True, exist_ok=True)
-        for item in sorted(stage.iterdir()):
-            os.replace(item, out / item.name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
 def table_bytes(table: pa.Table, row_group_size: int = 256) -> bytes:
     sink = pa.BufferOutputStream()
     # encoded images do not compress further: no dictionary, cheap snappy pages
@@ -248,28 +176,8 @@ def write_parquet(path: Path, table: pa.Table) -> tuple[str, int]:
     return hashlib.sha256(data).hexdigest(), len(data)
 
 
-# what atomic_write_bytes leaves behind when killed: ".NAME." + mkstemp's 8 random characters + ".tmp"
-_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
 # a shard's Parquet file and its commit marker (see marker_path)
 SHARD_FILES = re.compile(r"\.?train-\d{5}-of-\d{5}\.(parquet|json)")
-
-
-def clean_temp(directory: Path, names: re.Pattern[str] = SHARD_FILES) -> int:
-    """Remove temp files a killed writer left in ``directory``: only ours, ``.NAME.XXXXXXXX.tmp``
-    with NAME a file synthface writes there (``names`` matches it whole); a user's ``.notes.tmp`` stays."""
-    removed = 0
-    if not directory.is_dir():
-        return 0
-    for tmp in directory.glob(".*.tmp"):
-        match = _TEMP.match(tmp.name)
-        if match is None or names.fullmatch(match["name"]) is None or not tmp.is_file():
-            continue
-        try:
-            tmp.unlink()
-            removed += 1
-        except OSError:
-            pass
-    return removed
 
 
 # --------------------------------------------------------------------------- shards and markers
@@ -291,7 +199,9 @@ def shard_paths(data_dir: Path, shard: Shard) -> tuple[Path, Path]:
     return parquet, marker_path(parquet)
 
 
-def write_shard(data_dir: Path, shard: Shard, rows: ShardRows, config_hash: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_shard(
+    data_dir: Path, shard: Shard, rows: ShardRows, config_hash: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Write a shard's Parquet file, then its commit marker; returns the marker."""
     parquet, marker = shard_paths(data_dir, shard)
     sha, size = write_parquet(parquet, rows.table())
@@ -345,46 +255,3 @@ def shard_done(data_dir: Path, shard: Shard, config_hash: str) -> dict[str, Any]
     except OSError:
         return None
     return info
-
-
-# --------------------------------------------------------------------------- lock
-
-
-class RunLock:
-    """An exclusive lock on an output directory (released by the OS if the holder dies)."""
-
-    def __init__(self, directory: Path) -> None:
-        from filelock import FileLock
-
-        self.directory = Path(directory)
-        self.path = self.directory / LOCK_NAME
-        self._lock = FileLock(str(self.path), timeout=0)
-
-    def acquire(self) -> None:
-        from filelock import Timeout
-
-        self.directory.mkdir(parents=True, exist_ok=True)
-        try:  # a lock file that cannot be created is not a lock someone holds: say which it is
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644))
-        except OSError as exc:
-            raise InputError(
-                f"cannot create the lock file {self.path} ({exc.strerror}): choose a folder you can write to"
-            ) from None
-        try:
-            self._lock.acquire(timeout=0)
-        except Timeout:
-            raise InputError(
-                f"another synthface run is writing to {self.directory} (lock {self.path} is held): "
-                "wait for it to finish or choose another --out"
-            ) from None
-
-    def release(self) -> None:
-        if self._lock.is_locked:
-            self._lock.release()
-
-    def __enter__(self) -> "RunLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()

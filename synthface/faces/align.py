@@ -202,9 +202,7 @@ class FaceDetector:
         self.min_face_size = min_face_size
         self.select = select
         self.score_threshold = score_threshold
-        self._mtcnn = MTCNN(
-            min_face_size=min_face_size, thresholds=list(thresholds), keep_all=True, device=self.device
-        )
+        self._mtcnn = MTCNN(min_face_size=min_face_size, thresholds=list(thresholds), keep_all=True, device=self.device)
 
     def too_small(self, image: np.ndarray) -> bool:
         """True for an image with a side under ``min_face_size``: MTCNN finds no face smaller than that

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from synthface.atomic import atomic_file
 from synthface.config import AlignRecipe
 from synthface.errors import InputError
 from synthface.faces.align import FaceDetector, warp_face
 from synthface.faces.batch import iter_loaded
-from synthface.files import IMAGE_SUFFIXES, is_image_file
+from synthface.files import IMAGE_SUFFIXES, list_images
 from synthface.runtime import Progress, progress_or_null
-
 
 
 @dataclass
@@ -44,36 +43,16 @@ class AlignSummary:
         }
 
 
-def list_images(root: str | Path) -> list[Path]:
-    """Image files under `root` (recursively), sorted, hidden entries skipped."""
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"not a folder: {root} (pass a folder of images, one sub-folder per identity)")
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            path = Path(dirpath) / name
-            # regular files only: a FIFO or device named x.jpg would block or never end
-            if is_image_file(path):
-                out.append(path)
-    return sorted(out)
-
-
 def _atomic_save(array: np.ndarray, path: Path, fmt: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     img = Image.fromarray(array)
-    if fmt == "jpeg":
-        img.save(tmp, format="JPEG", quality=95)
-    else:
-        img.save(tmp, format="PNG", compress_level=1)
-    os.replace(tmp, path)
+    with atomic_file(path) as handle:
+        if fmt == "jpeg":
+            img.save(handle, format="JPEG", quality=95)
+        else:
+            img.save(handle, format="PNG", compress_level=1)
 
 
-def align_folder(
-    src: str | Path, dst: str | Path, recipe: AlignRecipe, progress: Progress | None = None
-) -> AlignSummary:
+def align_folder(src: str | Path, dst: str | Path, recipe: AlignRecipe, progress: Progress | None = None) -> AlignSummary:
     """Detect the chosen face of every image under `src` and write its aligned crop under `dst`.
 
     Existing outputs are kept (a rerun resumes); files are written atomically.
@@ -96,7 +75,9 @@ def align_folder(
         progress.finish()
         return summary
     detector = FaceDetector(
-        device=recipe.device, min_face_size=recipe.min_face_size, select=recipe.select,
+        device=recipe.device,
+        min_face_size=recipe.min_face_size,
+        select=recipe.select,
         score_threshold=recipe.detector_threshold,
     )
     paths = [f for f, _ in todo]

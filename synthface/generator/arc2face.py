@@ -238,12 +238,16 @@ class Arc2FaceGenerator(GeneratorModel):
         except (ValueError, RuntimeError, KeyError) as exc:
             raise InputError(f"LoRA {spec} does not fit this UNet: {_first_line(exc)}") from None
         self.lora = spec
-        self.licences["lora"] = dict(LCM_LORA_LICENCE) if spec == LCM_LORA_REPO else {
-            "component": f"LoRA {spec} merged into the UNet",
-            "licence": "unknown to synthface: see the LoRA's own model card",
-            "url": "",
-            "note": "",
-        }
+        self.licences["lora"] = (
+            dict(LCM_LORA_LICENCE)
+            if spec == LCM_LORA_REPO
+            else {
+                "component": f"LoRA {spec} merged into the UNet",
+                "licence": "unknown to synthface: see the LoRA's own model card",
+                "url": "",
+                "note": "",
+            }
+        )
         return self
 
 
@@ -371,7 +375,9 @@ def load_arc2face(
     base = locate(base_files(base_spec))
     if not _is_base(base):
         missing = [f for f in BASE_FOLDERS if not (base / f).is_dir()]
-        raise InputError(f"SD 1.5 base {base_spec} lacks {', '.join(f + '/' for f in missing)}: pass a full SD 1.5 directory or repo")
+        raise InputError(
+            f"SD 1.5 base {base_spec} lacks {', '.join(f + '/' for f in missing)}: pass a full SD 1.5 directory or repo"
+        )
     try:
         with _quiet():
             unet = UNet2DConditionModel.from_pretrained(str(root), subfolder=UNET_FOLDER, torch_dtype=dtype)
@@ -382,9 +388,7 @@ def load_arc2face(
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise InputError(f"cannot load Arc2Face from {spec} (base {base_spec}): {_first_line(exc)}") from None
     arcface = _arcface_spec(spec, root, arcface)
-    generator = Arc2FaceGenerator(
-        unet, text_encoder, tokenizer, vae, scheduler_config, embedder=f"onnx:{arcface}", source=spec
-    )
+    generator = Arc2FaceGenerator(unet, text_encoder, tokenizer, vae, scheduler_config, embedder=f"onnx:{arcface}", source=spec)
     generator.to(device=torch.device(device)).eval()
     if lcm_lora:
         generator.load_lora(lcm_lora)  # fused where the UNet now lives

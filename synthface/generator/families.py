@@ -14,13 +14,9 @@ from typing import Any, Callable
 
 import torch
 
-from synthface.errors import ConfigError, InputError
+from synthface.errors import InputError, ModelMismatchError
 from synthface.generator.pipeline import GeneratorModel
 from synthface.hub import HubFiles, locate, status as hub_status
-
-
-class ModelMismatchError(ConfigError):
-    """The model's conditioning embedder or embedding size does not match the identities asked for."""
 
 
 @dataclass(frozen=True)

@@ -48,9 +48,7 @@ class IdentityProjector(ModelMixin, ConfigMixin):
     def __init__(self, embedding_dim: int = 512, num_tokens: int = 4, token_dim: int = 256, hidden_dim: int = 0):
         super().__init__()
         hidden = hidden_dim or max(embedding_dim, token_dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(embedding_dim, hidden), nn.GELU(), nn.Linear(hidden, num_tokens * token_dim)
-        )
+        self.mlp = nn.Sequential(nn.Linear(embedding_dim, hidden), nn.GELU(), nn.Linear(hidden, num_tokens * token_dim))
         self.norm = nn.LayerNorm(token_dim)
         self.null_tokens = nn.Parameter(torch.randn(num_tokens, token_dim))
 
@@ -112,7 +110,9 @@ class NativeMeta:
             try:  # strict: "latent": "no" or "image_size": "64" is an error, not a truthy string or a cast
                 TypeAdapter(types[key]).validate_python(value, strict=True)
             except ValidationError as exc:
-                raise InputError(f"{file}: key '{key}': {exc.errors()[0].get('msg')} (got {value!r}); fix it or re-save the model") from None
+                raise InputError(
+                    f"{file}: key '{key}': {exc.errors()[0].get('msg')} (got {value!r}); fix it or re-save the model"
+                ) from None
         try:
             meta = cls(**values)
         except TypeError as exc:
@@ -326,8 +326,14 @@ def build_native(
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
             **native_unet_config(
-                sample_size, channels, block_out_channels, token_dim, layers_per_block, attention_head_dim,
-                norm_num_groups, embedding_dim if class_embedding else None,
+                sample_size,
+                channels,
+                block_out_channels,
+                token_dim,
+                layers_per_block,
+                attention_head_dim,
+                norm_num_groups,
+                embedding_dim if class_embedding else None,
             )
         )
         projector = IdentityProjector(embedding_dim=embedding_dim, num_tokens=id_tokens, token_dim=token_dim)
@@ -369,7 +375,9 @@ def _check_scheduler(path: Path, config: dict[str, Any]) -> None:
         except Exception as exc:  # noqa: BLE001 - diffusers raises ValueError, NotImplementedError, ...
             problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
     if problem:
-        raise InputError(f"native model {path}: scheduler/scheduler_config.json is unusable ({problem}): fix it or re-save the model")
+        raise InputError(
+            f"native model {path}: scheduler/scheduler_config.json is unusable ({problem}): fix it or re-save the model"
+        )
 
 
 def load_native(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> NativeGenerator:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthface.errors import ConfigError
+from synthface.errors import ConfigError, ModelMismatchError
 
 SCHEDULER_NAMES = ("ddpm", "ddim", "dpmsolver++", "lcm")
 
@@ -148,7 +148,7 @@ def batch_invariant(device: torch.device) -> bool:
 
 
 @contextlib.contextmanager
-def _shared_timestep(unet: Any) -> Iterator[None]:
+def shared_timestep(unet: Any) -> Iterator[None]:
     """Compute the timestep embedding once per call (and any class embedding row by row), with fixed matrix shapes.
 
     Every row of a call shares the timestep, so the embedding is computed on one row and
@@ -204,7 +204,7 @@ class _RowWise:
     """Runs a module one row at a time until removed (a hook handle's interface).
 
     A bare Linear sees each row repeated ``_FIXED_ROWS`` times (a fixed-shape product, see
-    :func:`_shared_timestep`); other modules run per row and their inner Linears get those hooks.
+    :func:`shared_timestep`); other modules run per row and their inner Linears get those hooks.
     """
 
     def __init__(self, module: torch.nn.Module) -> None:
@@ -223,7 +223,7 @@ class _RowWise:
         del self.module.forward  # back to the class's forward
 
 
-def _unet(
+def unet_forward(
     model: GeneratorModel, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor, labels: torch.Tensor | None = None
 ) -> torch.Tensor:
     """One UNet call; a single row is padded to two so kernels never take their batch-1 paths."""
@@ -363,8 +363,6 @@ def sample_batch(
         if emb.ndim != 2 or emb.shape[0] != n:
             raise ConfigError(f"embeddings must have shape ({n}, D), got {tuple(emb.shape)}")
         if emb.shape[1] != model.embedding_dim:
-            from synthface.generator.families import ModelMismatchError
-
             raise ModelMismatchError(
                 f"identity embeddings have dimension {emb.shape[1]} but the {model.family} model expects "
                 f"{model.embedding_dim} ({model.embedder} embeddings): use identities from that embedder"
@@ -417,13 +415,13 @@ def sample_batch(
         labels = labels.to(device, dtype) if labels is not None else None
 
     target = emb.to(device) if guided and not unconditional else None
-    with torch.no_grad(), _shared_timestep(model.unet):
+    with torch.no_grad(), shared_timestep(model.unet):
         for t in timesteps:
             with clock("scheduler"):
                 inp = sched.scale_model_input(x, t)
                 rows = torch.cat([inp] * branches) if branches > 1 else inp
             with clock("unet"):
-                out = _unet(model, rows.to(dtype), t, hidden, labels).float()
+                out = unet_forward(model, rows.to(dtype), t, hidden, labels).float()
             with clock("scheduler"):
                 if branches == 2:
                     cond_out, uncond_out = out.chunk(2)

@@ -143,7 +143,9 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple[PointLatent]:
         """Images (B, 3, H, W) in [-1, 1], H and W multiples of 8 -> ``.latent_dist.mean`` (B, C, H/8, W/8)."""
         if x.shape[-1] % DOWNSCALE_FACTOR or x.shape[-2] % DOWNSCALE_FACTOR:
-            raise InputError(f"TAEF2 encodes images whose sides are multiples of 8, got {tuple(x.shape[-2:])}: resize or crop them")
+            raise InputError(
+                f"TAEF2 encodes images whose sides are multiples of 8, got {tuple(x.shape[-2:])}: resize or crop them"
+            )
         dist = PointLatent(self.encoder(x.add(1).div(2)))
         return AutoencoderKLOutput(latent_dist=dist) if return_dict else (dist,)
 
@@ -182,7 +184,6 @@ def is_taef2_folder(folder: str | Path) -> bool:
     """True when ``folder`` holds either of the original TAEF2 files (load it with :func:`load_taef2`)."""
     path = Path(folder)
     return path.is_dir() and any((path / name).is_file() for name in (ENCODER_FILE, DECODER_FILE))
-
 
 
 def _state_dict(path: Path, verify: bool) -> dict[str, torch.Tensor]:
@@ -227,7 +228,9 @@ def load_taef2(
         width, latent_channels = int(encoder["0.weight"].shape[0]), int(encoder[f"{_ENCODER_LAST}.weight"].shape[0])
         pool = any(".pool." in key for key in encoder)
     except KeyError as exc:
-        raise WeightsError(f"{path / ENCODER_FILE} is not a TAEF2 encoder (no key {exc}): fetch {ENCODER_FILE} from {SOURCE}") from None
+        raise WeightsError(
+            f"{path / ENCODER_FILE} is not a TAEF2 encoder (no key {exc}): fetch {ENCODER_FILE} from {SOURCE}"
+        ) from None
     vae = TinyAutoencoder(
         latent_channels=latent_channels, width=width, pool=pool, scaling_factor=scaling_factor, shift_factor=shift_factor
     )
@@ -236,5 +239,7 @@ def load_taef2(
             part.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             detail = " ".join(str(exc).split())[:200]
-            raise WeightsError(f"{path / file} does not fit the TAEF2 architecture ({detail}): fetch {file} from {SOURCE}") from None
+            raise WeightsError(
+                f"{path / file} does not fit the TAEF2 architecture ({detail}): fetch {file} from {SOURCE}"
+            ) from None
     return vae.float().eval()

@@ -72,9 +72,7 @@ def jitter(embedding: np.ndarray, cosine: float, rng: np.random.Generator) -> np
     return (moved * norm).astype(np.float32)
 
 
-def draw(
-    section: Any, embeddings: np.ndarray, seeds: Sequence[int], guidance_scale: float, bank_size: int = 0
-) -> Draws:
+def draw(section: Any, embeddings: np.ndarray, seeds: Sequence[int], guidance_scale: float, bank_size: int = 0) -> Draws:
     """The per-image values of a batch: ``embeddings`` (B, D) are the images' identity vectors."""
     embeddings = np.asarray(embeddings, np.float32)
     n = len(seeds)
@@ -108,7 +106,9 @@ class StyleBank:
             raise InputError(f"variation.style_bank {root} is not a folder: point it at a folder of face images")
         files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
         if not files:
-            raise InputError(f"variation.style_bank {root} holds no images (.jpg, .png, ...): add face images framed like the renders")
+            raise InputError(
+                f"variation.style_bank {root} holds no images (.jpg, .png, ...): add face images framed like the renders"
+            )
         if len(files) > STYLE_BANK_LIMIT:
             raise InputError(
                 f"variation.style_bank {root} holds {len(files)} images, more than {STYLE_BANK_LIMIT}: use a smaller bank"

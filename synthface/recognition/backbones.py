@@ -133,9 +133,7 @@ def _spec(name: str) -> BackboneSpec:
         raise ConfigError(f"unknown backbone '{name}': use one of {known}") from None
 
 
-def get_backbone(
-    name: str, embedding_dim: int = 512, input_size: int | None = None, dropout: float = 0.0
-) -> IResNet:
+def get_backbone(name: str, embedding_dim: int = 512, input_size: int | None = None, dropout: float = 0.0) -> IResNet:
     """Build a randomly initialised backbone by registry name (see ``BACKBONES``)."""
     spec = _spec(name)
     size = input_size or spec.input_size
@@ -146,4 +144,3 @@ def get_backbone(
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-

@@ -16,20 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from synthface.embeddings import l2n_or_nan
 from synthface.errors import InputError
-from synthface.recognition.verification import (
-    PairsProtocol,
-    VerificationResult,
-    combine_flipped,
-    evaluate_embeddings,
-    load_protocol,
-    normalize,
-    read_pairs,
-)
+from synthface.files import is_image_file
+from synthface.recognition.protocols import PairsProtocol, load_protocol, read_pairs
+from synthface.recognition.verification import VerificationResult, combine_flipped, evaluate_embeddings
 from synthface.runtime import Progress, progress_or_null
 
 TEMPLATE_SIZE = 112
-_EXTS = (".jpg", ".png", ".jpeg", ".webp", ".bmp")
 
 
 @dataclass
@@ -75,7 +69,7 @@ def _image_ext(images_dir: Path) -> str:
     counts: dict[str, int] = {}
     for n, person in enumerate(sorted(p for p in images_dir.iterdir() if p.is_dir())):
         for f in person.iterdir():
-            if f.suffix.lower() in _EXTS:
+            if is_image_file(f):
                 counts[f.suffix] = counts.get(f.suffix, 0) + 1
         if n >= 20:
             break
@@ -178,7 +172,7 @@ def embed_crops(
     emb = np.concatenate(outs) if outs else np.zeros((0, 1))
     if flip:
         return combine_flipped(emb, np.concatenate(outs_flip))
-    return normalize(emb)
+    return l2n_or_nan(emb)
 
 
 def evaluate_benchmark(

@@ -8,17 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from synthface.atomic import atomic_file
 from synthface.config import VerifyRecipe
 from synthface.faces.align import FaceDetector
 from synthface.faces.batch import EmbedResult, embed_files
 from synthface.faces.embedders import Embedder, get_embedder
-from synthface.recognition.verification import (
-    PairsProtocol,
-    VerificationResult,
-    evaluate_embeddings,
-    load_protocol,
-    plot_roc,
-)
+from synthface.recognition.protocols import PairsProtocol, load_protocol
+from synthface.recognition.verification import VerificationResult, evaluate_embeddings, plot_roc
 from synthface.runtime import Progress
 
 FAILED_PAIRS_POLICY = (
@@ -35,8 +31,11 @@ class PretrainedVerification:
     embedder: str
 
     def summary(self) -> dict[str, Any]:
-        failed = [str(self.protocol.images[i]) if isinstance(self.protocol.images[i], Path) else f"#{i}"
-                  for i, ok in enumerate(self.embedded.ok) if not ok]
+        failed = [
+            str(self.protocol.images[i]) if isinstance(self.protocol.images[i], Path) else f"#{i}"
+            for i, ok in enumerate(self.embedded.ok)
+            if not ok
+        ]
         out = self.result.to_dict()
         out.update(
             benchmark=self.protocol.name,
@@ -64,8 +63,14 @@ def verify_embedder(
     aligned = recipe.aligned if recipe.aligned is not None else Path(pairs).suffix.lower() == ".bin"
     detector = None if aligned else FaceDetector(device=recipe.device, select=recipe.select)
     embedded = embed_files(
-        protocol.images, embedder, detector, aligned=aligned, flip=recipe.flip,
-        batch_size=recipe.batch_size, workers=2, progress=progress,
+        protocol.images,
+        embedder,
+        detector,
+        aligned=aligned,
+        flip=recipe.flip,
+        batch_size=recipe.batch_size,
+        workers=2,
+        progress=progress,
     )
     result = evaluate_embeddings(embedded.embeddings, protocol, fars=(recipe.far,), failed="wrong")
     return PretrainedVerification(protocol=protocol, result=result, embedded=embedded, embedder=embedder.name)
@@ -74,13 +79,17 @@ def verify_embedder(
 def save_embeddings(verification: PretrainedVerification, path: str | Path) -> Path:
     """Keep every protocol image's embedding (NaN rows for failures) so the pairs can be re-scored."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     names = [str(x) if isinstance(x, Path) else f"#{i}" for i, x in enumerate(verification.protocol.images)]
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, embeddings=verification.embedded.embeddings, status=np.array(verification.embedded.status),
-                        images=np.array(names), pairs=verification.protocol.pairs, issame=verification.protocol.issame,
-                        folds=verification.protocol.folds)
-    tmp.replace(path)
+    with atomic_file(path) as handle:
+        np.savez_compressed(
+            handle,
+            embeddings=verification.embedded.embeddings,
+            status=np.array(verification.embedded.status),
+            images=np.array(names),
+            pairs=verification.protocol.pairs,
+            issame=verification.protocol.issame,
+            folds=verification.protocol.folds,
+        )
     return path
 
 

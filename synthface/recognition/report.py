@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from synthface.atomic import atomic_write_text
 from synthface.figures import save_figure
 from synthface.recognition.verification import VerificationResult, far_key, plot_roc
 
@@ -110,7 +111,12 @@ def render_markdown(report: dict[str, Any], title: str = "synthface evaluate") -
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {_fmt_pct(avg['accuracy'])} | {_fmt_pct(avg[TAR_KEY])} |")
     training = report.get("training") or {}
     if training:
-        lines += ["", "## Training", "", "| training set | images | identities | steps | epochs | wall time (s) | images/s | final loss | final train acc |"]
+        lines += [
+            "",
+            "## Training",
+            "",
+            "| training set | images | identities | steps | epochs | wall time (s) | images/s | final loss | final train acc |",
+        ]
         lines.append("|" + " --- |" * 9)
         for s in sets:
             t = training.get(s, {})
@@ -157,7 +163,5 @@ def write_report(
         ("report.json", json.dumps(report, indent=2, sort_keys=False, default=str) + "\n"),
         ("report.md", render_markdown(report)),
     ):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out / name)
+        atomic_write_text(out / name, text)
     return report

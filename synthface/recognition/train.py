@@ -16,12 +16,13 @@ sees the same batches as an uninterrupted one.
 Outputs in the run folder: ``checkpoint.pt`` (everything needed to resume, written
 every ``train.checkpoint_every`` steps and at the end), ``recognizer.pt`` (the final
 backbone and what it needs to embed images) and ``history.json`` (training curve).
+
+Slightly longer than most modules: the trainer and its checkpoint format are one piece of state.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from synthface.atomic import atomic_file
 from synthface.config import EvaluateRecipe, config_dict, config_hash, diff_keys
 from synthface.dataset.reader import FaceImages, InMemoryFaces, Transformed, predecode
 from synthface.errors import ConfigError, InputError
@@ -97,7 +99,7 @@ def lr_factor(step: int, total: int, steps_per_epoch: int, recipe: EvaluateRecip
     return 1.0
 
 
-class EpochSampler(Sampler[int]):
+class ProcessEpochSampler(Sampler[int]):
     """This process's share of a seeded per-epoch permutation, from a given global step on.
 
     Global step s takes positions [s*B, (s+1)*B) of the permutation (B = global batch);
@@ -164,11 +166,8 @@ class TrainResult:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_file(path) as handle:
+        torch.save(obj, handle)
 
 
 def save_recognizer(backbone: IResNet, recipe: EvaluateRecipe, path: Path, **meta: Any) -> Path:
@@ -223,7 +222,7 @@ def load_recognizer(path: str | Path, device: str | torch.device = "cpu") -> tup
 
 
 def _data_loader(
-    dataset: FaceImages, recipe: EvaluateRecipe, device: torch.device, sampler: EpochSampler, progress: Progress
+    dataset: FaceImages, recipe: EvaluateRecipe, device: torch.device, sampler: ProcessEpochSampler, progress: Progress
 ) -> tuple[DataLoader, str]:
     t = recipe.train
     size = dataset.size
@@ -297,8 +296,7 @@ def train_recognizer(
     per_process = t.batch_size // world
     if len(dataset) < t.batch_size:
         raise InputError(
-            f"training set '{name}' has {len(dataset)} images, fewer than one batch of {t.batch_size}: "
-            "lower train.batch_size"
+            f"training set '{name}' has {len(dataset)} images, fewer than one batch of {t.batch_size}: lower train.batch_size"
         )
 
     ident = {
@@ -311,9 +309,7 @@ def train_recognizer(
     state: dict | None = None
     if ckpt_path.exists():
         if not resume:
-            raise InputError(
-                f"{run_dir} already holds a training run: pass --resume to continue it or choose a new --out"
-            )
+            raise InputError(f"{run_dir} already holds a training run: pass --resume to continue it or choose a new --out")
         state = _torch_load(ckpt_path, "checkpoint")
         if state.get("ident") != ident:
             old = state.get("ident", {})
@@ -342,7 +338,7 @@ def train_recognizer(
     )
     params = [p for p in list(backbone.parameters()) + list(head.parameters()) if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    sampler = EpochSampler(len(dataset), recipe.seed, per_process, rank, world)
+    sampler = ProcessEpochSampler(len(dataset), recipe.seed, per_process, rank, world)
     steps_per_epoch = sampler.steps_per_epoch
     total = t.max_steps if t.max_steps is not None else t.epochs * steps_per_epoch
 

@@ -1,4 +1,7 @@
-"""Face-verification protocols: pair lists, k-fold best-threshold accuracy, TAR@FAR, ROC.
+"""Face-verification scores and metrics: k-fold best-threshold accuracy, TAR@FAR, ROC.
+
+The benchmarks themselves (pair lists, .bin files, folders of people) are in
+:mod:`synthface.recognition.protocols`.
 
 The protocol follows insightface's ``verification.py``: per-pair cosine similarity of
 L2-normalised embeddings (with flip test-time augmentation the original and flipped
@@ -11,7 +14,6 @@ every split point between consecutive distinct training scores is tried.
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,227 +21,26 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from synthface.embeddings import l2n_or_nan
 from synthface.errors import InputError
 from synthface.figures import save_figure
+from synthface.recognition.protocols.pairs import PairsProtocol, split_folds
 
 FailedPolicy = Literal["wrong", "exclude"]
 DEFAULT_FAR = 1e-3
 
 
-# --------------------------------------------------------------------------- protocols
-
-
-@dataclass
-class PairsProtocol:
-    """A verification benchmark: images, the pairs among them, labels and folds.
-
-    ``images`` holds file paths (LFW ``pairs.txt``) or encoded image bytes (insightface
-    ``.bin``); ``pairs`` is (P, 2) int64 indices into ``images``; ``issame`` (P,) bool;
-    ``folds`` (P,) int64 fold index of each pair.
-    """
-
-    name: str
-    images: list[Path] | list[bytes]
-    pairs: np.ndarray
-    issame: np.ndarray
-    folds: np.ndarray
-    source: Path | None = None
-
-    def __len__(self) -> int:
-        return int(len(self.pairs))
-
-    @property
-    def n_pairs(self) -> int:
-        return len(self)
-
-    @property
-    def n_folds(self) -> int:
-        return int(len(np.unique(self.folds)))
-
-    @property
-    def same_pairs(self) -> int:
-        return int(self.issame.sum())
-
-    @property
-    def paths(self) -> list[Path]:
-        """The image paths of a file-backed protocol."""
-        if self.images and not isinstance(self.images[0], Path):
-            raise InputError(f"benchmark '{self.name}' stores encoded images, not files: use load_image(i)")
-        return list(self.images)  # type: ignore[arg-type]
-
-    def load_image(self, index: int) -> np.ndarray:
-        """Decode image ``index`` to an HxWx3 uint8 RGB array (InputError when unreadable)."""
-        item = self.images[index]
-        return decode_image(item, what=str(item) if isinstance(item, Path) else f"image {index} of {self.name}")
-
-
-def decode_image(data: Path | bytes, what: str = "image") -> np.ndarray:
-    """Decode a file or encoded bytes (JPEG/PNG/...) to an HxWx3 uint8 RGB array."""
-    from PIL import Image
-
-    try:
-        with Image.open(data if isinstance(data, Path) else io.BytesIO(data)) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"cannot decode {what}: {exc}; check the file is a valid JPEG/PNG image") from None
-
-
-def split_folds(n_pairs: int, n_folds: int = 10, issame: np.ndarray | None = None) -> np.ndarray:
-    """Fold index of each pair for k contiguous folds (scikit-learn ``KFold`` without shuffling).
-
-    Like ``KFold``, the first ``n_pairs % n_folds`` folds hold one pair more. With
-    ``issame`` given, the same pairs and the different pairs are each split into k
-    contiguous runs, so every fold keeps the class balance even when a list has all
-    its same pairs first (for LFW's ordering the result equals its official folds).
-    """
-    if n_folds < 2:
-        raise InputError(f"need at least 2 folds for cross-validated accuracy, got {n_folds}")
-    if n_pairs < n_folds:
-        raise InputError(f"{n_pairs} pairs cannot be split into {n_folds} folds: use fewer folds or more pairs")
-    if issame is None:
-        sizes = np.full(n_folds, n_pairs // n_folds, dtype=np.int64)
-        sizes[: n_pairs % n_folds] += 1
-        return np.repeat(np.arange(n_folds, dtype=np.int64), sizes)
-    issame = np.asarray(issame, dtype=bool)
-    if issame.shape != (n_pairs,):
-        raise InputError(f"issame has {issame.size} labels for {n_pairs} pairs")
-    folds = np.empty(n_pairs, dtype=np.int64)
-    for label in (True, False):
-        where = np.flatnonzero(issame == label)
-        folds[where] = split_folds(len(where), n_folds) if len(where) >= n_folds else np.arange(len(where))
-    if len(np.unique(folds)) < n_folds:
-        raise InputError(f"{n_pairs} pairs leave some of the {n_folds} folds empty: use fewer folds or more pairs")
-    return folds
-
-
-def read_pairs(
-    pairs_path: str | Path, images_dir: str | Path, n_folds: int = 10, ext: str = ".jpg"
-) -> PairsProtocol:
-    """Parse an LFW-style ``pairs.txt`` into a :class:`PairsProtocol`.
-
-    Format: an optional header ``n_folds<TAB>n_per_class`` (LFW View 2: ``10<TAB>300``;
-    folds are then blocks of ``2 * n_per_class`` consecutive pairs) or ``n_per_class``
-    alone (View 1), then one pair per line: ``name<TAB>i<TAB>j`` (same person) or
-    ``name1<TAB>i<TAB>name2<TAB>j`` (different people), any whitespace accepted, blank
-    lines ignored. Image ``i`` of ``name`` is ``images_dir/name/name_{i:04d}{ext}``.
-    Without a two-number header, ``n_folds`` folds are assigned contiguously within
-    each class (see :func:`split_folds`).
-    """
-    pairs_path, images_dir = Path(pairs_path), Path(images_dir)
-    try:
-        text = pairs_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"pairs file {pairs_path} does not exist: pass the path of an LFW-style pairs.txt") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read pairs file {pairs_path}: {exc}") from None
-    if not images_dir.is_dir():
-        raise InputError(f"image folder {images_dir} does not exist: pass the folder holding one sub-folder per person")
-
-    header: tuple[int, ...] | None = None
-    names: list[tuple[str, int, str, int]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if header is None and not names and len(fields) <= 2 and all(f.isdigit() for f in fields):
-            header = tuple(int(f) for f in fields)
-            continue
-        try:
-            if len(fields) == 3:
-                a, b = int(fields[1]), int(fields[2])
-                pair = (fields[0], a, fields[0], b)
-            elif len(fields) == 4:
-                pair = (fields[0], int(fields[1]), fields[2], int(fields[3]))
-            else:
-                raise ValueError
-        except ValueError:
-            shown = line.strip()[:80]
-            raise InputError(
-                f"{pairs_path}:{lineno}: expected 'name i j' or 'name1 i name2 j' (tab-separated), got {shown!r}"
-            ) from None
-        if pair[1] < 1 or pair[3] < 1:
-            raise InputError(f"{pairs_path}:{lineno}: image numbers start at 1, got {line.strip()[:80]!r}")
-        names.append(pair)
-    if not names:
-        raise InputError(f"pairs file {pairs_path} holds no pairs: expected lines like 'name<TAB>1<TAB>2'")
-
-    n = len(names)
-    issame = np.array([p[0] == p[2] for p in names], dtype=bool)
-    if header is not None and len(header) == 2:
-        k, per_class = header
-        if k < 2 or per_class < 1 or k * 2 * per_class != n:
-            raise InputError(
-                f"{pairs_path}: header says {k} folds x {per_class} same + {per_class} different pairs "
-                f"({k * 2 * per_class}) but the file lists {n} pairs: fix the header or remove it"
-            )
-        folds = np.arange(n, dtype=np.int64) // (2 * per_class)
-    else:
-        if header is not None and header[0] * 2 != n:
-            raise InputError(
-                f"{pairs_path}: header says {header[0]} same + {header[0]} different pairs "
-                f"but the file lists {n} pairs: fix the header or remove it"
-            )
-        folds = split_folds(n, n_folds, issame)
-
-    index: dict[tuple[str, int], int] = {}
-    pairs = np.empty((n, 2), dtype=np.int64)
-    for row, (n1, i1, n2, i2) in enumerate(names):
-        pairs[row, 0] = index.setdefault((n1, i1), len(index))
-        pairs[row, 1] = index.setdefault((n2, i2), len(index))
-    paths = [images_dir / name / f"{name}_{num:04d}{ext}" for name, num in index]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise InputError(
-            f"{len(missing)} of {len(paths)} images named in {pairs_path} are missing under {images_dir} "
-            f"(first: {missing[0]}): check the image folder matches the pairs file"
-        )
-    name = pairs_path.parent.name if pairs_path.stem == "pairs" and pairs_path.parent.name else pairs_path.stem
-    return PairsProtocol(name=name, images=paths, pairs=pairs, issame=issame, folds=folds, source=pairs_path)
-
-
-def load_protocol(
-    path: str | Path, images_dir: str | Path | None = None, n_folds: int = 10, seed: int = 0, pairs_per_fold: int | None = None
-) -> PairsProtocol:
-    """Load an insightface ``.bin`` file, a ``path_a,path_b,same`` CSV, a folder of people (a seeded
-    people-disjoint protocol is drawn: synthface.recognition.folder_pairs) or an LFW-style pairs file
-    (which needs ``images_dir``)."""
-    from synthface.recognition import folder_pairs
-
-    path = Path(path)
-    if path.suffix.lower() == ".bin":
-        from synthface.recognition.binfile import load_bin
-
-        return load_bin(path, n_folds=n_folds)
-    if path.suffix.lower() == ".csv":
-        return folder_pairs.read_csv_pairs(path, images_dir, n_folds=n_folds)
-    if path.is_dir():
-        return folder_pairs.folder_protocol(path, n_folds=n_folds, pairs_per_fold=pairs_per_fold, seed=seed)
-    if images_dir is None:
-        raise InputError(f"{path} is a pairs list: also pass the folder of images it names")
-    return read_pairs(path, images_dir, n_folds=n_folds)
-
-
 # --------------------------------------------------------------------------- scores
-
-
-def normalize(embeddings: np.ndarray) -> np.ndarray:
-    """L2-normalise rows; rows with zero or non-finite norm become NaN (a failed image)."""
-    x = np.asarray(embeddings, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = x / norms
-    out[~np.isfinite(norms[..., 0]) | (norms[..., 0] == 0)] = np.nan
-    return out
 
 
 def combine_flipped(embeddings: np.ndarray, flipped: np.ndarray) -> np.ndarray:
     """Flip test-time augmentation as insightface does it: sum both embeddings, then L2-normalise."""
-    return normalize(np.asarray(embeddings, dtype=np.float64) + np.asarray(flipped, dtype=np.float64))
+    return l2n_or_nan(np.asarray(embeddings, dtype=np.float64) + np.asarray(flipped, dtype=np.float64))
 
 
 def pair_scores(embeddings: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """Cosine similarity of each pair; NaN where either image has no embedding (NaN row)."""
-    e = normalize(embeddings)
+    e = l2n_or_nan(embeddings)
     pairs = np.asarray(pairs, dtype=np.int64)
     return np.einsum("ij,ij->i", e[pairs[:, 0]], e[pairs[:, 1]])
 
@@ -461,9 +262,7 @@ def evaluate_embeddings(
     """Evaluate one embedding per protocol image (a NaN row marks an image that failed)."""
     embeddings = np.asarray(embeddings)
     if embeddings.ndim != 2 or len(embeddings) != len(protocol.images):
-        raise InputError(
-            f"expected one embedding per image ({len(protocol.images)} rows), got shape {embeddings.shape}"
-        )
+        raise InputError(f"expected one embedding per image ({len(protocol.images)} rows), got shape {embeddings.shape}")
     scores = pair_scores(embeddings, protocol.pairs)
     return evaluate_scores(scores, protocol.issame, protocol.folds, fars=fars, failed=failed)
 
@@ -471,9 +270,7 @@ def evaluate_embeddings(
 # --------------------------------------------------------------------------- plots
 
 
-def plot_roc(
-    curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "ROC"
-) -> Path:
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "ROC") -> Path:
     """Write a PNG with one ROC line (TPR against log-scale FPR) per name in ``curves``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,8 +28,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from synthface.atomic import atomic_file
+from synthface.embeddings import fixed_list, fixed_list_array, l2n
 from synthface.errors import ConfigError, InputError
-from synthface.faces.align import load_image, template_for
+from synthface.faces.align import template_for
 from synthface.runtime import Progress, progress_or_null
 
 CACHE_VERSION = 1
@@ -80,9 +81,7 @@ class FaceData:
             return self.identity_embeddings[self.labels]
         if mode == "image":
             if not np.isfinite(self.image_embeddings).all():
-                raise ConfigError(
-                    "data.condition=image needs every image embedded: unset data.embed_per_identity"
-                )
+                raise ConfigError("data.condition=image needs every image embedded: unset data.embed_per_identity")
             return self.image_embeddings
         raise ConfigError(f"unknown data.condition '{mode}': use identity or image")
 
@@ -130,7 +129,11 @@ def list_source(src: str | Path, people: Sequence[str] | None = None, min_images
             fingerprint.append(f"{path.name}:{st.st_size}:{marker.read_text(encoding='utf-8') if marker.is_file() else ''}")
         names = [str(v) for v in shards.class_values]
         return SourceItems(
-            root, "shards", keys, [names[label] for label in shards.labels], fingerprint,
+            root,
+            "shards",
+            keys,
+            [names[label] for label in shards.labels],
+            fingerprint,
             lambda i: shards.encoded(int(shards.index[i])),
         )
     folder = ImageFolderFaces(root, None, min_images, people=people)
@@ -218,12 +221,8 @@ def cache_key(
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    with atomic_file(path) as handle:
+        np.save(handle, array)
 
 
 def _write_table(
@@ -238,28 +237,24 @@ def _write_table(
             "key": pa.array(keys, pa.string()),
             "identity": pa.array(identities, pa.string()),
             "status": pa.array(status, pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), dim),
+            "embedding": fixed_list_array(emb),
         }
     )
     if embedder is not None:  # lets the cache serve as an identity gallery (identities.py checks the embedder)
         table = table.replace_schema_metadata({b"synthface": json.dumps({"embedder": embedder, "dim": dim}).encode()})
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_file(path) as handle:
+        pq.write_table(table, handle)
 
 
 def _read_table(path: Path) -> tuple[list[str], list[str], list[str], np.ndarray]:
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
-    emb = table.column("embedding").combine_chunks()
-    dim = emb.type.list_size
-    values = emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
     return (
         table.column("key").to_pylist(),
         table.column("identity").to_pylist(),
         table.column("status").to_pylist(),
-        values.reshape(-1, dim),
+        fixed_list(table.column("embedding")),
     )
 
 
@@ -278,7 +273,6 @@ def embed_selection(identities: Sequence[str], per_identity: int | None) -> np.n
         picks = np.unique(np.linspace(0, len(members) - 1, min(per_identity, len(members))).round().astype(int))
         mask[[members[k] for k in picks]] = True
     return mask
-
 
 
 def _prepare(
@@ -419,7 +413,7 @@ def load_faces(
     sums = np.zeros((len(names), image_emb.shape[1]), np.float64)
     finite = np.isfinite(image_emb).all(axis=1)
     np.add.at(sums, labels[finite], image_emb[finite])
-    id_emb = (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    id_emb = l2n(sums).astype(np.float32)
     crops = crops[crop_row[rows]]
     return FaceData(
         crops=crops,

@@ -15,6 +15,9 @@ Run folder::
     RUN_DIR/samples/step-NNNNNNN.png  fixed identities x fixed seeds, EMA weights (first column: a real face)
     RUN_DIR/model/                    the EMA weights as a native model (`synthface generate --model RUN_DIR/model`)
     RUN_DIR/train.json                summary of the last run
+
+Longer than most modules: the loop, its checkpoints and its resume are one piece of state (what a
+checkpoint holds is exactly what the loop needs to continue), kept together so they cannot drift.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ from torch import nn
 from synthface.config import TrainRecipe, config_dict, config_hash, diff_keys, read_resolved, write_resolved
 from synthface.errors import ConfigError, InputError, WeightsError
 from synthface.runtime import Progress, progress_or_null
-from synthface.training.data import FaceData, load_faces
-from synthface.training.report import LossLog, image_grid, plot_loss, save_png
-from synthface.training.sampler import EpochSampler
+from synthface.generator.training.data import FaceData, load_faces
+from synthface.generator.training.report import LossLog, image_grid, plot_loss, save_png
+from synthface.generator.training.sampler import EpochSampler
 
 CHECKPOINT_PREFIX = "step-"
 TRAINER_FILE = "trainer.json"
@@ -74,7 +77,9 @@ class Denoiser(nn.Module):
         self.unet = unet
         self.projector = projector
 
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor, drop_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor, drop_mask: torch.Tensor
+    ) -> torch.Tensor:
         from synthface.generator.native import uses_class_embedding
 
         hidden = self.projector(embeddings, drop_mask)
@@ -138,7 +143,7 @@ def color_jitter(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch.
     x = x * factor()
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * factor() + mean
-    gray = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    gray = 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     x = (x - gray) * factor() + gray
     return x.clamp(0.0, 1.0)
 
@@ -211,12 +216,16 @@ def encode_latents(vae: Any, crops: np.ndarray, batch_size: int, device: torch.d
     return out if out is not None else np.zeros((0,), np.float16)
 
 
-def latent_cache(vae_spec: str, faces: FaceData, cache_dir: Path, vae: Any, batch_size: int, device: torch.device, progress: Progress) -> np.ndarray:
+def latent_cache(
+    vae_spec: str, faces: FaceData, cache_dir: Path, vae: Any, batch_size: int, device: torch.device, progress: Progress
+) -> np.ndarray:
     import hashlib
 
-    from synthface.training.data import _atomic_save_npy
+    from synthface.generator.training.data import _atomic_save_npy
 
-    tag = hashlib.sha256(f"{faces.cache_key}|{vae_spec}|{json.dumps(dict(vae.config), sort_keys=True, default=str)}".encode()).hexdigest()[:20]
+    tag = hashlib.sha256(
+        f"{faces.cache_key}|{vae_spec}|{json.dumps(dict(vae.config), sort_keys=True, default=str)}".encode()
+    ).hexdigest()[:20]
     path = cache_dir / f"latents-{tag}.npy"
     if path.is_file():
         return np.load(path, mmap_mode="r")
@@ -241,7 +250,7 @@ def checkpoints(run_dir: Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / TRAINER_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
 def sample_identities(faces: FaceData, count: int) -> list[int]:
@@ -374,11 +383,13 @@ class Trainer:
         from diffusers.optimization import get_cosine_schedule_with_warmup
         from diffusers.training_utils import EMAModel
 
-        from synthface.dataset.writer import RunLock
+        from synthface.dataset.locks import RunLock
 
         c, t = self.config, self.config.train
         if c.model.latent and not c.model.vae:
-            raise ConfigError("model.latent is true but model.vae is empty: name a TAEF2 folder or an AutoencoderKL (Hub id or folder)")
+            raise ConfigError(
+                "model.latent is true but model.vae is empty: name a TAEF2 folder or an AutoencoderKL (Hub id or folder)"
+            )
         wall0 = time.perf_counter()
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -396,9 +407,9 @@ class Trainer:
                 self._gallery = self._cache_dir() / f"faces-{faces.cache_key}.parquet"
                 vae = load_vae(c.model.vae, device) if c.model.latent else None
                 latents = (
-                    latent_cache(str(c.model.vae), faces, self._cache_dir(), vae,
-                                 c.data.batch_size, device, self.progress)
-                    if vae is not None else None
+                    latent_cache(str(c.model.vae), faces, self._cache_dir(), vae, c.data.batch_size, device, self.progress)
+                    if vae is not None
+                    else None
                 )
             latent_gain = 1.0
             if latents is not None and c.model.latent_scaling == "auto":
@@ -420,7 +431,10 @@ class Trainer:
             optimizer = torch.optim.AdamW(denoiser.parameters(), lr=t.lr, weight_decay=t.weight_decay)
             lr_sched = get_cosine_schedule_with_warmup(optimizer, min(t.warmup_steps, t.max_steps), t.max_steps)
             ema = EMAModel(
-                denoiser.parameters(), decay=t.ema_decay, use_ema_warmup=t.ema_warmup, power=t.ema_power,
+                denoiser.parameters(),
+                decay=t.ema_decay,
+                use_ema_warmup=t.ema_warmup,
+                power=t.ema_power,
             )
             sampler = EpochSampler(len(faces), c.seed)
             denoiser, optimizer = accelerator.prepare(denoiser, optimizer)
@@ -450,14 +464,24 @@ class Trainer:
             world, rank = accelerator.num_processes, accelerator.process_index
             grid_ids = sample_identities(faces, t.sample_identities)
             n_params = sum(p.numel() for p in params)
-            summary.update({"parameters": n_params, "processes": world, "device": str(device),
-                            "mixed_precision": accelerator.mixed_precision})
+            summary.update(
+                {
+                    "parameters": n_params,
+                    "processes": world,
+                    "device": str(device),
+                    "mixed_precision": accelerator.mixed_precision,
+                }
+            )
 
             def batch(step: int, micro: int) -> tuple[Batch, torch.Generator]:
                 gen = step_generator(c.seed, step, micro, rank)
                 idx = sampler.take(t.batch_size * world)[rank::world]
                 if latents is not None:
-                    flips = (torch.rand(len(idx), generator=gen) < 0.5).long() if "flip" in t.augment else torch.zeros(len(idx), dtype=torch.long)
+                    flips = (
+                        (torch.rand(len(idx), generator=gen) < 0.5).long()
+                        if "flip" in t.augment
+                        else torch.zeros(len(idx), dtype=torch.long)
+                    )
                     sel = np.asarray(latents[np.sort(idx.numpy())])  # memmap reads want sorted indices
                     order = np.argsort(np.argsort(idx.numpy()))
                     x0 = torch.from_numpy(sel[order]).float()[torch.arange(len(idx)), flips] * latent_gain
@@ -613,8 +637,9 @@ class Trainer:
         with torch.random.fork_rng(devices=[]), self._ema_weights(ema, params):
             images = generate(view, emb, seeds, batch_size=max(2, len(seeds)), guidance_scale=t.guidance_scale, **options)
             # the same seeds without identity: the last row of the grid, and the yardstick of how much the condition matters
-            uncond = generate(view, None, seeds[:n_seeds], batch_size=max(2, n_seeds), guidance_scale=1.0,
-                              unconditional=True, **options)
+            uncond = generate(
+                view, None, seeds[:n_seeds], batch_size=max(2, n_seeds), guidance_scale=1.0, unconditional=True, **options
+            )
         denoiser.train(was_training)
         self._log_condition_effect(step, images.reshape(len(ids), n_seeds, *images.shape[1:]), uncond)
         rows = []
@@ -682,4 +707,3 @@ def train_generator(
         return trainer.run(prepare_only=prepare_only, stop_at_step=stop_at_step)
     finally:
         torch.set_num_threads(threads)
-

@@ -10,16 +10,15 @@ arrays; anything else is refused before it is built.
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from synthface.atomic import atomic_file
 from synthface.errors import InputError, UnsafeFileError
-from synthface.recognition.verification import PairsProtocol, split_folds
+from synthface.recognition.protocols.pairs import PairsProtocol, split_folds
 
 
 def _numpy_globals() -> dict[tuple[str, str], Any]:
@@ -88,8 +87,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafeFileError(
-            f"refusing to load {self._source}: it holds persistent references; "
-            ".bin files must only hold image bytes and labels"
+            f"refusing to load {self._source}: it holds persistent references; .bin files must only hold image bytes and labels"
         )
 
 
@@ -156,9 +154,7 @@ def read_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
     if len(labels) == 0:
         raise InputError(f"{path}: the file holds no pairs")
     if len(bins) != 2 * len(labels):
-        raise InputError(
-            f"{path}: {len(bins)} images for {len(labels)} pairs; a .bin file needs exactly two images per pair"
-        )
+        raise InputError(f"{path}: {len(bins)} images for {len(labels)} pairs; a .bin file needs exactly two images per pair")
     images = [_as_bytes(item, k, path) for k, item in enumerate(bins)]
     return images, labels
 
@@ -169,9 +165,7 @@ def load_bin(path: str | Path, n_folds: int = 10) -> PairsProtocol:
     images, issame = read_bin(path)
     n = len(issame)
     pairs = np.arange(2 * n, dtype=np.int64).reshape(n, 2)
-    return PairsProtocol(
-        name=path.stem, images=images, pairs=pairs, issame=issame, folds=split_folds(n, n_folds), source=path
-    )
+    return PairsProtocol(name=path.stem, images=images, pairs=pairs, issame=issame, folds=split_folds(n, n_folds), source=path)
 
 
 def write_bin(path: str | Path, images: Sequence[bytes], issame: Sequence[bool]) -> Path:
@@ -189,15 +183,6 @@ def write_bin(path: str | Path, images: Sequence[bytes], issame: Sequence[bool])
         data.append(bytes(img))
     if not labels or len(data) != 2 * len(labels):
         raise InputError(f"{len(data)} images for {len(labels)} pairs: a .bin file needs exactly two images per pair")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump((data, labels), f, protocol=4)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        pickle.dump((data, labels), handle, protocol=4)
     return path

@@ -21,6 +21,7 @@ import numpy as np
 
 from synthface.errors import InputError
 from synthface.files import is_image_file
+from synthface.recognition.protocols.pairs import PairsProtocol, split_folds
 
 T = TypeVar("T")
 TRUE, FALSE = {"1", "true", "yes", "same"}, {"0", "false", "no", "different"}
@@ -56,17 +57,23 @@ def same_pairs(fold: Sequence[str], people: dict[str, Sequence[T]], count: int, 
                 out.append((name, a, b))
                 progressed = True
         if not progressed:
-            raise InputError(f"a fold has only {len(out)} same-person pairs, {count} were asked for: ask for fewer pairs per fold")
+            raise InputError(
+                f"a fold has only {len(out)} same-person pairs, {count} were asked for: ask for fewer pairs per fold"
+            )
     return out
 
 
-def diff_pairs(fold: Sequence[str], people: dict[str, Sequence[T]], count: int, rng: random.Random) -> list[tuple[str, T, str, T]]:
+def diff_pairs(
+    fold: Sequence[str], people: dict[str, Sequence[T]], count: int, rng: random.Random
+) -> list[tuple[str, T, str, T]]:
     """``count`` different-person pairs of the fold, none repeated."""
     seen: set[tuple[str, T, str, T]] = set()
     out: list[tuple[str, T, str, T]] = []
     possible = sum(len(people[a]) * len(people[b]) for i, a in enumerate(fold) for b in fold[i + 1 :])
     if possible < count:
-        raise InputError(f"a fold allows only {possible} different-person pairs, {count} were asked for: ask for fewer pairs per fold")
+        raise InputError(
+            f"a fold allows only {possible} different-person pairs, {count} were asked for: ask for fewer pairs per fold"
+        )
     while len(out) < count:
         p1, p2 = sorted(rng.sample(list(fold), 2))
         pair = (p1, rng.choice(people[p1]), p2, rng.choice(people[p2]))
@@ -94,8 +101,6 @@ def folder_protocol(root: str | Path, n_folds: int = 10, pairs_per_fold: int | N
     ``pairs_per_fold`` same and as many different pairs per fold; None: as many same pairs as the
     poorest fold allows (capped at LFW's 300).
     """
-    from synthface.recognition.verification import PairsProtocol
-
     root = Path(root)
     people = people_in(root)
     multi = sorted(n for n, imgs in people.items() if len(imgs) >= 2)
@@ -127,8 +132,6 @@ def folder_protocol(root: str | Path, n_folds: int = 10, pairs_per_fold: int | N
 
 def read_csv_pairs(path: str | Path, images_dir: str | Path | None = None, n_folds: int = 10):  # type: ignore[no-untyped-def]
     """A ``path_a,path_b,same[,fold]`` CSV (a PairsProtocol); paths relative to ``images_dir`` or the CSV's folder."""
-    from synthface.recognition.verification import PairsProtocol, split_folds
-
     path = Path(path)
     base = Path(images_dir) if images_dir is not None else path.parent
     try:
@@ -136,7 +139,9 @@ def read_csv_pairs(path: str | Path, images_dir: str | Path | None = None, n_fol
             reader = csv.DictReader(handle)
             columns = set(reader.fieldnames or [])
             if not {"path_a", "path_b", "same"} <= columns:
-                raise InputError(f"{path}: a pairs CSV needs the header path_a,path_b,same (optionally fold); got {sorted(columns)}")
+                raise InputError(
+                    f"{path}: a pairs CSV needs the header path_a,path_b,same (optionally fold); got {sorted(columns)}"
+                )
             records = list(reader)
     except FileNotFoundError:
         raise InputError(f"pairs file {path} does not exist") from None

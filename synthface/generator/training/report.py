@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 from typing import Sequence
@@ -10,6 +11,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from synthface.atomic import atomic_file, atomic_write_text
 from synthface.figures import save_figure
 
 LOSS_FIELDS = ["step", "loss", "lr", "epoch", "seconds"]
@@ -36,13 +38,12 @@ class LossLog:
     def truncate(self, step: int) -> None:
         """Keep the rows up to ``step`` (a resumed run continues the curve from its checkpoint)."""
         rows = [r for r in self.read() if r["step"] <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, LOSS_FIELDS)
-            writer.writeheader()
-            for r in rows:
-                writer.writerow({k: _num(r[k]) for k in LOSS_FIELDS})
-        tmp.replace(self.path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, LOSS_FIELDS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: _num(r[k]) for k in LOSS_FIELDS})
+        atomic_write_text(self.path, text.getvalue())
 
     def append(self, step: int, loss: float, lr: float, epoch: float, seconds: float) -> None:
         new = not self.path.is_file()
@@ -50,7 +51,9 @@ class LossLog:
             writer = csv.DictWriter(f, LOSS_FIELDS)
             if new:
                 writer.writeheader()
-            writer.writerow({"step": step, "loss": f"{loss:.6g}", "lr": f"{lr:.6g}", "epoch": f"{epoch:.4f}", "seconds": f"{seconds:.1f}"})
+            writer.writerow(
+                {"step": step, "loss": f"{loss:.6g}", "lr": f"{lr:.6g}", "epoch": f"{epoch:.4f}", "seconds": f"{seconds:.1f}"}
+            )
             f.flush()
             os.fsync(f.fileno())
 
@@ -105,8 +108,6 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], scale: int = 1, pad: int = 
 
 
 def save_png(array: np.ndarray, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    Image.fromarray(array).save(tmp)
-    tmp.replace(path)
+    with atomic_file(path) as handle:
+        Image.fromarray(array).save(handle, format="PNG")
     return path

@@ -1,0 +1,117 @@
+"""Crash-safe files: every output is written to a temp file in its own folder, fsynced, then moved into place.
+
+A reader never sees a half-written file, and a process killed at any instant leaves either the old
+file or the new one, plus at most a temp file ``.NAME.XXXXXXXX.tmp`` that :func:`clean_temp` removes.
+A report of several files is written through :func:`staged_files`: all of them appear, or none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()  # for folders made by tempfile.mkdtemp (0700) that become outputs
+
+
+def fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through: a temp file in the same directory (parents created)
+    that, when the block succeeds, is flushed, fsynced and moved into place with ``os.replace`` (the
+    directory fsynced too); when it fails, the temp file is removed and ``path`` is as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; outputs should be as readable as any file
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_file`)."""
+    with atomic_file(path) as handle:
+        handle.write(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, data: dict[str, Any]) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+@contextlib.contextmanager
+def staged_files(out: Path) -> Iterator[Path]:
+    """A temp folder beside ``out`` to write a report into; its files move into ``out`` only when the
+    block succeeds, so a command that fails leaves nothing half-written behind (an older complete
+    report in ``out`` stays as it was)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        yield stage
+        out.mkdir(parents=True, exist_ok=True)
+        for item in sorted(stage.iterdir()):
+            os.replace(item, out / item.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+# what atomic_write_bytes leaves behind when killed: ".NAME." + mkstemp's 8 random characters + ".tmp"
+_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def clean_temp(directory: Path, names: re.Pattern[str]) -> int:
+    """Remove temp files a killed writer left in ``directory``: only ours, ``.NAME.XXXXXXXX.tmp``
+    with NAME a file synthface writes there (``names`` matches it whole); a user's ``.notes.tmp`` stays."""
+    removed = 0
+    if not directory.is_dir():
+        return 0
+    for tmp in directory.glob(".*.tmp"):
+        match = _TEMP.match(tmp.name)
+        if match is None or names.fullmatch(match["name"]) is None or not tmp.is_file():
+            continue
+        try:
+            tmp.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
