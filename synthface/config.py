@@ -119,6 +119,10 @@ class SamplingSection(Section):
     channels_last: bool = Field(False, description="UNet and VAE in channels-last memory format (faster convolutions on GPUs)")
     compile: bool = Field(False, description="torch.compile the UNet; the first batch pays the compilation (a GPU option)")
     vae_tiling: bool = Field(False, description="decode in tiles: large images on small memory (AutoencoderKL models)")
+    overlap: bool = Field(
+        True, description="sample the next batch while a worker thread filters, encodes and writes the last one "
+        "(same bytes as false)"
+    )
 
 
 class FilterSection(Section):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -52,12 +53,13 @@ from synthface.dataset.writer import (
 from synthface.errors import ConfigError, InputError, SynthfaceError
 from synthface.generator.families import check_model, load_model
 from synthface.generator.fastpath import apply_fast_path
+from synthface.generator.overlap import Stage, make_stage
 from synthface.generator.pipeline import GeneratorModel, generate, sample_batch, to_uint8
 from synthface.output_folder import check_output_folder
 from synthface.identities import FaceEmbedding, IdentityPlan, plan_identities, read_plan, read_plan_metadata
 from synthface.runtime import Progress, progress_or_null, resolve_dtype
 
-RESUME_FREE_KEYS = ("sampling.batch_size",)
+RESUME_FREE_KEYS = ("sampling.batch_size", "sampling.overlap")
 IDENTITIES_FILE = "identities.parquet"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
@@ -623,24 +625,27 @@ def generate_dataset(
         writer = _ShardRenderer(recipe, model, plan, selector, guide, timings if profile else None)
         total = sum(int(plan.kept[s.start : s.stop].sum()) for s in todo) * per_identity
         progress.start(total, "generating")
-        rendered = kept_rows = 0
+        rendered = 0
         render_start = time.perf_counter()
-        for shard in todo:
-            jobs = shard_jobs(shard, plan, recipe.seed, per_identity)
 
-            def advance(n: int, accepted: int) -> None:
-                nonlocal rendered
-                rendered += n
-                elapsed = max(time.perf_counter() - render_start, 1e-9)
-                progress.advance(n, ips=rendered / elapsed, accepted=kept_rows + accepted)
+        def advance(n: int) -> None:
+            nonlocal rendered
+            rendered += n
+            elapsed = max(time.perf_counter() - render_start, 1e-9)
+            progress.advance(n, ips=rendered / elapsed, accepted=writer.kept)
 
-            rows = writer.render(jobs, advance)
+        def commit(shard: Shard, rows: ShardRows) -> None:
             tick = time.perf_counter()
             # a selector's per-shard record (filtering) is written before the shard and noted in its marker
             shard_extra = getattr(selector, "shard_extra", None)
             write_shard(data_dir, shard, rows, guard_hash, shard_extra(out, shard) if shard_extra else None)
-            timings["write"] = timings.get("write", 0.0) + time.perf_counter() - tick
-            kept_rows += len(rows)
+            writer.add("write", time.perf_counter() - tick)
+            writer.rows_written += len(rows)
+
+        # sampling here; selection, encoding and writing in order, behind it when sampling.overlap is on (overlap.py)
+        with make_stage(recipe.sampling.overlap) as stage:
+            for shard in todo:
+                stage.submit(commit, shard, writer.render(shard_jobs(shard, plan, recipe.seed, per_identity), advance, stage))
         render_seconds = time.perf_counter() - render_start
         progress.finish()
         for key, value in writer.timings.items():
@@ -650,7 +655,7 @@ def generate_dataset(
             "shards_written": len(todo),
             "shards_skipped": len(mine) - len(todo),
             "images_rendered": rendered,
-            "rows_written": kept_rows,
+            "rows_written": writer.rows_written,
             "seconds": render_seconds,
             "timings": timings,
         }
@@ -705,11 +710,18 @@ class _ShardRenderer:
         self.profile = profile
         self.timings: dict[str, float] = {}
         self.fmt = recipe.output.image_format
+        self.kept = 0  # images selected so far (the progress display)
+        self.rows_written = 0
+        self._lock = threading.Lock()  # timings are added from the sampling and the writing thread
 
-    def _add(self, part: str, seconds: float) -> None:
-        self.timings[part] = self.timings.get(part, 0.0) + seconds
+    def add(self, part: str, seconds: float) -> None:
+        with self._lock:
+            self.timings[part] = self.timings.get(part, 0.0) + seconds
 
-    def render(self, jobs: list[Job], advance: Callable[[int, int], None]) -> ShardRows:
+    def render(self, jobs: list[Job], advance: Callable[[int], None], stage: Stage) -> ShardRows:
+        """Sample the shard's jobs batch by batch; each batch's selection and encoding go to ``stage``.
+
+        Returns the shard's rows, complete once ``stage`` has run every task submitted here."""
         s = self.recipe.sampling
         rows = ShardRows()
         pending: dict[int, list[Candidate]] = {}
@@ -733,19 +745,24 @@ class _ShardRenderer:
                     timings=self.profile,
                 )
             )
-            self._add("render", time.perf_counter() - tick)
-            for job, image in zip(batch, images):
-                pending.setdefault(job.identity, []).append(Candidate(job.identity, job.sample, job.seed, image))
-                remaining[job.identity] -= 1
-                if remaining[job.identity] == 0:
-                    self._emit(job.identity, pending.pop(job.identity), rows)
-            advance(len(batch), len(rows))
+            self.add("render", time.perf_counter() - tick)
+            stage.submit(self._collect, batch, images, pending, remaining, rows)
+            advance(len(batch))
         return rows
+
+    def _collect(self, batch: list[Job], images: np.ndarray, pending: dict[int, list[Candidate]],
+                 remaining: dict[int, int], rows: ShardRows) -> None:  # fmt: skip
+        """One batch's candidates; each identity whose candidates are all rendered is selected and encoded."""
+        for job, image in zip(batch, images):
+            pending.setdefault(job.identity, []).append(Candidate(job.identity, job.sample, job.seed, image))
+            remaining[job.identity] -= 1
+            if remaining[job.identity] == 0:
+                self._emit(job.identity, pending.pop(job.identity), rows)
 
     def _emit(self, identity: int, candidates: list[Candidate], rows: ShardRows) -> None:
         tick = time.perf_counter()
         selected = self.selector.select(identity, candidates)
-        self._add("select", time.perf_counter() - tick)
+        self.add("select", time.perf_counter() - tick)
         tick = time.perf_counter()
         ext = IMAGE_EXT[self.fmt]
         for sel in selected:
@@ -761,7 +778,8 @@ class _ShardRenderer:
                 sel.det_score,
                 image_full=encode_image(c.image, self.fmt) if self.recipe.output.store_full_resolution else None,
             )
-        self._add("encode", time.perf_counter() - tick)
+        self.kept += len(selected)
+        self.add("encode", time.perf_counter() - tick)
 
 
 def _part_summary(
