@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 
@@ -125,6 +125,41 @@ class SamplingSection(Section):
     )
 
 
+class VariationSection(Section):
+    """Per-image variation: each draw is a pure function of the sample's seed, recorded in the shard."""
+
+    identity_cosine: list[float] = Field(
+        [1.0, 1.0], min_length=2, max_length=2, description="each image's conditioning vector sits at a cosine drawn from [low, high] to its identity "
+        "(moved on the sphere in a random direction); [1, 1]: the identity itself"
+    )
+    guidance_scale: list[float] | None = Field(
+        None, min_length=2, max_length=2, description="each image's CFG scale drawn from [low, high] (lower: more variation); null: sampling.guidance_scale"
+    )
+    style_bank: GlobPath = Field(
+        None, description="folder of face images framed like the model's renders: each image starts from a partially "
+        "noised one of them (SDEdit), so pose and lighting come from the bank; null: from pure noise"
+    )
+    style_strength: float = Field(
+        0.7, gt=0.0, le=1.0, description="fraction of the noise schedule run from a style image (1: pure noise)"
+    )
+
+    @property
+    def active(self) -> bool:
+        """True when a control is on (the shards then carry the variation columns)."""
+        return list(self.identity_cosine) != [1.0, 1.0] or self.guidance_scale is not None or bool(self.style_bank)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "VariationSection":
+        lo, hi = self.identity_cosine
+        if not -1.0 < lo <= hi <= 1.0:
+            raise ValueError(f"identity_cosine must be [low, high] with -1 < low <= high <= 1, got [{lo}, {hi}]")
+        if self.guidance_scale is not None:
+            lo, hi = self.guidance_scale
+            if not 0.0 <= lo <= hi:
+                raise ValueError(f"guidance_scale must be [low, high] with 0 <= low <= high, got [{lo}, {hi}]")
+        return self
+
+
 class FilterSection(Section):
     enabled: bool = True
     embedder: str = DEFAULT_EMBEDDER
@@ -176,6 +211,7 @@ class GenerateRecipe(Section):
     images_per_identity: int = Field(50, ge=1)
     shard_identities: int = Field(100, ge=1)
     sampling: SamplingSection = SamplingSection()
+    variation: VariationSection = VariationSection()
     filter: FilterSection = FilterSection()
     output: OutputSection = OutputSection()
     arc2face: Arc2FaceSection = Arc2FaceSection()
@@ -344,6 +380,14 @@ class InspectRecipe(Section):
     sheet_identities: int = Field(16, ge=1, description="contact sheet rows (one identity each)")
     sheet_images: int = Field(8, ge=1, description="contact sheet columns (images per identity)")
     gallery: GlobPath = Field(None, description="`synthface embed` Parquet of real people for a leakage report (a glob matching one file)")
+    reference: GlobPath = Field(None, description="real aligned faces (a folder with one sub-folder per person, shards or "
+                                "a RecordIO file) for the Frechet distance and k-NN precision/recall in embedding space")
+    reference_images: int = Field(2000, ge=2, description="reference images embedded at most (people in a seeded order)")
+    k: int = Field(3, ge=1, description="k of the k-NN precision/recall")
+    detector: Literal["mtcnn", "none"] = Field("mtcnn", description="face detector of the detection rate and the pose "
+                                               "figures, run on the stored crops; none: skip them")
+    card: bool = Field(True, description="also write the quality figures into the dataset card (SRC/README.md, when "
+                       "synthface wrote it)")
     device: str = "auto"
 
 

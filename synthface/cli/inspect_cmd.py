@@ -1,4 +1,4 @@
-"""`synthface inspect`: counts, acceptance, similarity histograms, contact sheet and leakage of a dataset."""
+"""`synthface inspect`: counts, acceptance, similarity histograms, quality metrics, contact sheet, leakage and an HTML report."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ EPILOG = example(
     """
 synthface inspect runs/quickstart --set embedder=dlib
 synthface inspect runs/10k --out runs/10k-report --set gallery=lfw-facenet.parquet --json -
+synthface inspect runs/10k --reference data/lfw-test-aligned112 --set card=false
 """
 )
 
@@ -24,27 +25,35 @@ def inspect_cmd(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Report directory (default: SRC/inspect).", show_default=False)] = None,
     embedder: Annotated[str | None, typer.Option("--embedder", "-e", help="Embedder of the similarity histograms ('none' skips them; recipe key: embedder).", show_default=False)] = None,
     gallery: Annotated[str | None, typer.Option("--gallery", help="`synthface embed` Parquet of real people: leakage report (recipe key: gallery).", show_default=False)] = None,
+    reference: Annotated[str | None, typer.Option("--reference", help="Folder of real aligned faces (one sub-folder per person): Frechet distance and k-NN precision/recall (recipe key: reference).", show_default=False)] = None,
     allow_partial: AllowPartialOpt = False,
     recipe_path: RecipeOpt = None,
     sets: SetOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
-    """Write SRC's report: inspect.json, contact_sheet.png, similarity.png, candidate_scores.png, leakage.png."""
+    """Write SRC's report: report.html, inspect.json, contact_sheet.png, quality.png, similarity.png, candidate_scores.png, leakage.png."""
     from synthface.dataset.inspect import inspect_dataset
 
-    overrides = list(sets or []) + ([f"embedder={embedder}"] if embedder else []) + ([f"gallery={gallery}"] if gallery else [])
+    overrides = list(sets or []) + ([f"embedder={embedder}"] if embedder else []) + ([f"gallery={gallery}"] if gallery else []) \
+        + ([f"reference={reference}"] if reference else [])
     cfg = recipe(InspectRecipe, recipe_path, overrides)
     target = out or (src / "inspect")
     report = inspect_dataset(
         src, target, embedder=cfg.embedder, max_identities=cfg.max_identities, sheet_identities=cfg.sheet_identities,
-        sheet_images=cfg.sheet_images, gallery=cfg.gallery, device=cfg.device, progress=RichBar(), allow_partial=allow_partial,
+        sheet_images=cfg.sheet_images, gallery=cfg.gallery, reference=cfg.reference, reference_images=cfg.reference_images,
+        k=cfg.k, detector=cfg.detector, card=cfg.card, seed=cfg.seed, device=cfg.device, progress=RichBar(),
+        allow_partial=allow_partial,
     )  # fmt: skip
     write_resolved(cfg, target, "inspect.config.yaml")
     acc = report.get("acceptance", {}).get("rate")
+    cons = report["quality"].get("consistency", {}).get("cos_to_centre", {}).get("mean")
+    ref = report["quality"].get("reference", {})
     console.print(
         f"{report['images']} images of {report['identities']} identities in {report['shards']} shards"
         + (f", filter acceptance {100 * acc:.1f}%" if acc is not None else "")
-        + f" -> {target}",
+        + (f", consistency {cons:.3f}" if cons is not None else "")
+        + (f", Frechet distance {ref['frechet_distance']:.4f}" if "frechet_distance" in ref else "")
+        + f" -> {report['files']['html']}",
         highlight=False,
     )
     write_json(json_out, report)

@@ -3,7 +3,9 @@
 The header names the licence, task category, size category and the Parquet files as the
 ``default`` config's ``train`` split, so ``datasets.load_dataset(DIR)`` and the Hub read the shards.
 The body records the generator and embedders with their licences, the recipe, counts, the filter
-figures, the leakage report, and the intended use and limits.
+figures, the leakage report, and the intended use and limits. ``synthface inspect`` adds a
+"Quality" section (:func:`write_quality_section`); a later rewrite of the card by ``generate``
+keeps it.
 """
 
 from __future__ import annotations
@@ -94,13 +96,13 @@ def processing(recipe: Any, model: Any) -> tuple[str, bool]:
     return f"each render stored as generated: {side}x{side} on the model's {crop}{resized}", False
 
 
-def card_features(names: list[str], full: bool) -> list[dict[str, Any]]:
+def card_features(names: list[str], full: bool, variation: bool = False) -> list[dict[str, Any]]:
     """The shards' columns as the card's `dataset_info` features, ``label`` an HF ClassLabel over ``names``."""
     import json as _json
 
     from synthface.dataset.writer import shard_schema
 
-    features = _json.loads(shard_schema(full).metadata[b"huggingface"])["info"]["features"]
+    features = _json.loads(shard_schema(full, variation).metadata[b"huggingface"])["info"]["features"]
     out: list[dict[str, Any]] = []
     for name, feature in features.items():
         if name == "label":
@@ -133,7 +135,9 @@ def card_text(
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": data_files or "data/train-*.parquet"}]}],
     }
     if label_names is not None:
-        header["dataset_info"] = {"features": card_features(label_names, recipe.output.store_full_resolution)}
+        header["dataset_info"] = {"features": card_features(
+            label_names, recipe.output.store_full_resolution, recipe.variation.active
+        )}
     licences = dict(getattr(model, "licences", {}) or {})
     if not licences:
         licences = {
@@ -221,6 +225,69 @@ def card_text(
     return "\n".join(lines)
 
 
+QUALITY_HEADING = "## Quality"
+
+
+def quality_section(report: dict[str, Any], report_dir: str) -> str:
+    """The card's "Quality" section from an inspect report: the metric table, with the reference's figures."""
+    from synthface.dataset.html_report import metric_table
+
+    quality = report.get("quality", {})
+    table = metric_table(report)
+    ref = quality.get("reference") or {}
+    lines = [QUALITY_HEADING, ""]
+    lines.append(f"Measured by `synthface inspect` on {quality.get('images')} images of {quality.get('identities')} identities "
+                 f"(embedder `{quality.get('embedder')}`, detector `{quality.get('detector')}`)"
+                 + (f" against {ref.get('images')} images of {ref.get('identities')} real people "
+                    f"(`{Path(str(ref.get('path'))).name}`)" if ref.get("path") else "")
+                 + f"; the report with its contact sheet and histograms: `{report_dir}/report.html`. "
+                 "Definitions: the table's last column.")  # fmt: skip
+    lines.append("")
+    if not table:
+        return "\n".join(lines + ["No figures: the embedder and the detector were both off.", ""])
+    with_ref = any(r["reference"] for r in table)
+    lines.append("| metric | value |" + (" reference |" if with_ref else "") + " definition |")
+    lines.append("| --- | --- |" + (" --- |" if with_ref else "") + " --- |")
+    for r in table:
+        cells = [r["metric"], r["value"]] + ([r["reference"]] if with_ref else []) + [r["definition"] + (f" ({r['source']})" if r["source"] else "")]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines + [""])
+
+
+def _split_quality(text: str) -> tuple[str, str | None]:
+    """(card without its Quality section, the section or None)."""
+    start = text.find(f"\n{QUALITY_HEADING}\n")
+    if start < 0:
+        return text, None
+    end = text.find("\n## ", start + 1)
+    end = len(text) if end < 0 else end
+    return text[:start] + text[end:], text[start + 1 : end + 1]
+
+
+def _with_quality(text: str, section: str | None) -> str:
+    """``text`` with ``section`` placed before "Intended use and limits" (else at the end)."""
+    if not section:
+        return text
+    at = text.find("\n## Intended use and limits")
+    if at < 0:
+        return text.rstrip("\n") + "\n\n" + section
+    return text[: at + 1] + section.rstrip("\n") + "\n\n" + text[at + 1 :]
+
+
+def write_quality_section(src: str | Path, report: dict[str, Any], report_dir: str | Path) -> Path | None:
+    """Put (or replace) the Quality section of SRC/README.md; None (nothing written) when there is no
+    card or it is not synthface's."""
+    from synthface.dataset.writer import atomic_write_bytes
+
+    path = Path(src) / CARD_FILE
+    if not path.is_file() or not is_own_card(path):
+        return None
+    text, _ = _split_quality(path.read_text(encoding="utf-8"))
+    shown = shown_path(str(Path(report_dir).resolve()), Path(src)) if Path(report_dir).exists() else str(report_dir)
+    atomic_write_bytes(path, _with_quality(text, quality_section(report, shown)).encode("utf-8"))
+    return path
+
+
 def _pct(x: Any) -> str:
     return f"{100 * x:.1f}%" if isinstance(x, (int, float)) else "n/a"
 
@@ -254,7 +321,8 @@ def write_card(out: str | Path, recipe: Any, model: Any, summary: dict[str, Any]
         identity_of.update(zip(table.column("label").to_pylist(), table.column("identity").to_pylist()))
     names = [f"id-{identity_of[k]:07d}" if k in identity_of else f"label-{k}" for k in range(max(identity_of, default=-1) + 1)]
     path = Path(out) / CARD_FILE
-    atomic_write_bytes(path, card_text(recipe, model, summary, data_files, names).encode("utf-8"))
+    kept = _split_quality(path.read_text(encoding="utf-8"))[1] if path.is_file() else None  # inspect's section stays
+    atomic_write_bytes(path, _with_quality(card_text(recipe, model, summary, data_files, names), kept).encode("utf-8"))
     return path
 
 

@@ -1,4 +1,5 @@
-"""Inspect a generated dataset: counts, acceptance, similarity histograms, contact sheet, leakage report.
+"""Inspect a generated dataset: counts, acceptance, similarity histograms, quality metrics, contact sheet,
+leakage report, and one HTML page that shows them all.
 
 Works on any directory written by ``synthface generate`` (filter on or off). Figures come from the
 committed shards, ``identities.parquet`` and, with filtering on, the per-candidate filter records.
@@ -9,24 +10,101 @@ by embedding the stored template crops of up to ``max_identities`` identities wi
 are the tight ArcFace template, so an embedder trained on another crop (dlib) reads them less well
 than it reads the original renders: compare datasets with the same embedder, not these cosines
 with another tool's.
+
+The quality metrics (``quality`` in inspect.json; definitions in :data:`QUALITY_DEFINITIONS`) are
+the functions of :mod:`synthface.dataset.quality` on the same embeddings. Pose and detection come
+from MTCNN run on the stored crops: the shards keep the detector's score (``det_score``, NaN when
+the filter's detector did not run) but not its landmarks, and a crop warped to the template keeps
+the nose-to-eyes geometry yaw and pitch are read from, so the landmarks are detected again there.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from synthface.dataset import quality as q
+from synthface.dataset.html_report import REPORT_HTML, SheetImage, SheetRow, write_html
 from synthface.dataset.quality import quantiles
-from synthface.dataset.writer import staged_files
+from synthface.dataset.writer import VARIATION_COLUMNS, staged_files
 from synthface.errors import InputError
 from synthface.figures import save_figure
 from synthface.runtime import Progress, progress_or_null
 
 REPORT_FILE = "inspect.json"
+
+# What each quality figure in inspect.json means and where it comes from (the HTML table and the card show these).
+QUALITY_DEFINITIONS: dict[str, dict[str, str]] = {
+    "consistency": {
+        "definition": "cosine of each image to its identity centre (the normalised mean of the identity's embeddings), "
+                      "averaged per identity; quantiles over identities (1 = every image embeds the same)",
+        "source": "identity consistency as DCFace (Kim et al. 2023), IDiff-Face (Boutros et al. 2023) and Vec2Face report it",
+    },
+    "within_threshold": {
+        "definition": "fraction of images whose cosine to their identity centre is at least the threshold: the dataset's "
+                      "filter threshold when inspect embeds with the filter embedder, else the embedder's default",
+        "source": "synthface's filter thresholds (docs/filter.md)",
+    },
+    "nearest_other": {
+        "definition": "for each identity centre, the cosine of the nearest other identity centre (lower: identities "
+                      "further apart)",
+        "source": "inter-class separability, as synthetic face datasets are compared (DCFace, Vec2Face)",
+    },
+    "duplicates": {
+        "definition": "identities whose centre is at least duplicate_threshold from an earlier identity's centre: the "
+                      "filter's merge threshold when inspect embeds with the filter embedder, else the identity threshold",
+        "source": "synthface's separation check (docs/filter.md)",
+    },
+    "spread": {
+        "definition": "1 - mean cosine to the identity centre, per identity with 2+ images (0 = no variation)",
+        "source": "intra-class variation in face-embedding space",
+    },
+    "pose": {
+        "definition": "within-identity standard deviation of yaw, pitch and roll (degrees), each estimated from MTCNN's "
+                      "five landmarks on the stored crop: roll is the eye line's angle; yaw the nose's offset from the "
+                      "eye-mouth midline over half the eye distance; pitch the nose's height between eye and mouth lines "
+                      "against the ArcFace template's; both through arcsin",
+        "source": "five-point geometry (synthface.dataset.quality.head_pose); landmarks by MTCNN (Zhang et al. 2016)",
+    },
+    "detection_rate": {
+        "definition": "fraction of the stored crops in which the detector finds a face",
+        "source": "MTCNN (Zhang et al. 2016), facenet-pytorch's bundled weights",
+    },
+    "detection_confidence": {
+        "definition": "the detector's face probability of the faces found",
+        "source": "MTCNN (Zhang et al. 2016), facenet-pytorch's bundled weights",
+    },
+    "frechet_distance": {
+        "definition": "Frechet distance between Gaussians fitted to this set's and the reference set's normalised "
+                      "embeddings: |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2); 0 = same mean and covariance",
+        "source": "Heusel et al. 2017 (FID), computed on face embeddings instead of Inception features",
+    },
+    "knn_precision": {
+        "definition": "fraction of this set's embeddings inside the k-NN ball (radius: distance to the k-th nearest "
+                      "neighbour) of some reference embedding: how much of the set looks like real faces",
+        "source": "improved precision, Kynkaanniemi et al. 2019, in face-embedding space",
+    },
+    "knn_recall": {
+        "definition": "fraction of the reference embeddings inside the k-NN ball of some embedding of this set: how "
+                      "much of the real face space the set covers",
+        "source": "improved recall, Kynkaanniemi et al. 2019, in face-embedding space",
+    },
+    "variation": {
+        "definition": "what the run's variation controls drew per stored image: the conditioning vector's cosine to its "
+        "identity, the guidance scale, and whether it started from a style image (shard columns condition_cosine, "
+        "guidance_scale, style)",
+        "source": "synthface generate's variation section (docs/generate.md)",
+    },
+    "leakage": {
+        "definition": "cosine of each identity centre to its nearest real person of the gallery",
+        "source": "synthface's leakage check (docs/filter.md)",
+    },
+}
 
 
 def _read_shards(src: Path, allow_partial: bool = False) -> Any:
@@ -38,8 +116,25 @@ def _read_shards(src: Path, allow_partial: bool = False) -> Any:
     shards = committed_shards(src, allow_partial=allow_partial)
     if not shards:
         raise InputError(f"no committed shards in {src}: pass the --out directory of `synthface generate`")
-    tables = [pq.read_table(p, columns=["label", "identity", "sample", "id_score", "det_score"]) for p in shards]
+    columns = ["label", "identity", "sample", "id_score", "det_score"]
+    # the per-image variation draws, when the run drew them (every shard of a run has the same columns)
+    if all(name in pq.read_schema(shards[0]).names for name in VARIATION_COLUMNS):
+        columns += list(VARIATION_COLUMNS)
+    tables = [pq.read_table(p, columns=columns) for p in shards]
     return shards, pa.concat_tables(tables)
+
+
+def variation_figures(rows: Any) -> dict[str, Any] | None:
+    """What the run's variation controls drew for the stored images (None when none was on)."""
+    if VARIATION_COLUMNS[0] not in rows.column_names:
+        return None
+    style = np.asarray(rows.column("style").to_numpy(), np.int64)
+    return {
+        "condition_cosine": quantiles(rows.column("condition_cosine").to_numpy(zero_copy_only=False)),
+        "guidance_scale": quantiles(rows.column("guidance_scale").to_numpy(zero_copy_only=False)),
+        "style_started": float((style >= 0).mean()) if len(style) else 0.0,
+        "styles_used": int(len(np.unique(style[style >= 0]))),
+    }
 
 
 def _load_images(shards: list[Path], wanted: set[int]) -> dict[int, list[tuple[int, bytes]]]:
@@ -63,22 +158,33 @@ def _decode(data: bytes) -> np.ndarray:
         return np.asarray(img.convert("RGB"), np.uint8)
 
 
-def contact_sheet(images: dict[int, list[tuple[int, bytes]]], path: Path, rows: int, cols: int, tile: int = 112) -> Path:
-    """One row per identity (label order), up to ``cols`` images each; as wide as its longest row."""
+def contact_sheet(rows: list[tuple[int, list[bytes]]], path: Path, tile: int = 112) -> Path:
+    """One row per (label, images) in the order given; as wide as its longest row."""
     from PIL import Image, ImageDraw
 
-    labels = sorted(images)[:rows]
-    cols = max(1, min(cols, max((len(images[k]) for k in labels), default=1)))
+    cols = max([len(images) for _, images in rows] + [1])
     pad = 40
-    sheet = Image.new("RGB", (pad + cols * tile, max(1, len(labels)) * tile), (255, 255, 255))
+    sheet = Image.new("RGB", (pad + cols * tile, max(1, len(rows)) * tile), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    for r, label in enumerate(labels):
+    for r, (label, images) in enumerate(rows):
         draw.text((2, r * tile + tile // 2 - 5), str(label), fill=(0, 0, 0))
-        for c, (_, data) in enumerate(images[label][:cols]):
+        for c, data in enumerate(images):
             img = Image.fromarray(_decode(data)).resize((tile, tile))
             sheet.paste(img, (pad + c * tile, r * tile))
     sheet.save(path)
     return path
+
+
+def by_yaw(yaw: np.ndarray, limit: int) -> np.ndarray:
+    """Indices of up to ``limit`` images in increasing yaw, images without a face (NaN) last. With more
+    faces than ``limit`` they are thinned evenly over that order, so the row still spans the
+    identity's pose range; faceless images only fill what faces leave free."""
+    yaw = np.asarray(yaw, np.float64)
+    face = np.flatnonzero(np.isfinite(yaw))
+    face = face[np.argsort(yaw[face], kind="stable")]
+    if len(face) > limit:
+        face = face[np.unique(np.linspace(0, len(face) - 1, limit).round().astype(int))]
+    return np.concatenate([face, np.flatnonzero(~np.isfinite(yaw))])[:limit]
 
 
 def similarity_pairs(emb: np.ndarray, labels: np.ndarray, max_pairs: int = 200_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -113,16 +219,9 @@ def _random_pairs(n: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray
     return codes // n, codes % n
 
 
-def _hist_png(
-    path: Path, series: dict[str, np.ndarray], title: str, xlabel: str, lines: dict[str, float] | None = None, unit: str = "images"
-) -> Path:
-    """Overlaid density histograms; each legend entry counts its values in ``unit``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+def _hist_ax(ax: Any, series: dict[str, np.ndarray], title: str, xlabel: str, lines: dict[str, float] | None = None,
+             unit: str = "images") -> None:  # fmt: skip
+    """Overlaid density histograms on ``ax``; each legend entry counts its values in ``unit``."""
     for name, values in series.items():
         values = np.asarray(values, np.float64)
         values = values[np.isfinite(values)]
@@ -131,11 +230,27 @@ def _hist_png(
     for name, x in (lines or {}).items():
         ax.axvline(x, color="k", linestyle="--", linewidth=1)
         ax.text(x, ax.get_ylim()[1] * 0.9, f" {name} {x:g}", fontsize=8)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
+
+
+def _hist_png(path: Path, *panels: tuple[Any, ...]) -> Path:
+    """A PNG of one or more :func:`_hist_ax` panels (each the arguments after ``ax``), two a row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(2, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), dpi=100, squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        _hist_ax(ax, *panel)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
@@ -150,6 +265,32 @@ def default_embedder(config: dict[str, Any]) -> str:
     return str(filt.get("embedder") or DEFAULT_EMBEDDER) if filt.get("enabled") else DEFAULT_EMBEDDER
 
 
+def quality_thresholds(config: dict[str, Any], embedder: str) -> tuple[float, float]:
+    """(identity threshold, duplicate threshold) for the quality figures: the dataset's filter threshold
+    and merge threshold when the filter ran with ``embedder``, else that embedder's default threshold for both."""
+    from synthface.filtering import default_threshold
+
+    filt = config.get("filter") or {}
+    same = bool(filt.get("enabled")) and filt.get("embedder") == embedder
+    threshold = float(filt["threshold"]) if same and filt.get("threshold") is not None else default_threshold(embedder)
+    merge = float(filt["merge_threshold"]) if same and filt.get("merge_threshold") is not None else threshold
+    return threshold, merge
+
+
+def get_detector(detector: Any, device: str = "auto") -> tuple[str, Any]:
+    """(name, detector) for the pose and detection figures: "mtcnn", "none" (skip them) or an object with
+    ``detect(images) -> [Face | None]`` (named by its class)."""
+    if detector is None or detector == "none":
+        return "none", None
+    if isinstance(detector, str):
+        if detector != "mtcnn":
+            raise InputError(f"unknown detector '{detector}': use mtcnn or none")
+        from synthface.faces.align import FaceDetector
+
+        return "mtcnn", FaceDetector(device=device)
+    return type(detector).__name__, detector
+
+
 def inspect_dataset(
     src: str | Path,
     out: str | Path | None = None,
@@ -159,17 +300,30 @@ def inspect_dataset(
     sheet_identities: int = 16,
     sheet_images: int = 8,
     gallery: str | None = None,
+    reference: str | Path | None = None,
+    reference_images: int = 2000,
+    k: int = 3,
+    detector: Any = "mtcnn",
+    card: bool = True,
+    seed: int = 0,
     device: str = "auto",
     progress: Progress | None = None,
     allow_partial: bool = False,
 ) -> dict[str, Any]:
-    """Write the report (JSON + PNGs) of the dataset in ``src`` to ``out`` (default SRC/inspect); returns it.
+    """Write the report (JSON, PNGs, report.html) of the dataset in ``src`` to ``out`` (default SRC/inspect); returns it.
 
-    ``embedder`` "none" skips the similarity histograms (no embedder needed); None picks
-    :func:`default_embedder`. An incomplete dataset is refused unless ``allow_partial`` (then the
-    report covers the committed shards). The embedder and the gallery are loaded before anything is
-    written, and the files move into ``out`` only once all of them are written: a failure leaves no
-    partial report.
+    ``embedder`` "none" skips the similarity histograms and the embedding figures (no embedder
+    needed); None picks :func:`default_embedder`. ``reference`` is a folder of aligned real faces
+    (one sub-folder per person; or shards, or a RecordIO file) to compare with: up to
+    ``reference_images`` of its images (people in a seeded order, each with at most as many images as
+    the dataset's largest sampled identity), resized to the dataset's crop size, give the Frechet
+    distance and k-NN precision/recall (``k``) and the same figures as the dataset's.
+    ``detector`` (see :func:`get_detector`) finds the faces and landmarks of the pose and detection
+    figures. With ``card``, the quality figures also go into the dataset card (SRC/README.md, when
+    synthface wrote it) of a complete dataset. An incomplete dataset is refused unless
+    ``allow_partial`` (then the report covers the committed shards). The embedder, the gallery, the
+    reference folder and the detector are loaded before anything is written, and the files move into
+    ``out`` only once all of them are written: a failure leaves no partial report.
     """
     src = Path(src)
     if not src.is_dir():
@@ -199,20 +353,59 @@ def inspect_dataset(
         real = read_embeddings_parquet(gallery)
         if real.embedder and real.embedder != name:
             raise InputError(f"--gallery holds '{real.embedder}' embeddings but inspect embeds with '{name}': pass --embedder {real.embedder}")
+    ref_data = None
+    if reference:
+        if emb_model is None:
+            raise InputError("--reference needs the embedder: drop --embedder none")
+        if not Path(reference).exists():
+            raise InputError(f"reference {reference} not found: pass a folder of aligned face images, one sub-folder per person")
+        from synthface.dataset.reader import open_training_set
+
+        ref_data = open_training_set(reference, size=None, min_images=1)
+    det_name, det = get_detector(detector, device)
+    inputs = _Inputs(config=config, name=name, emb_model=emb_model, real=real, gallery=gallery, ref_data=ref_data,
+                     reference=str(reference) if reference else None, reference_images=reference_images, k=k,
+                     det_name=det_name, det=det, max_identities=max_identities, sheet_identities=sheet_identities,
+                     sheet_images=sheet_images, seed=seed)  # fmt: skip
     with staged_files(out) as stage:
-        report = _report(src, out, stage, shards, rows, config, name, emb_model, real, gallery, max_identities,
-                         sheet_identities, sheet_images, progress_or_null(progress))  # fmt: skip
+        report = _report(src, out, stage, shards, rows, inputs, progress_or_null(progress))
+    if card and not allow_partial:
+        from synthface.dataset.card import write_quality_section
+
+        path = write_quality_section(src, report, out)
+        if path is not None:
+            report["files"]["card"] = str(path)
     return report
 
 
-def _report(
-    src: Path, out: Path, stage: Path, shards: list[Path], rows: Any, config: dict[str, Any], name: str, emb_model: Any,
-    real: Any, gallery: str | None, max_identities: int, sheet_identities: int, sheet_images: int, bar: Progress,
-) -> dict[str, Any]:
-    """The report's figures and JSON, written into ``stage``; the paths it records are under ``out``."""
+@dataclass
+class _Inputs:
+    """What :func:`_report` measures with: the loaded models and data, and the settings."""
+
+    config: dict[str, Any]
+    name: str
+    emb_model: Any
+    real: Any
+    gallery: str | None
+    ref_data: Any
+    reference: str | None
+    reference_images: int
+    k: int
+    det_name: str
+    det: Any
+    max_identities: int
+    sheet_identities: int
+    sheet_images: int
+    seed: int
+
+
+def _report(src: Path, out: Path, stage: Path, shards: list[Path], rows: Any, inp: _Inputs, bar: Progress) -> dict[str, Any]:
+    """The report's figures, JSON and HTML, written into ``stage``; the paths it records are under ``out``."""
     import pyarrow.parquet as pq
 
     from synthface.filtering import leakage_summary, read_records
+
+    config, name, emb_model = inp.config, inp.name, inp.emb_model
 
     def written(path: Path) -> str:
         return str(out / path.name)
@@ -231,6 +424,10 @@ def _report(
         "labels_contiguous": bool(len(counts) == 0 or np.array_equal(np.unique(labels[valid]), np.arange(len(counts)))),
         "files": {},
     }
+    drawn = variation_figures(rows)
+    if drawn is not None:
+        report["variation"] = drawn
+    figures: dict[str, Path] = {}
     ident_path = src / "identities.parquet"
     try:
         identities = pq.read_table(ident_path) if ident_path.is_file() else None
@@ -267,51 +464,91 @@ def _report(
         }
         ids = [x for row in records.column("id_scores").to_pylist() for x in row]
         threshold = (config.get("filter") or {}).get("threshold")
-        report["files"]["candidate_scores"] = written(
-            _hist_png(stage / "candidate_scores.png", {"all candidates": np.array(ids, np.float64),
-                      "kept": rows.column("id_score").to_numpy(zero_copy_only=False)},  # fmt: skip
-                      "identity score of candidates", "cosine to anchor",
-                      {"threshold": float(threshold)} if threshold is not None else None)
-        )
+        path = _hist_png(stage / "candidate_scores.png", ({"all candidates": np.array(ids, np.float64),
+                         "kept": rows.column("id_score").to_numpy(zero_copy_only=False)},  # fmt: skip
+                         "identity score of candidates", "cosine to anchor",
+                         {"threshold": float(threshold)} if threshold is not None else None))
+        report["files"]["candidate_scores"] = written(path)
+        figures["identity score of the filter's candidates"] = path
 
-    # contact sheet
+    # the sampled identities: every figure below is measured on their stored crops
     all_labels = np.unique(labels[valid])
-    step = max(1, len(all_labels) // max(1, max_identities))
-    sampled = set(int(x) for x in all_labels[::step][:max_identities])
-    sheet_labels = set(int(x) for x in all_labels[:sheet_identities])
+    step = max(1, len(all_labels) // max(1, inp.max_identities))
+    sampled = [int(x) for x in all_labels[::step][: inp.max_identities]]
     bar.start(None, "inspect: reading images")
-    images = _load_images(shards, sampled | sheet_labels)
-    report["files"]["contact_sheet"] = written(contact_sheet({k: images[k] for k in sheet_labels if k in images},
-                                                             stage / "contact_sheet.png", sheet_identities, sheet_images))
+    images = _load_images(shards, set(sampled))
     bar.finish()
+    items = [(label, sample, data) for label in sampled for sample, data in images.get(label, [])]
+    lab = np.asarray([label for label, _, _ in items], np.int64)
+    crops = [_decode(data) for _, _, data in items] if (emb_model is not None or inp.det is not None) else []
+    quality: dict[str, Any] = {"identities": len(sampled), "images": len(items), "embedder": name, "detector": inp.det_name}
 
-    # similarity histograms
-    centres = None
-    if emb_model is not None and sampled:
-        from synthface.faces.embedders import embed_aligned
-
-        crops, crop_labels = [], []
-        for label in sorted(sampled):
-            for _, data in images.get(label, []):
-                crops.append(_decode(data))
-                crop_labels.append(label)
-        bar.start(len(crops), f"inspect: embedding with {name}")
-        emb = embed_aligned(emb_model, crops) if crops else np.zeros((0, emb_model.dim))
-        bar.advance(len(crops))
+    # detection and pose
+    poses = np.full((len(items), 3), np.nan)
+    if inp.det is not None and crops:
+        scores = np.full(len(items), np.nan)
+        bar.start(len(crops), f"inspect: detecting faces with {inp.det_name}")
+        faces: list[Any] = []
+        for start in range(0, len(crops), 64):
+            faces += inp.det.detect(crops[start : start + 64])
+            bar.advance(len(crops[start : start + 64]))
         bar.finish()
-        lab = np.asarray(crop_labels)
+        found = np.array([f is not None for f in faces], bool)
+        if found.any():
+            poses[found] = q.head_pose(np.stack([np.asarray(f.landmarks, np.float64) for f in faces if f is not None]))
+            scores[found] = [float(f.score) for f in faces if f is not None]
+        quality["detection"] = {"images": len(crops), "detected": int(found.sum()), "rate": float(found.mean()),
+                                "confidence": quantiles(scores)}  # fmt: skip
+        if found.any():
+            quality["pose"] = {"images": int(found.sum()), **q.pose_spread(poses[found], lab[found])}
+
+    # similarity histograms and the embedding figures
+    emb = None
+    centres = None
+    cos_centre = np.full(len(items), np.nan)
+    if emb_model is not None and crops:
+        emb = _embed(emb_model, crops, bar, f"inspect: embedding with {name}")
         intra, inter = similarity_pairs(emb, lab)
         report["similarity"] = {"embedder": name, "identities": len(sampled), "images": len(crops),
                                 "intra": quantiles(intra), "inter": quantiles(inter)}  # fmt: skip
-        report["files"]["similarity"] = written(_hist_png(
-            stage / "similarity.png", {"intra-identity": intra, "inter-identity": inter},
-            f"pairwise cosine ({name}, {len(crops)} images of {len(sampled)} identities)", "cosine", unit="pairs"))
-        centres = np.stack([emb[lab == k].mean(0) for k in sorted(set(crop_labels))]) if crops else None
-        if centres is not None and len(centres) > 1:
-            c = centres / np.linalg.norm(centres, axis=1, keepdims=True)
-            g = c @ c.T
-            np.fill_diagonal(g, -np.inf)
-            report["similarity"]["nearest_identity_centre"] = quantiles(g.max(1))
+        path = _hist_png(stage / "similarity.png", ({"intra-identity": intra, "inter-identity": inter},
+                         f"pairwise cosine ({name}, {len(crops)} images of {len(sampled)} identities)", "cosine", None, "pairs"))  # fmt: skip
+        report["files"]["similarity"] = written(path)
+        figures["pairwise cosine"] = path
+        threshold, duplicate = quality_thresholds(config, name)
+        quality["consistency"] = q.consistency(emb, lab, threshold)
+        quality["separability"] = q.separability(emb, lab, duplicate)
+        quality["spread"] = q.embedding_spread(emb, lab)
+        if quality["separability"]["nearest_other"]:
+            report["similarity"]["nearest_identity_centre"] = quality["separability"]["nearest_other"]
+        _, centres = q.identity_centres(emb, lab)
+        _, cos_centre, _ = q.cos_to_centre(emb, lab)
+    ref_emb, ref_labels = None, None
+    if inp.ref_data is not None and emb is not None:
+        ref_crops, ref_labels = _reference_crops(inp.ref_data, inp.reference_images, inp.seed, crops[0].shape[0],
+                                                 int(np.bincount(lab).max()))  # fmt: skip
+        ref_emb = _embed(emb_model, ref_crops, bar, f"inspect: embedding the reference with {name}")
+        quality["reference"] = _reference_figures(emb, ref_emb, ref_labels, inp, *quality_thresholds(config, name))
+    path = _quality_figures(stage, quality, emb, lab, cos_centre, poses, ref_emb, ref_labels)
+    if path is not None:
+        report["files"]["quality"] = written(path)
+        figures["quality metrics"] = path
+    per_identity = _per_identity(rows, sampled, lab, emb, cos_centre, poses, quality)
+    quality["per_identity"] = per_identity
+    quality["definitions"] = QUALITY_DEFINITIONS
+    report["quality"] = quality
+
+    # contact sheet: a row per identity, images in increasing estimated yaw
+    sheet: list[SheetRow] = []
+    for entry in per_identity[: inp.sheet_identities]:
+        idx = np.flatnonzero(lab == entry["label"])
+        chosen = idx[by_yaw(poses[idx, 0], inp.sheet_images)]
+        sheet.append(SheetRow(entry["label"], entry["identity"], [
+            SheetImage(items[i][2], items[i][1], None if not np.isfinite(poses[i, 0]) else tuple(float(x) for x in poses[i]),
+                       None if not np.isfinite(cos_centre[i]) else float(cos_centre[i])) for i in chosen],
+            {k: entry[k] for k in ("cos_to_centre", "nearest_other", "yaw_std") if entry.get(k) is not None}))  # fmt: skip
+    report["files"]["contact_sheet"] = written(contact_sheet([(r.label, [im.data for im in r.images]) for r in sheet],
+                                                             stage / "contact_sheet.png"))  # fmt: skip
 
     # leakage
     leak: dict[str, Any] = {}
@@ -321,18 +558,137 @@ def _report(
                if (src / "summary.json").is_file() else None)  # fmt: skip
         if np.isfinite(cos).any():
             leak = {"source": "generate", **leakage_summary(cos, float(thr) if thr is not None else 1.0), "threshold": thr}
-    if real is not None and centres is not None:
-        c = centres / np.linalg.norm(centres, axis=1, keepdims=True)
-        cos = (c @ real.persons.T).max(1)
-        leak = {"source": f"inspect --gallery {gallery}", "embedder": name, **leakage_summary(cos, 1.0)}
+    if inp.real is not None and centres is not None:
+        cos = (centres @ inp.real.persons.T).max(1)
+        leak = {"source": f"inspect --gallery {inp.gallery}", "embedder": name, **leakage_summary(cos, 1.0)}
         leak.pop("above_threshold", None)
     if leak:
         report["leakage"] = leak
         values = np.asarray(cos, np.float64)
-        report["files"]["leakage"] = written(_hist_png(stage / "leakage.png", {"nearest real person": values},
-                                                       "identity centre vs nearest real person", "cosine", unit="identities"))
+        path = _hist_png(stage / "leakage.png", ({"nearest real person": values}, "identity centre vs nearest real person",
+                                                 "cosine", None, "identities"))  # fmt: skip
+        report["files"]["leakage"] = written(path)
+        figures["leakage"] = path
     else:
         report["leakage"] = {"note": "no gallery: pass --gallery EMBEDDINGS.parquet (from `synthface embed`) to measure it"}
+    report["files"]["html"] = str(out / REPORT_HTML)
     report["files"]["report"] = str(out / REPORT_FILE)
+    write_html(stage / REPORT_HTML, report, sheet, figures)
     (stage / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     return report
+
+
+def _reference_crops(data: Any, limit: int, seed: int, side: int, per_person: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Up to ``limit`` reference images as uint8 HWC at ``side`` px: people in a seeded order, at most
+    ``per_person`` images each; their labels."""
+    from PIL import Image
+
+    order = np.random.default_rng(seed).permutation(int(data.labels.max()) + 1 if len(data) else 0)
+    by_person: dict[int, list[int]] = {}
+    for i, label in enumerate(data.labels):
+        by_person.setdefault(int(label), []).append(i)
+    chosen: list[int] = []
+    for person in order:
+        chosen += by_person.get(int(person), [])[: max(1, per_person)][: limit - len(chosen)]
+        if len(chosen) >= limit:
+            break
+    crops = []
+    for i in chosen:
+        img = data[i][0].permute(1, 2, 0).numpy()  # the readers decode to uint8 (3, H, W)
+        if img.shape[:2] != (side, side):
+            img = np.asarray(Image.fromarray(img).resize((side, side), Image.Resampling.BICUBIC))
+        crops.append(np.ascontiguousarray(img, np.uint8))
+    return crops, np.asarray(data.labels[chosen], np.int64)
+
+
+def _embed(model: Any, crops: list[np.ndarray], bar: Progress, what: str, chunk: int = 256) -> np.ndarray:
+    """Embeddings of template crops, with progress."""
+    from synthface.faces.embedders import embed_aligned
+
+    bar.start(len(crops), what)
+    out = []
+    for start in range(0, len(crops), chunk):
+        out.append(embed_aligned(model, crops[start : start + chunk]))
+        bar.advance(len(out[-1]))
+    bar.finish()
+    return np.concatenate(out) if out else np.zeros((0, model.dim), np.float32)
+
+
+def _with_several(labels: np.ndarray) -> np.ndarray:
+    """Mask of the images whose label has 2+ images."""
+    ids, counts = np.unique(labels, return_counts=True)
+    return np.isin(labels, ids[counts >= 2])
+
+
+def _reference_figures(emb: np.ndarray, ref_emb: np.ndarray, ref_labels: np.ndarray, inp: _Inputs, threshold: float,
+                       duplicate: float) -> dict[str, Any]:  # fmt: skip
+    """The distances of the dataset's embeddings to the reference's, and the reference's own figures
+    (consistency and spread over its people with 2+ images, separability over all of them)."""
+    out: dict[str, Any] = {"path": inp.reference, "embedder": inp.name, "images": int(len(ref_emb)),
+                           "identities": int(len(np.unique(ref_labels))), "dataset_images": int(len(emb))}  # fmt: skip
+    notes = []
+    if min(len(emb), len(ref_emb)) >= 2:
+        out["frechet_distance"] = q.frechet_distance(emb, ref_emb)
+    else:
+        notes.append("Frechet distance: needs 2+ images in each set")
+    if min(len(emb), len(ref_emb)) > inp.k:
+        out["knn"] = q.knn_precision_recall(emb, ref_emb, inp.k)
+    else:
+        notes.append(f"k-NN precision/recall: needs more than k={inp.k} images in each set")
+    several = _with_several(ref_labels)
+    figures: dict[str, Any] = {"separability": q.separability(ref_emb, ref_labels, duplicate)}
+    if several.any():
+        figures["consistency"] = q.consistency(ref_emb[several], ref_labels[several], threshold)
+        figures["spread"] = q.embedding_spread(ref_emb[several], ref_labels[several])
+    out["figures"] = figures
+    if notes:
+        out["notes"] = notes
+    return out
+
+
+def _quality_figures(stage: Path, quality: dict[str, Any], emb: np.ndarray | None, lab: np.ndarray, cos_centre: np.ndarray,
+                     poses: np.ndarray, ref_emb: np.ndarray | None, ref_labels: np.ndarray | None) -> Path | None:  # fmt: skip
+    """quality.png: each image vs its identity centre, each identity vs the nearest other (beside the
+    reference's, when given), and the head pose distribution; None when there is nothing to draw."""
+    panels: list[tuple[Any, ...]] = []
+    if emb is not None:
+        cons, near = {"this dataset": cos_centre}, {"this dataset": q.nearest_other(emb, lab)[1]}
+        if ref_emb is not None and ref_labels is not None:
+            several = _with_several(ref_labels)
+            if several.any():
+                cons["reference"] = q.cos_to_centre(ref_emb[several], ref_labels[several])[1]
+            near["reference"] = q.nearest_other(ref_emb, ref_labels)[1]
+        thr = quality["consistency"].get("threshold")
+        panels.append((cons, "identity consistency: each image vs its identity centre", "cosine",
+                       {"threshold": thr} if thr is not None else None, "images"))  # fmt: skip
+        dup = quality["separability"].get("duplicate_threshold")
+        panels.append((near, "separability: each identity centre vs the nearest other", "cosine",
+                       {"duplicate": dup} if dup is not None else None, "identities"))  # fmt: skip
+    found = np.isfinite(poses[:, 0])
+    if found.any():
+        panels.append(({n: poses[found, i] for i, n in enumerate(("yaw", "pitch", "roll"))},
+                       "head pose from five landmarks", "degrees", None, "images"))  # fmt: skip
+    return _hist_png(stage / "quality.png", *panels) if panels else None
+
+
+def _per_identity(rows: Any, sampled: list[int], lab: np.ndarray, emb: np.ndarray | None, cos_centre: np.ndarray,
+                  poses: np.ndarray, quality: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
+    """One record per sampled identity: label, plan identity, images, and its own figures where measured."""
+    table_labels = rows.column("label").to_pylist()
+    identity_of = dict(zip(table_labels, rows.column("identity").to_pylist()))
+    nearest = dict(zip(*q.nearest_other(emb, lab))) if emb is not None and len(lab) else {}
+    out = []
+    for label in sampled:
+        idx = np.flatnonzero(lab == label)
+        entry: dict[str, Any] = {"label": label, "identity": int(identity_of[label]), "images": int(len(idx))}
+        if emb is not None and len(idx):
+            entry["cos_to_centre"] = float(cos_centre[idx].mean())
+            near = float(nearest.get(label, np.nan))
+            entry["nearest_other"] = near if np.isfinite(near) else None
+        if "detection" in quality:
+            yaw = poses[idx, 0][np.isfinite(poses[idx, 0])]
+            entry["detected"] = int(len(yaw))
+            entry["yaw_std"] = float(yaw.std()) if len(yaw) >= 2 else None
+            entry["yaw_range"] = [float(yaw.min()), float(yaw.max())] if len(yaw) else None
+        out.append(entry)
+    return out

@@ -58,18 +58,39 @@ def identity_centres(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, n
     return ids, _normalise(sums)
 
 
-def consistency(emb: np.ndarray, labels: np.ndarray, threshold: float | None = None) -> dict[str, Any]:
-    """Cosine of each image to its identity centre: per-identity means, and the fraction >= ``threshold``."""
+def cos_to_centre(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(identities, per-image cosine to its identity centre, each image's index into identities)."""
     emb, labels = _normalise(emb), np.asarray(labels)
     ids, centres = identity_centres(emb, labels)
     inverse = np.searchsorted(ids, labels)
-    cos = np.einsum("nd,nd->n", emb, centres[inverse])
+    return ids, np.einsum("nd,nd->n", emb, centres[inverse]), inverse
+
+
+def per_identity_consistency(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(identities, mean cosine of each identity's images to its centre)."""
+    ids, cos, inverse = cos_to_centre(emb, labels)
+    return ids, np.bincount(inverse, weights=cos) / np.bincount(inverse)
+
+
+def consistency(emb: np.ndarray, labels: np.ndarray, threshold: float | None = None) -> dict[str, Any]:
+    """Cosine of each image to its identity centre: per-identity means, and the fraction >= ``threshold``."""
+    ids, cos, inverse = cos_to_centre(emb, labels)
     per_identity = np.bincount(inverse, weights=cos) / np.bincount(inverse)
-    out: dict[str, Any] = {"identities": int(len(ids)), "images": int(len(labels)), "cos_to_centre": quantiles(per_identity)}
+    out: dict[str, Any] = {"identities": int(len(ids)), "images": int(len(cos)), "cos_to_centre": quantiles(per_identity)}
     if threshold is not None:
         out["threshold"] = float(threshold)
         out["within_threshold"] = float((cos >= threshold).mean())
     return out
+
+
+def nearest_other(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(identities, cosine of each identity centre to the nearest other one; NaN with one identity)."""
+    ids, centres = identity_centres(emb, labels)
+    if len(ids) < 2:
+        return ids, np.full(len(ids), np.nan)
+    sim = centres @ centres.T
+    np.fill_diagonal(sim, -np.inf)
+    return ids, sim.max(axis=1)
 
 
 def separability(emb: np.ndarray, labels: np.ndarray, duplicate_threshold: float | None = None) -> dict[str, Any]:
@@ -91,11 +112,8 @@ def separability(emb: np.ndarray, labels: np.ndarray, duplicate_threshold: float
 
 def embedding_spread(emb: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Per identity with 2+ images: 1 - mean cosine to the centre (0 = no variation)."""
-    emb, labels = _normalise(emb), np.asarray(labels)
-    ids, centres = identity_centres(emb, labels)
-    inverse = np.searchsorted(ids, labels)
+    _, cos, inverse = cos_to_centre(emb, labels)
     counts = np.bincount(inverse)
-    cos = np.einsum("nd,nd->n", emb, centres[inverse])
     spread = 1.0 - np.bincount(inverse, weights=cos) / counts
     return {"identities": int((counts >= 2).sum()), "spread": quantiles(spread[counts >= 2])}
 

@@ -46,9 +46,14 @@ HF_FEATURES: dict[str, Any] = {
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
+# Per-image variation draws (synthface.generator.variation), present only when a control is on.
+VARIATION_FIELDS = (("condition_cosine", pa.float32()), ("guidance_scale", pa.float32()), ("style", pa.int64()))
+VARIATION_COLUMNS = tuple(name for name, _ in VARIATION_FIELDS)
 
-def shard_schema(full: bool = False) -> pa.Schema:
-    """The shard schema; ``full`` adds the ``image_full`` column (output.store_full_resolution)."""
+
+def shard_schema(full: bool = False, variation: bool = False) -> pa.Schema:
+    """The shard schema; ``full`` adds the ``image_full`` column (output.store_full_resolution),
+    ``variation`` the per-image variation columns (condition_cosine, guidance_scale, style)."""
     fields = [
         ("image", IMAGE_TYPE),
         ("label", pa.int64()),
@@ -62,6 +67,9 @@ def shard_schema(full: bool = False) -> pa.Schema:
     if full:
         fields.append(("image_full", IMAGE_TYPE))
         features["image_full"] = {"_type": "Image"}
+    if variation:
+        fields.extend(VARIATION_FIELDS)
+        features.update({name: {"dtype": str(kind), "_type": "Value"} for name, kind in VARIATION_FIELDS})
     schema = pa.schema(fields)
     hf = json.dumps({"info": {"features": features}}, sort_keys=True).encode()
     return schema.with_metadata({b"huggingface": hf})
@@ -100,15 +108,21 @@ class ShardRows:
     id_score: list[float] = field(default_factory=list)
     det_score: list[float] = field(default_factory=list)
     image_full: list[bytes] = field(default_factory=list)  # the images as rendered, when stored
+    variation: list[tuple[float, float, int]] = field(default_factory=list)  # (cosine, guidance, style), when drawn
+    # the optional columns a shard has even with no rows (None: present when rows carry them)
+    with_full: bool | None = None
+    with_variation: bool | None = None
 
     def __len__(self) -> int:
         return len(self.image)
 
     def add(self, image: bytes, path: str, label: int, identity: int, sample: int, seed: int,
             id_score: float = float("nan"), det_score: float = float("nan"),
-            image_full: bytes | None = None) -> None:  # fmt: skip
+            image_full: bytes | None = None, variation: tuple[float, float, int] | None = None) -> None:  # fmt: skip
         if image_full is not None:
             self.image_full.append(image_full)
+        if variation is not None:
+            self.variation.append((float(variation[0]), float(variation[1]), int(variation[2])))
         self.image.append(image)
         self.path.append(path)
         self.label.append(int(label))
@@ -122,9 +136,12 @@ class ShardRows:
         images = pa.StructArray.from_arrays(
             [pa.array(self.image, pa.binary()), pa.array(self.path, pa.string())], fields=list(IMAGE_TYPE)
         )
-        full = bool(self.image_full)
+        full = bool(self.image_full) if self.with_full is None else self.with_full
+        varied = bool(self.variation) if self.with_variation is None else self.with_variation
         if full and len(self.image_full) != len(self.image):
             raise ValueError("image_full must be given for every row of a shard or for none")
+        if varied and len(self.variation) != len(self.image):
+            raise ValueError("variation must be given for every row of a shard or for none")
         extra = []
         if full:
             paths = [f"full/{p}" for p in self.path]
@@ -143,8 +160,9 @@ class ShardRows:
                 pa.array(self.id_score, pa.float32()),
                 pa.array(self.det_score, pa.float32()),
                 *extra,
+                *(pa.array([v[k] for v in self.variation], kind) for k, (_, kind) in enumerate(VARIATION_FIELDS) if varied),
             ],
-            schema=shard_schema(full),
+            schema=shard_schema(full, varied),
         )
 
 

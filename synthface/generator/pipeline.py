@@ -23,7 +23,7 @@ import contextlib
 import math
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -91,6 +91,14 @@ class GeneratorModel(ABC):
         scale = float(getattr(self.vae.config, "scaling_factor", 1.0))
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return self.vae.decode(latents / scale + shift).sample
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> latents (the mode of the VAE's posterior; identity for pixel-space models)."""
+        if self.vae is None:
+            return images
+        scale = float(getattr(self.vae.config, "scaling_factor", 1.0))
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return (self.vae.encode(images).latent_dist.mode() - shift) * scale
 
 
 # --------------------------------------------------------------------------- schedulers
@@ -320,19 +328,24 @@ def sample_batch(
     *,
     scheduler: str = "dpmsolver++",
     steps: int = 25,
-    guidance_scale: float = 3.0,
+    guidance_scale: float | Sequence[float] = 3.0,
     identity_scale: float = 0.0,
     identity_guide: torch.nn.Module | None = None,
     unconditional: bool = False,
+    init_images: torch.Tensor | None = None,
+    strength: float = 1.0,
     timings: dict[str, float] | None = None,
 ) -> torch.Tensor:
     """Sample one batch: images (B, 3, H, W) float32 in [0, 1] on the CPU.
 
     ``embeddings`` (B, D) condition the samples (ignored, may be None, when ``unconditional``);
     ``seeds`` (B,) seed each sample's own generator. ``guidance_scale`` != 1 runs classifier-free
-    guidance with the conditional and unconditional rows in ONE batched UNet call. With
-    ``identity_scale`` > 0 and a differentiable ``identity_guide`` the noise prediction is pushed
-    along the gradient of cos(guide(x0_hat), embedding).
+    guidance with the conditional and unconditional rows in ONE batched UNet call; a sequence gives
+    each sample its own scale. With ``identity_scale`` > 0 and a differentiable ``identity_guide`` the
+    noise prediction is pushed along the gradient of cos(guide(x0_hat), embedding).
+    ``init_images`` (B, 3, H, W) in [0, 1] start each sample from its image, encoded and noised to
+    the timestep where the last ``strength`` of the schedule remains (SDEdit); the noise is drawn
+    from the sample's generator, so the result still depends on its seed and image only.
     """
     device, dtype = model.device, model.dtype
     seeds = [int(s) for s in seeds]
@@ -359,6 +372,12 @@ def sample_batch(
     guided = identity_scale > 0
     if guided and identity_guide is None:
         raise ConfigError("sampling.identity_scale > 0 needs a differentiable identity guide module")
+    if init_images is not None and tuple(init_images.shape) != (n, 3, model.image_size, model.image_size):
+        side = model.image_size
+        raise ConfigError(f"init_images must have shape ({n}, 3, {side}, {side}), got {tuple(init_images.shape)}")
+    scales = _guidance_scales(guidance_scale, n)
+    # one scale for every row stays a Python float: the arithmetic (and so the images) of the plain path
+    scale: float | torch.Tensor = scales[0] if len(set(scales)) == 1 else torch.tensor(scales, device=device).view(n, 1, 1, 1)
 
     generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
     sched = make_scheduler(scheduler, model.scheduler_config)
@@ -368,7 +387,14 @@ def sample_batch(
     from diffusers.utils.torch_utils import randn_tensor
 
     x = randn_tensor((n, *model.latent_shape), generator=generators, device=device, dtype=torch.float32)
-    x = x * sched.init_noise_sigma
+    timesteps = sched.timesteps
+    if init_images is None:
+        x = x * sched.init_noise_sigma
+    else:
+        timesteps = _partial_schedule(sched, strength)
+        with torch.no_grad(), clock("encode"):
+            start = _encode_rows(model, init_images, per_row)
+        x = sched.add_noise(start, x, timesteps[:1].repeat(n))
 
     with torch.no_grad(), clock("condition"):
         if unconditional:
@@ -382,7 +408,7 @@ def sample_batch(
             else:
                 cond = model.condition(emb.to(device)).to(dtype)
             labels = model.class_labels(emb.to(device), n)
-            if guidance_scale == 1.0:
+            if all(g == 1.0 for g in scales):
                 hidden, branches = cond, 1
             else:
                 hidden, branches = torch.cat([cond, model.uncondition(n).to(device, dtype)]), 2
@@ -392,7 +418,7 @@ def sample_batch(
 
     target = emb.to(device) if guided and not unconditional else None
     with torch.no_grad(), _shared_timestep(model.unet):
-        for t in sched.timesteps:
+        for t in timesteps:
             with clock("scheduler"):
                 inp = sched.scale_model_input(x, t)
                 rows = torch.cat([inp] * branches) if branches > 1 else inp
@@ -401,7 +427,7 @@ def sample_batch(
             with clock("scheduler"):
                 if branches == 2:
                     cond_out, uncond_out = out.chunk(2)
-                    out = uncond_out + guidance_scale * (cond_out - uncond_out)
+                    out = uncond_out + scale * (cond_out - uncond_out)
             # at (near) zero SNR the x0 estimate is undefined and carries no identity: no guidance there
             if target is not None and (a := _alpha_bar(sched, t)) > MIN_GUIDED_ALPHA_BAR:
                 with clock("identity_guidance"):
@@ -421,6 +447,38 @@ def sample_batch(
             images = model.decode(x.to(dtype)).float()
         images = images.float().div(2).add(0.5).clamp(0, 1).cpu()
     return images
+
+
+def _guidance_scales(guidance_scale: float | Sequence[float], n: int) -> list[float]:
+    if isinstance(guidance_scale, (int, float)):
+        return [float(guidance_scale)] * n
+    scales = [float(g) for g in guidance_scale]
+    if len(scales) != n:
+        raise ConfigError(f"guidance_scale must be one number or one per sample ({n}), got {len(scales)}")
+    return scales
+
+
+def _partial_schedule(sched: Any, strength: float) -> torch.Tensor:
+    """The timesteps of the last ``strength`` of the schedule (diffusers' img2img convention)."""
+    if not 0.0 < strength <= 1.0:
+        raise ConfigError(f"strength must be in (0, 1], got {strength}")
+    order = int(getattr(sched, "order", 1))
+    steps = len(sched.timesteps) // order
+    start = max(steps - min(int(steps * strength), steps), 0)
+    if start >= steps:
+        raise ConfigError(f"strength {strength} leaves no step of {steps} to run: raise it or the number of steps")
+    if hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(start * order)
+    return sched.timesteps[start * order :]
+
+
+def _encode_rows(model: GeneratorModel, images: torch.Tensor, per_row: bool) -> torch.Tensor:
+    """(B, 3, H, W) images in [0, 1] -> float32 latents; on the CPU one row at a time (batch-invariant)."""
+    device, dtype = model.device, model.dtype
+    x = images.to(device, dtype).mul(2).sub(1)
+    if per_row:
+        return torch.cat([model.encode(x[i : i + 1]).float() for i in range(x.shape[0])])
+    return model.encode(x).float()
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from synthface.config import GenerateRecipe, config_dict, config_hash, diff_keys, read_resolved, write_resolved
+from synthface.config import GenerateRecipe, VariationSection, config_dict, config_hash, diff_keys, read_resolved, write_resolved
 from synthface.dataset.plan import Job, Shard, make_shards, plan_labels, shard_jobs, shards_for_process
 from synthface.dataset.writer import (
     IMAGE_EXT,
@@ -55,11 +55,13 @@ from synthface.generator.families import check_model, load_model
 from synthface.generator.fastpath import apply_fast_path
 from synthface.generator.overlap import Stage, make_stage
 from synthface.generator.pipeline import GeneratorModel, generate, sample_batch, to_uint8
+from synthface.generator.variation import StyleBank, draw
 from synthface.output_folder import check_output_folder
 from synthface.identities import FaceEmbedding, IdentityPlan, plan_identities, read_plan, read_plan_metadata
 from synthface.runtime import Progress, progress_or_null, resolve_dtype
 
 RESUME_FREE_KEYS = ("sampling.batch_size", "sampling.overlap")
+_DEFAULT_VARIATION = VariationSection().model_dump(mode="json")
 IDENTITIES_FILE = "identities.parquet"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
@@ -77,6 +79,7 @@ class Candidate:
     sample: int
     seed: int
     image: np.ndarray  # HxWx3 uint8, as generated
+    variation: tuple[float, float, int] | None = None  # (cosine, guidance, style) drawn for it, when drawn
 
 
 @dataclass
@@ -176,8 +179,11 @@ def make_selector(recipe: GenerateRecipe, model: GeneratorModel, plan: IdentityP
 
 
 def resume_guard(config: dict[str, Any]) -> dict[str, Any]:
-    """The config minus the keys a resumed run may change (they cannot change an image)."""
+    """The config minus the keys a resumed run may change (they cannot change an image), and minus the
+    variation section while it holds its defaults (so runs started before it existed still resume)."""
     guard = copy.deepcopy(config)
+    if guard.get("variation") == _DEFAULT_VARIATION:
+        guard.pop("variation")
     for dotted in RESUME_FREE_KEYS:
         node = guard
         *parents, last = dotted.split(".")
@@ -296,6 +302,8 @@ def run_inputs(recipe: GenerateRecipe, model: GeneratorModel, plan: IdentityPlan
 
     roots = {"model": model.source}
     roots.update({f"arc2face.{k}": v for k, v in recipe.arc2face.model_dump().items() if v})
+    if recipe.variation.style_bank:
+        roots["variation.style_bank"] = recipe.variation.style_bank
     files = {name: folder_fingerprint(Path(p)) for name, p in roots.items() if p and Path(p).exists()}
     return {"model_files": files, "identities": plan.digest()}
 
@@ -313,7 +321,7 @@ def _check_inputs(out: Path, inputs: dict[str, Any]) -> None:
             shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
             raise ConfigError(
                 f"the {root} files changed since {out} was started ({shown}): its shards came from the old ones; "
-                "pass the same model to resume, --overwrite to start over, or choose another --out"
+                "restore them (the same model, the same files) to resume, --overwrite to start over, or choose another --out"
             )
     if before.get("identities") != inputs["identities"]:
         raise ConfigError(
@@ -604,6 +612,7 @@ def generate_dataset(
             guide = identity_guide_for(model, device)
         # the recipe as written stays the run's config (resume compares it); only the filter sees the model's gallery
         selector = make_selector(_with_model_leakage_gallery(recipe, model), model, plan)
+        bank = StyleBank(recipe.variation.style_bank, model.image_size) if recipe.variation.style_bank else None
 
         def prepare() -> bool:
             nonlocal lock
@@ -622,7 +631,7 @@ def generate_dataset(
         todo = [s for s in mine if shard_done(data_dir, s, guard_hash) is None]
         timings["verify"] = time.perf_counter() - tick
         per_identity = selector.candidates_per_identity(recipe.images_per_identity)
-        writer = _ShardRenderer(recipe, model, plan, selector, guide, timings if profile else None)
+        writer = _ShardRenderer(recipe, model, plan, selector, guide, timings if profile else None, bank)
         total = sum(int(plan.kept[s.start : s.stop].sum()) for s in todo) * per_identity
         progress.start(total, "generating")
         rendered = 0
@@ -700,8 +709,9 @@ class _ShardRenderer:
         selector: Selector,
         guide: Any,
         profile: dict[str, float] | None,
+        bank: StyleBank | None = None,
     ) -> None:
-        self.recipe, self.model, self.selector, self.guide = recipe, model, selector, guide
+        self.recipe, self.model, self.selector, self.guide, self.bank = recipe, model, selector, guide, bank
         self.embeddings = plan.embeddings
         # With every identity kept, label == plan rank among kept identities. A filter that drops
         # identities after rendering records them per shard (marker "identities_kept"); making the
@@ -722,8 +732,8 @@ class _ShardRenderer:
         """Sample the shard's jobs batch by batch; each batch's selection and encoding go to ``stage``.
 
         Returns the shard's rows, complete once ``stage`` has run every task submitted here."""
-        s = self.recipe.sampling
-        rows = ShardRows()
+        s, v = self.recipe.sampling, self.recipe.variation
+        rows = ShardRows(with_full=self.recipe.output.store_full_resolution, with_variation=v.active)
         pending: dict[int, list[Candidate]] = {}
         remaining: dict[int, int] = {}
         for job in jobs:
@@ -731,30 +741,35 @@ class _ShardRenderer:
         for start in range(0, len(jobs), s.batch_size):
             batch = jobs[start : start + s.batch_size]
             ids = [j.identity for j in batch]
+            seeds = [j.seed for j in batch]
             tick = time.perf_counter()
+            draws = draw(v, self.embeddings[ids], seeds, s.guidance_scale, len(self.bank) if self.bank else 0) if v.active else None
             images = to_uint8(
                 sample_batch(
                     self.model,
-                    self.embeddings[ids],
-                    [j.seed for j in batch],
+                    self.embeddings[ids] if draws is None else draws.embeddings,
+                    seeds,
                     scheduler=s.scheduler,
                     steps=s.steps,
-                    guidance_scale=s.guidance_scale,
+                    guidance_scale=s.guidance_scale if draws is None else draws.guidance_scale,
                     identity_scale=s.identity_scale,
                     identity_guide=self.guide,
+                    init_images=None if draws is None or self.bank is None else self.bank.batch(draws.style),
+                    strength=v.style_strength,
                     timings=self.profile,
                 )
             )
             self.add("render", time.perf_counter() - tick)
-            stage.submit(self._collect, batch, images, pending, remaining, rows)
+            stage.submit(self._collect, batch, images, draws, pending, remaining, rows)
             advance(len(batch))
         return rows
 
-    def _collect(self, batch: list[Job], images: np.ndarray, pending: dict[int, list[Candidate]],
+    def _collect(self, batch: list[Job], images: np.ndarray, draws: Any, pending: dict[int, list[Candidate]],
                  remaining: dict[int, int], rows: ShardRows) -> None:  # fmt: skip
         """One batch's candidates; each identity whose candidates are all rendered is selected and encoded."""
-        for job, image in zip(batch, images):
-            pending.setdefault(job.identity, []).append(Candidate(job.identity, job.sample, job.seed, image))
+        for k, (job, image) in enumerate(zip(batch, images)):
+            drawn = None if draws is None else (float(draws.cosine[k]), float(draws.guidance[k]), int(draws.style[k]))
+            pending.setdefault(job.identity, []).append(Candidate(job.identity, job.sample, job.seed, image, drawn))
             remaining[job.identity] -= 1
             if remaining[job.identity] == 0:
                 self._emit(job.identity, pending.pop(job.identity), rows)
@@ -777,6 +792,7 @@ class _ShardRenderer:
                 sel.id_score,
                 sel.det_score,
                 image_full=encode_image(c.image, self.fmt) if self.recipe.output.store_full_resolution else None,
+                variation=c.variation,
             )
         self.kept += len(selected)
         self.add("encode", time.perf_counter() - tick)
