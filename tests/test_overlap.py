@@ -91,13 +91,14 @@ def test_a_caller_error_cancels_what_was_not_started() -> None:
 # --------------------------------------------------------------------------- runs
 
 
-@pytest.mark.parametrize("batch", [3, 5])
-def test_overlap_writes_the_bytes_of_the_serial_run(model_dir, tmp_path, batch) -> None:
-    """Filtered runs (oversampling, identities dropped, several shards) with overlap on and off."""
+@pytest.mark.parametrize("batch, sets", [(3, []), (5, []),
+                                         (3, ["variation.identity_cosine=[0.9,1.0]", "variation.guidance_scale=[2.0,3.0]"])])
+def test_overlap_writes_the_bytes_of_the_serial_run(model_dir, tmp_path, batch, sets) -> None:
+    """Filtered runs (oversampling, identities dropped, several shards; with per-image variation) with overlap on and off."""
     register_proj()
     outs = {}
     for overlap in (True, False):
-        recipe = filtered_recipe(model_dir, f"sampling.batch_size={batch}", f"sampling.overlap={str(overlap).lower()}")
+        recipe = filtered_recipe(model_dir, f"sampling.batch_size={batch}", f"sampling.overlap={str(overlap).lower()}", *sets)
         outs[overlap] = tmp_path / f"out-{overlap}"
         summary = generate_dataset(recipe, outs[overlap])
         assert summary["shards_written"] == 3
