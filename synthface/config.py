@@ -128,6 +128,10 @@ class SamplingSection(Section):
     channels_last: bool = Field(False, description="UNet and VAE in channels-last memory format (faster convolutions on GPUs)")
     compile: bool = Field(False, description="torch.compile the UNet; the first batch pays the compilation (a GPU option)")
     vae_tiling: bool = Field(False, description="decode in tiles: large images on small memory (AutoencoderKL models)")
+    overlap: bool = Field(
+        True,
+        description="sample the next batch while a worker thread filters, encodes and writes the last one (same bytes as false)",
+    )
 
 
 class VariationSection(Section):
@@ -575,7 +579,7 @@ def diff_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[st
 
 
 # settings of a generate recipe that cannot change an image: a resumed run may change them
-RESUME_FREE_KEYS = ("sampling.batch_size",)
+RESUME_FREE_KEYS = ("sampling.batch_size", "sampling.overlap")
 
 
 def resume_guard(config: dict[str, Any]) -> dict[str, Any]:

@@ -54,3 +54,18 @@ def tiny_model(tmp_path_factory) -> Path:
     from helpers_generate import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def xdg_cache(tmp_path_factory):
+    """A private XDG cache for the module (the repaired SFace graph is built there once)."""
+    root = tmp_path_factory.mktemp("xdg")
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(root)
+    try:
+        yield root
+    finally:
+        if before is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = before

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = [
-    "identities.count=32",
+    "identities.count=64",
     "images_per_identity=4",
     "shard_identities=2",
     "sampling.scheduler=ddpm",
@@ -34,7 +34,7 @@ SETS = [
     "output.image_format=png",
     "output.image_size=16",
 ]
-SHARDS, IMAGES = 16, 128
+SHARDS, IMAGES = 32, 256
 MIN_KILLS = 10
 
 
@@ -175,7 +175,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(model, reference, tmp_p
     rows, expected = read_rows(out), read_rows(ref_out)
     keys = [(r["identity"], r["sample"]) for r in rows]
     assert len(keys) == len(set(keys)) == IMAGES, "duplicates or gaps"
-    assert keys == [(i, j) for i in range(32) for j in range(4)]
+    assert keys == [(i, j) for i in range(IMAGES // 4) for j in range(4)]
     assert rows == expected  # same labels, seeds and image bytes
     assert _snapshot(out) == _snapshot(ref_out)  # byte-identical shards, markers and identity table
     assert not list((out / "data").glob(".*.tmp")) and not list(out.glob(".*.tmp"))

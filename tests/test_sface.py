@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,18 +25,8 @@ SAME = [("Aaron_Peirsol", 1), ("Aaron_Peirsol", 2), ("Abdullah_Gul", 1), ("Abdul
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A private XDG cache for the module: the repaired graph is built there once."""
-    root = tmp_path_factory.mktemp("xdg")
-    before = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(root)
-    try:
-        yield root
-    finally:
-        if before is None:
-            os.environ.pop("XDG_CACHE_HOME", None)
-        else:
-            os.environ["XDG_CACHE_HOME"] = before
+def cache(xdg_cache):
+    return xdg_cache
 
 
 @pytest.fixture(scope="module")

@@ -27,16 +27,9 @@ cd "$ROOT" || exit 2
 DRY=0
 BUDGET=""
 PACK=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --dry-run) DRY=1 ;;
-    --budget) BUDGET=$2; shift ;;
-    --pack) PACK=$2; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
-    *) echo "run.sh: unknown argument '$1' (use --dry-run, --budget SECONDS, --pack DIR)" >&2; exit 2 ;;
-  esac
-  shift
-done
+# shellcheck source=bench/device/args.sh
+source bench/device/args.sh
+device_args run.sh 2,21p "$@"
 
 T0=$(date +%s)
 if [ -z "${OUT:-}" ]; then OUT=$(mktemp -d "${TMPDIR:-/tmp}/synthface-device-out.XXXXXX"); fi

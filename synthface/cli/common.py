@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Annotated, Any, Callable, TypeVar
+from typing import Annotated, Any, Callable, Iterator, TypeVar
 
 import click
 import typer
@@ -108,6 +111,29 @@ def _os_error(exc: OSError) -> str:
     return f"cannot use{where}: {what}: {hint}"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so a run stops as it does on Ctrl-C (see :func:`sigterm_interrupts`)."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`Terminated` in the main thread instead of ending the
+    process at once: work in progress (a shard being written) finishes, locks are released, and the
+    command exits 143. Outside the main thread (nothing to install) it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def handle_errors(func: F) -> F:
     """Turn every error into one line on stderr: SynthfaceError and OSError (a full disk, a read-only
     or non-directory path) exit 2; Ctrl-C exits 130; anything else exits 1 and names the file holding
@@ -121,9 +147,9 @@ def handle_errors(func: F) -> F:
             raise
         except SynthfaceError as exc:
             fail(one_line(str(exc)))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             console.print("[yellow]interrupted[/]: work written so far is kept; run the same command again to resume")
-            raise typer.Exit(130) from None
+            raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
         except OSError as exc:
             fail(one_line(_os_error(exc)))
         except (RecursionError, MemoryError) as exc:

@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from synthface.cli.common import JsonOpt, RecipeOpt, RichBar, SetOpt, console, example, handle_errors, recipe, write_json
+from synthface.cli.common import (
+    JsonOpt,
+    RecipeOpt,
+    RichBar,
+    SetOpt,
+    console,
+    example,
+    handle_errors,
+    recipe,
+    sigterm_interrupts,
+    write_json,
+)
 from synthface.config import GenerateRecipe
 
 EPILOG = example(
@@ -57,7 +68,8 @@ def register(app: typer.Typer) -> None:
         state = process_state()
         main = state.is_main_process
         bar = RichBar() if main else None
-        summary = generate_dataset(config, out, overwrite=overwrite, progress=bar, state=state, part=part)
+        with sigterm_interrupts():
+            summary = generate_dataset(config, out, overwrite=overwrite, progress=bar, state=state, part=part)
         if not main:
             return
         if part is not None:

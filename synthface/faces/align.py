@@ -6,12 +6,15 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from synthface.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 # The standard insightface ArcFace template for 112x112 crops: left eye, right eye, nose tip,
 # left mouth corner, right mouth corner (subject's left/right as seen in the image).
@@ -152,6 +155,76 @@ def warp_face(
         (size, size), Image.Transform.AFFINE, data=inverse.flatten().tolist(), resample=Image.Resampling.BICUBIC
     )
     return np.asarray(warped, dtype=np.uint8)
+
+
+def _inverse_affines(landmarks: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """(B, 2, 3) output pixel -> input pixel maps of :func:`warp_face`'s similarity transforms."""
+    out = np.zeros((len(landmarks), 2, 3), np.float64)
+    for i, lm in enumerate(landmarks):
+        forward = similarity_transform(lm, dst)
+        out[i] = np.linalg.inv(np.vstack([forward, [0, 0, 1]]))[:2]
+    return out
+
+
+def _cubic_weights(d: torch.Tensor) -> torch.Tensor:
+    """PIL's affine bicubic kernel (a = -1) at fractional offsets ``d``: weights of taps -1, 0, 1, 2."""
+    import torch
+
+    d2 = d * d
+    d3 = d2 * d
+    return torch.stack([-d + 2 * d2 - d3, 1 - 2 * d2 + d3, d + d2 - d3, d3 - d2], -1)
+
+
+def warp_faces(
+    images: np.ndarray | Sequence[np.ndarray] | torch.Tensor,
+    landmarks: np.ndarray,
+    size: int = 112,
+    scale: float = 1.0,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """:func:`warp_face` for a batch, as one tensor operation on ``device``: (B, 3, size, size) float32.
+
+    ``images``: B same-sized HxWx3 uint8 RGB images (a list, a (B, H, W, 3) array or uint8 tensor).
+    The similarity transforms are estimated per face as :func:`warp_face` does; the warp itself is
+    PIL's affine bicubic (output pixel centres mapped through the inverse transform, a = -1 kernel
+    on clamped taps, 0 where a centre falls outside the image, truncated to integers) computed for
+    every face at once in float64, so the crops equal :func:`warp_face`'s up to one grey level where
+    the two roundings straddle an integer (0.1% to 1.5% of the values on LFW photos). Values are the
+    integers 0..255 as floats.
+    """
+    import torch
+
+    lms = np.asarray(landmarks, np.float64)
+    if torch.is_tensor(images):
+        x = images
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(np.stack(list(images)) if not isinstance(images, np.ndarray) else images))
+    if x.ndim != 4 or x.shape[-1] != 3 or len(lms) != x.shape[0]:
+        raise InputError(f"warp_faces takes (B, H, W, 3) images and (B, 5, 2) landmarks, got {tuple(x.shape)} and {lms.shape}")
+    dev = torch.device(device) if device is not None else x.device
+    n, h, w, c = x.shape
+    if n == 0:
+        return torch.zeros((0, c, size, size), dtype=torch.float32, device=dev)
+    x = x.to(dev).permute(0, 3, 1, 2).reshape(n, c, h * w).to(torch.float64)
+    inverse = torch.from_numpy(_inverse_affines(lms, template_for(size, scale))).to(dev)
+    g = torch.arange(size, dtype=torch.float64, device=dev) + 0.5
+    yy, xx = torch.meshgrid(g, g, indexing="ij")
+    centres = torch.stack([xx, yy, torch.ones_like(xx)], -1).reshape(-1, 3)
+    src = torch.einsum("bij,nj->bni", inverse, centres)  # (B, size*size, 2) input pixel coordinates
+    sx, sy = src[..., 0], src[..., 1]
+    inside = (sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)
+    fx, fy = sx - 0.5, sy - 0.5
+    x0, y0 = torch.floor(fx), torch.floor(fy)
+    wx, wy = _cubic_weights(fx - x0), _cubic_weights(fy - y0)  # (B, N, 4)
+    taps = torch.arange(-1, 3, dtype=torch.float64, device=dev)
+    ix = (x0[..., None] + taps).clamp(0, w - 1).long()
+    iy = (y0[..., None] + taps).clamp(0, h - 1).long()
+    index = (iy[..., :, None] * w + ix[..., None, :]).reshape(n, 1, -1).expand(n, c, -1)
+    values = torch.gather(x, 2, index).reshape(n, c, -1, 4, 4)
+    rows = (values * wx[:, None, :, None, :]).sum(-1)  # along x, per tap row
+    out = (rows * wy[:, None]).sum(-1) * inside[:, None]
+    out = out.clamp(0, 255).floor()
+    return out.reshape(n, c, size, size).to(torch.float32)
 
 
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:

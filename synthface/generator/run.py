@@ -26,6 +26,7 @@ image, so a resumed run may change them).
 from __future__ import annotations
 
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -56,6 +57,7 @@ from synthface.generator.output import CONFIG_FILE, IDENTITIES_FILE, SUMMARY_FIL
 from synthface.generator.pipeline import GeneratorModel, sample_batch, to_uint8
 from synthface.generator.selection import make_selector
 from synthface.identities import IdentityPlan, plan_labels, read_plan_metadata
+from synthface.generator.overlap import Stage, make_stage
 from synthface.generator.variation import StyleBank, draw
 from synthface.output_folder import check_output_folder
 from synthface.runtime import Progress, progress_or_null, resolve_dtype
@@ -173,23 +175,26 @@ def generate_dataset(
         writer = _ShardRenderer(recipe, model, plan, selector, guide, timings if profile else None, bank)
         total = sum(int(plan.kept[s.start : s.stop].sum()) for s in todo) * per_identity
         progress.start(total, "generating")
-        rendered = kept_rows = 0
+        rendered = 0
         render_start = time.perf_counter()
-        for shard in todo:
-            jobs = shard_jobs(shard, plan, recipe.seed, per_identity)
 
-            def advance(n: int, accepted: int) -> None:
-                nonlocal rendered
-                rendered += n
-                elapsed = max(time.perf_counter() - render_start, 1e-9)
-                progress.advance(n, ips=rendered / elapsed, accepted=kept_rows + accepted)
+        def advance(n: int) -> None:
+            nonlocal rendered
+            rendered += n
+            elapsed = max(time.perf_counter() - render_start, 1e-9)
+            progress.advance(n, ips=rendered / elapsed, accepted=writer.kept)
 
-            rows = writer.render(jobs, advance)
+        def commit(shard: Shard, rows: ShardRows) -> None:
             tick = time.perf_counter()
             # a selector's per-shard record (filtering) is written before the shard and noted in its marker
             write_shard(data_dir, shard, rows, guard_hash, selector.shard_extra(out, shard))
-            timings["write"] = timings.get("write", 0.0) + time.perf_counter() - tick
-            kept_rows += len(rows)
+            writer.add("write", time.perf_counter() - tick)
+            writer.rows_written += len(rows)
+
+        # sampling here; selection, encoding and writing in order, behind it when sampling.overlap is on (overlap.py)
+        with make_stage(recipe.sampling.overlap) as stage:
+            for shard in todo:
+                stage.submit(commit, shard, writer.render(shard_jobs(shard, plan, recipe.seed, per_identity), advance, stage))
         render_seconds = time.perf_counter() - render_start
         progress.finish()
         for key, value in writer.timings.items():
@@ -199,7 +204,7 @@ def generate_dataset(
             "shards_written": len(todo),
             "shards_skipped": len(mine) - len(todo),
             "images_rendered": rendered,
-            "rows_written": kept_rows,
+            "rows_written": writer.rows_written,
             "seconds": render_seconds,
             "timings": timings,
         }
@@ -255,11 +260,18 @@ class _ShardRenderer:
         self.profile = profile
         self.timings: dict[str, float] = {}
         self.fmt = recipe.output.image_format
+        self.kept = 0  # images selected so far (the progress display)
+        self.rows_written = 0
+        self._lock = threading.Lock()  # timings are added from the sampling and the writing thread
 
-    def _add(self, part: str, seconds: float) -> None:
-        self.timings[part] = self.timings.get(part, 0.0) + seconds
+    def add(self, part: str, seconds: float) -> None:
+        with self._lock:
+            self.timings[part] = self.timings.get(part, 0.0) + seconds
 
-    def render(self, jobs: list[Job], advance: Callable[[int, int], None]) -> ShardRows:
+    def render(self, jobs: list[Job], advance: Callable[[int], None], stage: Stage) -> ShardRows:
+        """Sample the shard's jobs batch by batch; each batch's selection and encoding go to ``stage``.
+
+        Returns the shard's rows, complete once ``stage`` has run every task submitted here."""
         s, v = self.recipe.sampling, self.recipe.variation
         rows = ShardRows(with_full=self.recipe.output.store_full_resolution, with_variation=v.active)
         pending: dict[int, list[Candidate]] = {}
@@ -289,21 +301,25 @@ class _ShardRenderer:
                     timings=self.profile,
                 )
             )
-            self._add("render", time.perf_counter() - tick)
-            for k, (job, image) in enumerate(zip(batch, images)):
-                drawn = None if draws is None else (float(draws.cosine[k]), float(draws.guidance[k]), int(draws.style[k]))
-                candidate = Candidate(job.identity, job.sample, job.seed, image, drawn)
-                pending.setdefault(job.identity, []).append(candidate)
-                remaining[job.identity] -= 1
-                if remaining[job.identity] == 0:
-                    self._emit(job.identity, pending.pop(job.identity), rows)
-            advance(len(batch), len(rows))
+            self.add("render", time.perf_counter() - tick)
+            stage.submit(self._collect, batch, images, draws, pending, remaining, rows)
+            advance(len(batch))
         return rows
+
+    def _collect(self, batch: list[Job], images: np.ndarray, draws: Any, pending: dict[int, list[Candidate]],
+                 remaining: dict[int, int], rows: ShardRows) -> None:  # fmt: skip
+        """One batch's candidates; each identity whose candidates are all rendered is selected and encoded."""
+        for k, (job, image) in enumerate(zip(batch, images)):
+            drawn = None if draws is None else (float(draws.cosine[k]), float(draws.guidance[k]), int(draws.style[k]))
+            pending.setdefault(job.identity, []).append(Candidate(job.identity, job.sample, job.seed, image, drawn))
+            remaining[job.identity] -= 1
+            if remaining[job.identity] == 0:
+                self._emit(job.identity, pending.pop(job.identity), rows)
 
     def _emit(self, identity: int, candidates: list[Candidate], rows: ShardRows) -> None:
         tick = time.perf_counter()
         selected = self.selector.select(identity, candidates)
-        self._add("select", time.perf_counter() - tick)
+        self.add("select", time.perf_counter() - tick)
         tick = time.perf_counter()
         ext = IMAGE_EXT[self.fmt]
         for sel in selected:
@@ -320,7 +336,8 @@ class _ShardRenderer:
                 image_full=encode_image(c.image, self.fmt) if self.recipe.output.store_full_resolution else None,
                 variation=c.variation,
             )
-        self._add("encode", time.perf_counter() - tick)
+        self.kept += len(selected)
+        self.add("encode", time.perf_counter() - tick)
 
 
 def _part_summary(
