@@ -10,7 +10,7 @@ Formats:
 
 * shards: ``DIR/data/*.parquet`` (or the Parquet files directly in ``DIR``), rows
   ``image {bytes, path}``, ``label``, ...; only shards whose JSON commit marker
-  (``data/.train-SSSSS-of-NNNNN.json``, or the same name without the dot) exists are
+  (``data/.train-SSSSS-of-NNNNN.json``, :mod:`synthface.dataset.shards`) exists are
   read, and a marker's ``sha256`` (when present) must match the file.
 * ImageFolder: ``DIR/<identity>/<image>.{png,jpg,jpeg,webp,bmp}``, one sub-folder per
   identity (what ``synthface align`` writes and arcface_torch reads); ``people``
