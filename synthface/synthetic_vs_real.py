@@ -207,12 +207,13 @@ def real_contact_sheet(aligned: Path, split: Path, out: Path, people: int = 12, 
     import numpy as np
     from PIL import Image
 
+    from synthface.files import images_in
     from synthface.generator.training.report import image_grid, save_png
 
     names = json.loads(split.read_text())["train"]
     rows = []
     for name in names:
-        files = sorted((aligned / name).glob("*.png")) if (aligned / name).is_dir() else []
+        files = images_in(aligned / name) if (aligned / name).is_dir() else []
         if len(files) >= per:
             rows.append([np.asarray(Image.open(p).convert("RGB").resize((64, 64), Image.LANCZOS)) for p in files[:per]])
         if len(rows) == people:

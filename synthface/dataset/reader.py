@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 
 from synthface.dataset.shards import committed_shards, data_folder
 from synthface.errors import InputError
-from synthface.files import is_image_file
+from synthface.files import images_in
 
 RECORDIO_MAGIC = 0xCED7230A
 IR_FORMAT = "<IfQQ"
@@ -147,7 +147,7 @@ class ImageFolderFaces(FaceImages):
         labels: list[int] = []
         self.identities: list[str] = []
         for folder in folders:
-            files = sorted(f for f in folder.iterdir() if is_image_file(f))
+            files = images_in(folder)
             if not files:
                 continue
             label = len(self.identities)
