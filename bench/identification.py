@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from synthface.faces.align import template_landmarks  # noqa: E402
 from synthface.faces.batch import embed_files  # noqa: E402
 from synthface.faces.embedders import get_embedder  # noqa: E402
-from synthface.files import is_image_file  # noqa: E402
+from synthface.files import images_in  # noqa: E402
 from synthface.generator.families import load_model  # noqa: E402
 from synthface.generator.pipeline import generate  # noqa: E402
 from synthface.generator.training.report import image_grid, save_png  # noqa: E402
@@ -46,7 +46,7 @@ def test_people(split: Path, aligned: Path, count: int) -> list[tuple[str, list[
     people = []
     for name in names:
         folder = aligned / name
-        files = sorted(f for f in folder.iterdir() if is_image_file(f)) if folder.is_dir() else []
+        files = images_in(folder) if folder.is_dir() else []
         if files:
             people.append((name, files))
     people.sort(key=lambda p: (-len(p[1]), p[0]))

@@ -1,336 +1,38 @@
 """The scaled-down synthetic-versus-real protocol on LFW (docs/protocol.md), step by step and resumable.
 
-Steps (each one synthface command, outputs under WORK):
-
-  align              LFW photos -> 112x112 template crops              WORK/lfw-aligned, align.json
-  generator          train the native generator on the train half     WORK/generator (model: generator/model)
-                     (or, with `generator: {model: DIR}`, check that a model trained elsewhere loads)
-  evaluate-real      the recognizer recipe on the real train half      WORK/eval-real
-  generate           synthetic identities x images, filtered           WORK/synthetic
-  inspect            the synthetic set's figures                       WORK/synthetic/inspect
-  evaluate-synthetic the same recognizer recipe on the synthetic set   WORK/eval-synthetic
-  report             side by side, ratio, figures, contact sheets      WORK/report.md, report.json
-
-Resumable: a finished step writes WORK/steps/NAME.json with its fingerprint (the command line,
-the contents of the recipe files it reads and the fingerprints of the steps it depends on). A
-step whose record matches and whose outputs exist is skipped; a changed recipe reruns that step
-and every step after it. An interrupted step is rerun with the command's own resume (align skips
-crops already written, train --resume, generate resumes its shards, evaluate --resume).
-
-    python bench/protocol_lfw.py --recipe recipes/protocol-lfw-cpu.yaml --work runs/protocol-lfw
-    python bench/protocol_lfw.py --work runs/protocol-lfw --steps evaluate-real   # one step (its inputs must be done)
+The command line of synthface/synthetic_vs_real.py (the steps, their records and how a rerun skips
+or resumes them: its docstring, which --help shows); recipe paths are relative to the repository root.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import os
-import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["align", "generator", "evaluate-real", "generate", "inspect", "evaluate-synthetic", "report"]
-DEPENDS = {
-    "align": [],
-    "generator": ["align"],
-    "evaluate-real": ["align"],
-    "generate": ["generator"],
-    "inspect": ["generate"],
-    "evaluate-synthetic": ["generate", "align"],
-    "report": ["evaluate-real", "evaluate-synthetic", "inspect"],
-}
+sys.path.insert(0, str(ROOT))
 
+from synthface import synthetic_vs_real  # noqa: E402
+from synthface.synthetic_vs_real import STEPS, ProtocolError, run_recipe  # noqa: E402
 
-class ProtocolError(Exception):
-    pass
-
-
-@dataclass
-class Step:
-    name: str
-    argv: list[str]
-    outputs: list[Path]
-    files: list[Path] = field(default_factory=list)  # recipe files whose content is part of the fingerprint
-
-
-def sets(section: dict) -> list[str]:
-    out = []
-    for key, value in (section.get("set") or {}).items():
-        text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-        out += ["--set", f"{key}={text}"]
-    return out
-
-
-def recipe_args(section: dict) -> tuple[list[str], list[Path]]:
-    if section.get("recipe"):
-        path = ROOT / section["recipe"]
-        if not path.is_file():
-            raise ProtocolError(f"recipe not found: {path}")
-        return ["--recipe", str(path)], [path]
-    return [], []
-
-
-def cache_parquet(work: Path) -> Path:
-    found = sorted((work / "cache").glob("faces-*.parquet"))
-    if len(found) != 1:
-        raise ProtocolError(f"expected one conditioning cache in {work / 'cache'}, found {len(found)}: rerun the generator step")
-    return found[0]
-
-
-def lfw_root(cfg: dict) -> Path:
-    """LFW: $SYNTHFACE_LFW when set, else the recipe's `lfw:` (relative to the repository root)."""
-    from synthface.lfw import lfw_dir
-
-    return lfw_dir((ROOT / cfg["lfw"]).resolve())
-
-
-def build_steps(cfg: dict, work: Path) -> dict[str, Step]:
-    lfw = lfw_root(cfg)
-    photos = lfw / "lfw-deepfunneled"
-    split, pairs = ROOT / cfg["split"], ROOT / cfg["test_pairs"]
-    aligned = work / "lfw-aligned"
-    exe = [sys.executable, "-m", "synthface"]
-    steps: dict[str, Step] = {}
-
-    r, f = recipe_args(cfg.get("align", {}))
-    steps["align"] = Step("align", exe + ["align", str(photos), str(aligned), *r, *sets(cfg.get("align", {})),
-                                          "--json", str(work / "align.json")], [work / "align.json"], f)  # fmt: skip
-    pretrained = cfg["generator"].get("model")
-    if pretrained:
-        # a generator trained elsewhere (e.g. on a GPU): the step checks that it loads; its weights are in the fingerprint
-        model = (ROOT / pretrained).resolve()
-        weights = sorted(p for p in model.rglob("*") if p.is_file()) if model.is_dir() else []
-        steps["generator"] = Step(
-            "generator",
-            [sys.executable, "-c", "import sys; from synthface.generator import load_model; load_model(sys.argv[1])", str(model)],
-            [model / "synthface.json"], weights,
-        )  # fmt: skip
-    else:
-        model = work / "generator" / "model"
-        r, f = recipe_args(cfg["generator"])
-        steps["generator"] = Step(
-            "generator",
-            exe + ["train", "--data", str(aligned), *r, "--set", f"data.people={split}:train", "--set", f"data.cache={work / 'cache'}",
-                   *sets(cfg["generator"]), "--out", str(work / "generator"), "--resume", "--json", str(work / "generator.json")],
-            [model / "synthface.json", work / "generator.json"], f + [split],
-        )  # fmt: skip
-    r, f = recipe_args(cfg["evaluate"])
-    bench = ["--bench", f"lfw-test={pairs}:{aligned}"]
-    for arm, data, extra in (("real", aligned, ["--people", f"real={split}:train"]), ("synthetic", work / "synthetic", [])):
-        name = f"evaluate-{arm}"
-        steps[name] = Step(
-            name,
-            exe + ["evaluate", *r, *sets(cfg["evaluate"]), "--train", f"{arm}={data}", *extra, *bench,
-                   "--out", str(work / f"eval-{arm}"), "--resume", "--json", str(work / f"eval-{arm}.json")],
-            [work / f"eval-{arm}" / "report.json"], f + [split, pairs],
-        )  # fmt: skip
-    r, f = recipe_args(cfg["generate"])
-    procs = int(cfg["generate"].get("processes", 1))
-    # several processes split the shards (on CPU too: --multi_gpu without GPUs starts gloo processes)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(procs),
-              "-m", "synthface"] if procs > 1 else exe  # fmt: skip
-    try:
-        # a pretrained native model carries its training embeddings (model/gallery.parquet): generate uses them itself
-        gallery = [] if pretrained else ["--set", f"identities.gallery={cache_parquet(work)}"]
-    except ProtocolError:
-        gallery = []  # the generator step has not cached its embeddings yet; generate cannot run before it
-    steps["generate"] = Step(
-        "generate",
-        launch + ["generate", "--model", str(model), *r, *sets(cfg["generate"]), *gallery,
-               "--out", str(work / "synthetic"), "--json", str(work / "generate.json")],
-        [work / "generate.json"], f,
-    )  # fmt: skip
-    r, f = recipe_args(cfg.get("inspect", {}))
-    steps["inspect"] = Step(
-        "inspect",
-        exe + ["inspect", str(work / "synthetic"), *r, *sets(cfg.get("inspect", {})), "--json", str(work / "inspect.json")],
-        [work / "inspect.json", work / "synthetic" / "inspect" / "contact_sheet.png"], f,
-    )  # fmt: skip
-    steps["report"] = Step("report", [], [work / "report.md", work / "report.json"], [Path(__file__)])
-    return steps
-
-
-def fingerprint(step: Step, records: dict[str, dict]) -> str:
-    h = hashlib.sha256(json.dumps(step.argv).encode())
-    for path in step.files:
-        h.update(path.read_bytes())
-    for dep in DEPENDS[step.name]:
-        h.update(records.get(dep, {}).get("fingerprint", "missing").encode())
-    return h.hexdigest()
-
-
-def read_record(work: Path, name: str) -> dict | None:
-    path = work / "steps" / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def write_record(work: Path, name: str, record: dict) -> None:
-    path = work / "steps" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def read_attempts(work: Path, name: str, fp: str) -> list[float]:
-    """Wall seconds of earlier interrupted attempts of this step with this fingerprint."""
-    path = work / "steps" / f"{name}.attempts.json"
-    if not path.is_file():
-        return []
-    data = json.loads(path.read_text())
-    return list(data["seconds"]) if data.get("fingerprint") == fp else []
-
-
-def write_attempts(work: Path, name: str, fp: str, attempts: list[float]) -> None:
-    path = work / "steps" / f"{name}.attempts.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"fingerprint": fp, "seconds": attempts}) + "\n")
-
-
-# --------------------------------------------------------------------------- report
-
-
-def load(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def real_contact_sheet(aligned: Path, split: Path, out: Path, people: int = 12, per: int = 8) -> None:
-    import numpy as np
-    from PIL import Image
-
-    sys.path.insert(0, str(ROOT))
-    from synthface.generator.training.report import image_grid, save_png
-
-    names = json.loads(split.read_text())["train"]
-    rows = []
-    for name in names:
-        files = sorted((aligned / name).glob("*.png")) if (aligned / name).is_dir() else []
-        if len(files) >= per:
-            rows.append([np.asarray(Image.open(p).convert("RGB").resize((64, 64), Image.LANCZOS)) for p in files[:per]])
-        if len(rows) == people:
-            break
-    save_png(image_grid(rows, scale=1), out)
-
-
-def make_report(cfg: dict, work: Path, records: dict[str, dict]) -> None:
-    real, synth = load(work / "eval-real" / "report.json"), load(work / "eval-synthetic" / "report.json")
-    gen, insp = load(work / "generate.json"), load(work / "inspect.json")
-    bench = real["benchmarks"][0]
-    r, s = real["results"]["real"][bench], synth["results"]["synthetic"][bench]
-    tar = next(k for k in r if k.startswith("tar_at_far"))
-    real_contact_sheet(work / "lfw-aligned", ROOT / cfg["split"], work / "real_contact_sheet.png")
-    steps_time = {n: records[n].get("seconds") for n in STEPS if n in records}
-    summary = {
-        "benchmark": bench,
-        "real": {"accuracy": r["accuracy"], "accuracy_std": r["accuracy_std"], tar: r[tar],
-                 "identities": real["training"]["real"].get("identities"), "images": real["training"]["real"].get("images")},
-        "synthetic": {"accuracy": s["accuracy"], "accuracy_std": s["accuracy_std"], tar: s[tar],
-                      "identities": synth["training"]["synthetic"].get("identities"),
-                      "images": synth["training"]["synthetic"].get("images")},
-        "ratio": s["accuracy"] / r["accuracy"],
-        "generate": gen,
-        "inspect": insp,
-        "step_seconds": steps_time,
-        "total_seconds": sum(v for v in steps_time.values() if v),
-    }  # fmt: skip
-    (work / "report.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-
-    def row(name: str, d: dict) -> str:
-        return (f"| {name} | {100 * d['accuracy']:.2f} ± {100 * d['accuracy_std']:.2f} | {100 * d[tar]:.1f} | "
-                f"{d['identities']} | {d['images']} |")  # fmt: skip
-
-    lines = [
-        "# synthface protocol: synthetic versus real (scaled-down, LFW)", "",
-        f"Same recognizer recipe, trained on each set, tested on {bench} ({r.get('pairs', '')} pairs among the test-half people).", "",
-        "| training set | accuracy (%) | TAR@FAR=1e-3 (%) | identities | images |", "| --- | --- | --- | --- | --- |",
-        row("real (LFW train half)", summary["real"]), row("synthetic (synthface)", summary["synthetic"]), "",
-        f"**Ratio synthetic / real accuracy: {summary['ratio']:.3f}**", "",
-        f"Filter: {insp['acceptance']['passed']} of {insp['acceptance']['candidates']} candidates passed "
-        f"(acceptance {100 * insp['acceptance']['rate']:.1f}%); identities kept {insp['identities']} of "
-        f"{insp['identities_planned']}, dropped: {json.dumps(insp.get('identities_dropped', {}))}; images per identity "
-        f"{insp['images_per_identity']['mean']:.2f} (min {insp['images_per_identity']['min']:.0f}).", "",
-        "## Synthetic set", "", "```json", json.dumps({k: gen.get(k) for k in sorted(gen) if not isinstance(gen.get(k), (dict, list))}, indent=1), "```", "",
-        "Figures: `synthetic/inspect/` (similarity.png, candidate_scores.png, contact_sheet.png); real contact sheet: "
-        "`real_contact_sheet.png`; ROC curves and training curves: `eval-real/`, `eval-synthetic/`.", "",
-        "## Step wall times (s)", "", *(f"- {n}: {v:.0f}" for n, v in steps_time.items() if v), "",
-    ]  # fmt: skip
-    (work / "report.md").write_text("\n".join(lines) + "\n")
-
-
-# --------------------------------------------------------------------------- driver
-
-
-def run(cfg: dict, work: Path, only: list[str] | None, log) -> dict[str, str]:
-    records = {n: r for n in STEPS if (r := read_record(work, n)) is not None}
-    outcome: dict[str, str] = {}
-    for name in STEPS:
-        if only and name not in only:
-            continue
-        for dep in DEPENDS[name]:
-            if dep not in records:
-                raise ProtocolError(f"step {name} needs step {dep} first: run it (or drop --steps)")
-        step = build_steps(cfg, work)[name]
-        fp = fingerprint(step, records)
-        old = records.get(name)
-        if old and old.get("fingerprint") == fp and all(p.exists() for p in step.outputs):
-            log(f"[{name}] up to date, skipped (done {old['finished']}, {old['seconds']:.0f} s)")
-            outcome[name] = "skipped"
-            continue
-        log(f"[{name}] running: {' '.join(step.argv[2:]) if step.argv else 'report'}")
-        attempts = read_attempts(work, name, fp)
-        t0 = time.time()
-        if step.argv:
-            env = dict(os.environ)
-            env.setdefault("OMP_NUM_THREADS", "1")  # a second intra-op thread costs more than it gives on busy cores
-            done = subprocess.run(step.argv, cwd=ROOT, env=env)
-            if done.returncode != 0:
-                attempts.append(round(time.time() - t0, 1))  # an interrupted attempt's time still counts
-                write_attempts(work, name, fp, attempts)
-                raise ProtocolError(f"step {name} failed (exit {done.returncode}); fix the cause and rerun: it resumes")
-        else:
-            make_report(cfg, work, records)
-        missing = [str(p) for p in step.outputs if not p.exists()]
-        if missing:
-            raise ProtocolError(f"step {name} finished without writing {', '.join(missing)}")
-        seconds = round(time.time() - t0, 1)
-        records[name] = {"fingerprint": fp, "seconds": round(seconds + sum(attempts), 1), "interrupted_attempts": attempts,
-                         "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": step.argv}  # fmt: skip
-        write_record(work, name, records[name])
-        (work / "steps" / f"{name}.attempts.json").unlink(missing_ok=True)
-        outcome[name] = "ran"
-        log(f"[{name}] done in {records[name]['seconds']:.0f} s")
-    return outcome
+EXAMPLES = """
+    python bench/protocol_lfw.py --recipe recipes/protocol-lfw-cpu.yaml --work runs/protocol-lfw
+    python bench/protocol_lfw.py --work runs/protocol-lfw --steps evaluate-real   # one step (its inputs must be done)
+"""
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=synthetic_vs_real.__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "protocol-lfw-cpu.yaml")
     ap.add_argument("--work", type=Path, required=True, help="output folder of every step")
     ap.add_argument("--steps", default="", help=f"comma-separated subset of: {', '.join(STEPS)}")
     args = ap.parse_args()
     only = [s.strip() for s in args.steps.split(",") if s.strip()] or None
     try:
-        unknown = sorted(set(only or []) - set(STEPS))
-        if unknown:
-            raise ProtocolError(f"unknown step(s) {', '.join(unknown)}: choose from {', '.join(STEPS)}")
-        if not args.recipe.is_file():
-            raise ProtocolError(f"recipe not found: {args.recipe}")
-        cfg = yaml.safe_load(args.recipe.read_text())
-        if not (lfw_root(cfg) / "lfw-deepfunneled").is_dir():
-            from synthface.lfw import not_found
-
-            raise ProtocolError(not_found(lfw_root(cfg), "LFW photos") + " (or set `lfw:` in the protocol recipe)")
-        work = args.work.resolve()
-        work.mkdir(parents=True, exist_ok=True)
-        (work / "protocol.yaml").write_text(args.recipe.read_text())
-        outcome = run(cfg, work, only, lambda m: print(m, flush=True))
+        outcome = run_recipe(args.recipe, args.work, only, lambda m: print(m, flush=True), ROOT)
     except ProtocolError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

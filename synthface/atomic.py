@@ -2,7 +2,8 @@
 
 A reader never sees a half-written file, and a process killed at any instant leaves either the old
 file or the new one, plus at most a temp file ``.NAME.XXXXXXXX.tmp`` that :func:`clean_temp` removes.
-A report of several files is written through :func:`staged_files`: all of them appear, or none.
+An output of several files (a report, an export) is written through :func:`staged_folder`: all of
+them appear, or none.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
@@ -24,7 +26,7 @@ def _umask() -> int:
 
 
 _FILE_MODE = 0o666 & ~_umask()
-DIR_MODE = 0o777 & ~_umask()  # for folders made by tempfile.mkdtemp (0700) that become outputs
+_DIR_MODE = 0o777 & ~_umask()  # for folders made by tempfile.mkdtemp (0700) that become outputs
 
 
 def fsync_dir(directory: Path) -> None:
@@ -79,20 +81,40 @@ def atomic_write_json(path: str | Path, data: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def staged_files(out: Path) -> Iterator[Path]:
-    """A temp folder beside ``out`` to write a report into; its files move into ``out`` only when the
-    block succeeds, so a command that fails leaves nothing half-written behind (an older complete
-    report in ``out`` stays as it was)."""
+def staged_folder(out: Path, *, replace: bool = False) -> Iterator[Path]:
+    """A temp folder beside ``out`` to write into; what it holds reaches ``out`` only when the block
+    succeeds, so a command that fails (a full disk, an error) leaves no partial output and no temp
+    folder, and ``out`` as it was.
+
+    On success the staged files are moved into ``out`` one by one (``os.replace``: a report of
+    several files; other files in ``out`` stay), or, with ``replace``, the staged folder takes the
+    place of ``out`` whole (renames in one folder: an earlier ``out`` is moved aside, then removed).
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
+        os.chmod(stage, _DIR_MODE)  # mkdtemp makes 0700; the folder may become the output itself
         yield stage
-        out.mkdir(parents=True, exist_ok=True)
-        for item in sorted(stage.iterdir()):
-            os.replace(item, out / item.name)
+        if replace:
+            _replace_folder(stage, out)
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            for item in sorted(stage.iterdir()):
+                os.replace(item, out / item.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _replace_folder(new: Path, out: Path) -> None:
+    """Put the complete folder ``new`` in place of ``out`` (both in the same folder)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+        os.replace(out, old)
+    os.replace(new, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # what atomic_write_bytes leaves behind when killed: ".NAME." + mkstemp's 8 random characters + ".tmp"

@@ -28,7 +28,8 @@ Across identities (:func:`finalize`, process 0, after every shard is committed):
    earlier kept one is dropped (the earlier one keeps its label), with the reason recorded.
 6. Labels. Contiguous labels over the finally kept identities, in plan order. Shards were written
    with provisional labels; each shard whose rows differ from the final ones (dropped identities,
-   shifted labels) is rewritten atomically, then its marker. The pass depends only on the
+   shifted labels) is rewritten atomically, then its marker
+   (:func:`synthface.dataset.writer.relabel_shards`). The pass depends only on the
    committed shards and their records, so it is idempotent: a run killed during it, or a resume
    with any number of processes, ends with the same files as an uninterrupted run.
 
@@ -47,10 +48,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from synthface.errors import ConfigError, SynthfaceError
 from synthface.dataset.filter_records import FILTER_DIR, leakage_summary, read_records
+from synthface.dataset.writer import relabel_shards
 from synthface.embeddings import fixed_list, fixed_list_array, l2n
 from synthface.faces.embedders import DEFAULT_THRESHOLDS, FALLBACK_THRESHOLD, default_threshold  # noqa: F401 (public here too)
 from synthface.identities import plan_labels
@@ -526,7 +527,7 @@ def finalize(out: Path, plan: Any, shards: Sequence[Any], config_hash: str, sett
         )
     kept = active & sep_kept
     labels = plan_labels(kept)
-    rewritten = relabel_shards(out, shards, labels, config_hash)
+    rewritten = relabel_shards(Path(out) / "data", shards, labels, config_hash)
     columns = {
         "filter_candidates": pa.array(candidates),
         "filter_passed": pa.array(passed),
@@ -554,46 +555,3 @@ def finalize(out: Path, plan: Any, shards: Sequence[Any], config_hash: str, sett
         "leakage": leakage,
     }
     return FinalReport(kept, reasons, columns, summary)
-
-
-def relabel_shards(out: Path, shards: Sequence[Any], labels: np.ndarray, config_hash: str) -> int:
-    """Rewrite each committed shard whose rows differ from the final labels; returns how many were rewritten.
-
-    Rows of identities with label -1 are removed. The Parquet file is replaced atomically, then its
-    marker (rows, checksum, kept identities, label range). Killed in between, the shard fails its
-    checksum and is rendered again on resume, which ends in the same bytes.
-    """
-    from synthface.atomic import atomic_write_json
-    from synthface.dataset.writer import read_marker, shard_paths, write_parquet
-
-    data_dir = Path(out) / "data"
-    count = 0
-    for shard in shards:
-        parquet, marker = shard_paths(data_dir, shard)
-        info = read_marker(marker)
-        if info is None or info.get("config_hash") != config_hash or not parquet.is_file():
-            continue
-        table = pq.read_table(parquet)
-        ident = np.asarray(table.column("identity").to_numpy(), np.int64)
-        old = np.asarray(table.column("label").to_numpy(), np.int64)
-        new = labels[ident] if len(ident) else old
-        keep = new >= 0
-        if keep.all() and np.array_equal(new, old):
-            continue
-        meta = table.schema.metadata
-        table = table.filter(pa.array(keep))
-        table = table.set_column(table.column_names.index("label"), table.schema.field("label"), pa.array(new[keep], pa.int64()))
-        table = table.replace_schema_metadata(meta)
-        sha, size = write_parquet(parquet, table)
-        kept_labels = new[keep]
-        info.update(
-            rows=int(table.num_rows),
-            sha256=sha,
-            bytes=size,
-            identities_kept=sorted({int(i) for i in ident[keep]}),
-            labels=[int(kept_labels.min()), int(kept_labels.max())] if len(kept_labels) else None,
-            relabelled=True,
-        )
-        atomic_write_json(marker, info)
-        count += 1
-    return count

@@ -187,7 +187,7 @@ def _table_rows(out: Path) -> list[dict]:
 
 
 def test_resume_after_kills_equals_uninterrupted(tmp_path: Path, filtered: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import synthface.atomic as atomic
+    import synthface.dataset.writer as writer
     import synthface.generator.run as run
     from synthface.generator.run import generate_dataset
 
@@ -212,7 +212,7 @@ def test_resume_after_kills_equals_uninterrupted(tmp_path: Path, filtered: Path,
     monkeypatch.setattr(run, "write_shard", real_write)
 
     # 2) killed during the relabel pass: a shard's Parquet replaced, its marker not yet
-    real_json = atomic.atomic_write_json
+    real_json = writer.atomic_write_json
     state = {"armed": True}
 
     def dying_json(path, data):
@@ -221,11 +221,11 @@ def test_resume_after_kills_equals_uninterrupted(tmp_path: Path, filtered: Path,
             raise KeyboardInterrupt
         return real_json(path, data)
 
-    monkeypatch.setattr(atomic, "atomic_write_json", dying_json)
+    monkeypatch.setattr(writer, "atomic_write_json", dying_json)
     with pytest.raises(KeyboardInterrupt):
         generate_dataset(recipe, out)
     assert not state["armed"], "the relabel pass should have been interrupted"
-    monkeypatch.setattr(atomic, "atomic_write_json", real_json)
+    monkeypatch.setattr(writer, "atomic_write_json", real_json)
 
     summary = generate_dataset(recipe, out)
     assert summary["resumed"]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from helpers_generate import EMBED_DIM, IMAGE_SIZE, make_tiny_model
-from synthface.errors import InputError, WeightsError
-from synthface.generator import ModelMismatchError, generate, load_model, sample_batch
+from synthface.errors import InputError, ModelMismatchError, WeightsError
+from synthface.generator import generate, load_model, sample_batch
 from synthface.generator.native import IdentityProjector, load_native
 from synthface.generator.pipeline import shared_timestep
 from synthface.testing import TinyEmbedder, tiny_native

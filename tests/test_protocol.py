@@ -1,4 +1,5 @@
-"""bench/protocol_lfw.py: step records, skipping, invalidation and interrupted attempts.
+"""The synthetic-versus-real protocol (synthface.synthetic_vs_real, run by bench/protocol_lfw.py): step
+records, skipping, invalidation and interrupted attempts.
 
 The steps' commands are replaced by a fake that writes each step's outputs (the commands
 themselves have their own tests); what is tested here is the driver's bookkeeping.
@@ -6,28 +7,21 @@ themselves have their own tests); what is tested here is the driver's bookkeepin
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from synthface import synthetic_vs_real
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
 def protocol():
-    spec = importlib.util.spec_from_file_location("protocol_lfw", ROOT / "bench" / "protocol_lfw.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["protocol_lfw"] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop("protocol_lfw", None)
+    return synthetic_vs_real
 
 
 @pytest.fixture()
@@ -43,7 +37,7 @@ def setup(tmp_path, protocol, monkeypatch):
     fail: set[str] = set()
 
     def fake_run(argv, cwd=None, env=None):
-        step = next(s for s in protocol.build_steps(cfg, work).values() if s.argv == argv)
+        step = next(s for s in protocol.build_steps(cfg, work, ROOT).values() if s.argv == argv)
         calls.append(step.name)
         if step.name in fail:
             return subprocess.CompletedProcess(argv, 1)
@@ -55,7 +49,7 @@ def setup(tmp_path, protocol, monkeypatch):
             out.write_text("{}")
         return subprocess.CompletedProcess(argv, 0)
 
-    def fake_report(cfg_, work_, records):
+    def fake_report(cfg_, work_, records, root):
         (work_ / "report.md").write_text("report")
         (work_ / "report.json").write_text("{}")
         calls.append("report")
@@ -67,31 +61,31 @@ def setup(tmp_path, protocol, monkeypatch):
 
 def test_second_run_recomputes_nothing(protocol, setup):
     cfg, work, calls, _, _ = setup
-    first = protocol.run(cfg, work, None, lambda m: None)
+    first = protocol.run(cfg, work, None, lambda m: None, ROOT)
     assert calls == protocol.STEPS and set(first.values()) == {"ran"}
     generate_argv = json.loads((work / "steps" / "generate.json").read_text())["argv"]
     assert f"identities.gallery={work / 'cache' / 'faces-abc.parquet'}" in generate_argv  # the generator's own cache
     calls.clear()
-    second = protocol.run(cfg, work, None, lambda m: None)
+    second = protocol.run(cfg, work, None, lambda m: None, ROOT)
     assert calls == [] and set(second.values()) == {"skipped"}
 
 
 def test_changed_recipe_reruns_that_step_and_what_follows(protocol, setup):
     cfg, work, calls, _, evaluate = setup
-    protocol.run(cfg, work, None, lambda m: None)
+    protocol.run(cfg, work, None, lambda m: None, ROOT)
     calls.clear()
     evaluate.write_text("seed: 1\n")
-    outcome = protocol.run(cfg, work, None, lambda m: None)
+    outcome = protocol.run(cfg, work, None, lambda m: None, ROOT)
     assert calls == ["evaluate-real", "evaluate-synthetic", "report"]
     assert outcome["generator"] == "skipped" and outcome["generate"] == "skipped"
 
 
 def test_missing_output_reruns_the_step(protocol, setup):
     cfg, work, calls, _, _ = setup
-    protocol.run(cfg, work, None, lambda m: None)
+    protocol.run(cfg, work, None, lambda m: None, ROOT)
     calls.clear()
     (work / "inspect.json").unlink()
-    protocol.run(cfg, work, None, lambda m: None)
+    protocol.run(cfg, work, None, lambda m: None, ROOT)
     assert calls == ["inspect"]  # inspect's record is rewritten with the same fingerprint: report stays valid
 
 
@@ -99,12 +93,12 @@ def test_interrupted_step_fails_then_resumes_and_counts_its_time(protocol, setup
     cfg, work, calls, fail, _ = setup
     fail.add("generator")
     with pytest.raises(protocol.ProtocolError, match="step generator failed .exit 1.; fix the cause and rerun"):
-        protocol.run(cfg, work, None, lambda m: None)
+        protocol.run(cfg, work, None, lambda m: None, ROOT)
     assert not (work / "steps" / "generator.json").exists()
     assert len(json.loads((work / "steps" / "generator.attempts.json").read_text())["seconds"]) == 1
     fail.clear()
     calls.clear()
-    protocol.run(cfg, work, None, lambda m: None)
+    protocol.run(cfg, work, None, lambda m: None, ROOT)
     assert calls[:2] == ["generator", "evaluate-real"] and "align" not in calls
     record = json.loads((work / "steps" / "generator.json").read_text())
     assert len(record["interrupted_attempts"]) == 1 and record["seconds"] >= record["interrupted_attempts"][0]
@@ -114,7 +108,7 @@ def test_interrupted_step_fails_then_resumes_and_counts_its_time(protocol, setup
 def test_a_step_needs_its_inputs_done(protocol, setup):
     cfg, work, _, _, _ = setup
     with pytest.raises(protocol.ProtocolError, match="step generate needs step generator first"):
-        protocol.run(cfg, work, ["generate"], lambda m: None)
+        protocol.run(cfg, work, ["generate"], lambda m: None, ROOT)
 
 
 def test_protocol_recipe_sections_are_valid_recipes():
@@ -135,7 +129,7 @@ def test_a_pretrained_generator_is_checked_and_fingerprinted_by_its_weights(tmp_
     cfg = yaml.safe_load((ROOT / "recipes" / "protocol-lfw-latent.yaml").read_text())
     cfg["generator"]["model"] = str(model)
     work = tmp_path / "work"
-    steps = protocol.build_steps(cfg, work)
+    steps = protocol.build_steps(cfg, work, ROOT)
     gen, generate = steps["generator"], steps["generate"]
     assert "load_model" in gen.argv[2] and gen.argv[-1] == str(model) and gen.outputs == [model / "synthface.json"]
     argv = generate.argv
@@ -144,13 +138,16 @@ def test_a_pretrained_generator_is_checked_and_fingerprinted_by_its_weights(tmp_
     assert "filter.leakage=1.0" not in argv and "filter.anchor=centre" in argv
     before = protocol.fingerprint(gen, {"align": {"fingerprint": "x"}})
     (model / "unet" / "weights.safetensors").write_bytes(b"b")  # other weights: the step and everything after it rerun
-    assert protocol.fingerprint(protocol.build_steps(cfg, work)["generator"], {"align": {"fingerprint": "x"}}) != before
+    assert protocol.fingerprint(protocol.build_steps(cfg, work, ROOT)["generator"], {"align": {"fingerprint": "x"}}) != before
 
 
 def test_lfw_comes_from_synthface_lfw_when_set(tmp_path, protocol, monkeypatch):
     cfg = yaml.safe_load((ROOT / "recipes" / "protocol-lfw-cpu.yaml").read_text())
     monkeypatch.setenv("SYNTHFACE_LFW", str(tmp_path / "my-lfw"))
-    align = protocol.build_steps(cfg, tmp_path / "work")["align"]
+    align = protocol.build_steps(cfg, tmp_path / "work", ROOT)["align"]
     assert str(tmp_path / "my-lfw" / "lfw-deepfunneled") in align.argv
     monkeypatch.delenv("SYNTHFACE_LFW")
-    assert str((ROOT / cfg["lfw"]).resolve() / "lfw-deepfunneled") in protocol.build_steps(cfg, tmp_path / "work")["align"].argv
+    assert (
+        str((ROOT / cfg["lfw"]).resolve() / "lfw-deepfunneled")
+        in protocol.build_steps(cfg, tmp_path / "work", ROOT)["align"].argv
+    )

@@ -144,7 +144,9 @@ def test_shards_only_committed_and_checksummed(tmp_path):
     write_shard(tmp_path, b, index=1, total=2, commit=True)
     assert ShardFaces(tmp_path).num_classes == 4
     hidden = tmp_path / "data" / ".train-00001-of-00002.json"
-    hidden.rename(tmp_path / "data" / "train-00001-of-00002.json")  # a visible marker counts too
+    visible = hidden.rename(tmp_path / "data" / "train-00001-of-00002.json")  # only the hidden marker commits a shard
+    assert ShardFaces(tmp_path).num_classes == 2
+    visible.rename(hidden)
     assert ShardFaces(tmp_path).num_classes == 4
     second.write_bytes(second.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(InputError, match="checksum"):

@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from synthface.dataset.writer import file_sha256 as sha256  # noqa: E402
+from synthface.files import images_in  # noqa: E402
 
 MIB = 1 << 20
 FORMAT = "synthface-device-pack"
@@ -150,7 +151,7 @@ def train_images(src: Path, people: list[str]) -> list[tuple[str, Path]]:
     for name in sorted(people):
         folder = src / name
         if folder.is_dir():
-            out += [(name, f) for f in sorted(folder.iterdir()) if f.suffix.lower() in (".png", ".jpg", ".jpeg") and f.is_file()]
+            out += [(name, f) for f in images_in(folder)]
     return out
 
 
@@ -160,7 +161,7 @@ def top_test_people(split: Path, aligned: Path, count: int) -> list[tuple[str, l
     people = []
     for name in json.loads(split.read_text(encoding="utf-8"))["test"]:
         folder = aligned / name
-        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg")) if folder.is_dir() else []
+        files = images_in(folder) if folder.is_dir() else []
         if files:
             people.append((name, files))
     people.sort(key=lambda p: (-len(p[1]), p[0]))

@@ -109,11 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         import numpy as np
         from PIL import Image
 
+        from synthface.files import images_in
+
         root = Path(args.aligned)
         people = sorted(p for p in root.iterdir() if p.is_dir())[:4]
         imgs, labels = [], []
         for i, person in enumerate(people):
-            for f in sorted(person.glob("*.png"))[:3]:
+            for f in images_in(person)[:3]:
                 imgs.append(np.asarray(Image.open(f).convert("RGB")))
                 labels.append(i)
         return imgs, np.array(labels)

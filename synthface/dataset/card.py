@@ -311,11 +311,11 @@ def write_card(out: str | Path, recipe: Any, model: Any, summary: dict[str, Any]
     if (Path(out) / CARD_FILE).exists() and not is_own_card(Path(out) / CARD_FILE):
         return None
 
-    from synthface.dataset.writer import marker_path, read_marker
+    from synthface.dataset.shards import shard_markers
 
     import pyarrow.parquet as pq
 
-    markers = [read_marker(marker_path(p)) or {} for p in sorted((Path(out) / "data").glob("train-*.parquet"))]
+    markers = [marker or {} for _, marker in shard_markers(Path(out) / "data")]
     files = [f"data/{m['file']}" for m in markers if m.get("rows") and m.get("file")]
     data_files = files if len(files) < len(markers) else None
     identity_of: dict[int, int] = {}

@@ -24,7 +24,8 @@ Every format gets the stored encoded image bytes unchanged (no re-encoding) and 
   is ``struct.pack('<IfQQ', flag, label, id, id2)`` followed by ``flag`` float32 labels when flag > 0.
   ``train.idx`` lines are ``key<TAB>byte offset``.
 
-Files are written under temporary names and renamed when complete.
+The export is written to a temporary folder beside OUT that takes OUT's place when complete
+(:func:`synthface.atomic.staged_folder`).
 """
 
 from __future__ import annotations
@@ -32,18 +33,15 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import struct
 import tarfile
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from synthface.dataset.shards import committed_shards
-from synthface.atomic import DIR_MODE
+from synthface.atomic import staged_folder
 from synthface.errors import InputError
 from synthface.runtime import Progress, progress_or_null
 
@@ -140,17 +138,6 @@ def _check_out(src: Path, out: Path, overwrite: bool) -> None:
     check_output_folder(out, "export", EXPORT_CONFIG, ExportRecipe, option="export OUT")
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Put the complete export ``tmp`` in place of ``out`` (renames in one folder: no partial OUT)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def export(src: str | Path, fmt: str, out: str | Path, *, overwrite: bool = False, shard_size: int = 10000,
            progress: Progress | None = None, allow_partial: bool = False, config: Any = None) -> dict[str, Any]:  # fmt: skip
     """Export ``src``'s committed shards to ``fmt`` in ``out``; returns a summary.
@@ -169,10 +156,7 @@ def export(src: str | Path, fmt: str, out: str | Path, *, overwrite: bool = Fals
     shards = committed_shards(src, allow_partial=allow_partial)
     rows = iter_rows(src, shards=shards)
     _check_out(src, out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        os.chmod(tmp, DIR_MODE)
+    with staged_folder(out, replace=True) as tmp:
         bar = progress_or_null(progress)
         bar.start(None, f"export {fmt}")
         if fmt == "imagefolder":
@@ -184,9 +168,6 @@ def export(src: str | Path, fmt: str, out: str | Path, *, overwrite: bool = Fals
         bar.finish()
         if config is not None:
             write_resolved(config, tmp, EXPORT_CONFIG)
-        _publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return {"src": str(src), "format": fmt, "out": str(out), **info}
 
 

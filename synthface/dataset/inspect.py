@@ -31,7 +31,7 @@ import numpy as np
 from synthface.dataset import quality as q
 from synthface.dataset.html_report import REPORT_HTML, SheetImage, SheetRow, write_html
 from synthface.dataset.quality import quantiles
-from synthface.atomic import staged_files
+from synthface.atomic import staged_folder
 from synthface.embeddings import l2n
 from synthface.dataset.writer import VARIATION_COLUMNS
 from synthface.errors import InputError
@@ -380,7 +380,7 @@ def inspect_dataset(
                      reference=str(reference) if reference else None, reference_images=reference_images, k=k,
                      det_name=det_name, det=det, max_identities=max_identities, sheet_identities=sheet_identities,
                      sheet_images=sheet_images, seed=seed)  # fmt: skip
-    with staged_files(out) as stage:
+    with staged_folder(out) as stage:
         report = _report(src, out, stage, shards, rows, inputs, progress_or_null(progress))
     if card and not allow_partial:
         from synthface.dataset.card import write_quality_section

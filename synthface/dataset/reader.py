@@ -10,7 +10,7 @@ Formats:
 
 * shards: ``DIR/data/*.parquet`` (or the Parquet files directly in ``DIR``), rows
   ``image {bytes, path}``, ``label``, ...; only shards whose JSON commit marker
-  (``data/.train-SSSSS-of-NNNNN.json``, or the same name without the dot) exists are
+  (``data/.train-SSSSS-of-NNNNN.json``, :mod:`synthface.dataset.shards`) exists are
   read, and a marker's ``sha256`` (when present) must match the file.
 * ImageFolder: ``DIR/<identity>/<image>.{png,jpg,jpeg,webp,bmp}``, one sub-folder per
   identity (what ``synthface align`` writes and arcface_torch reads); ``people``
@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 
 from synthface.dataset.shards import committed_shards, data_folder
 from synthface.errors import InputError
-from synthface.files import is_image_file
+from synthface.files import images_in
 
 RECORDIO_MAGIC = 0xCED7230A
 IR_FORMAT = "<IfQQ"
@@ -147,7 +147,7 @@ class ImageFolderFaces(FaceImages):
         labels: list[int] = []
         self.identities: list[str] = []
         for folder in folders:
-            files = sorted(f for f in folder.iterdir() if is_image_file(f))
+            files = images_in(folder)
             if not files:
                 continue
             label = len(self.identities)

@@ -1,8 +1,8 @@
 """The committed shards of a dataset, checked against the dataset's own record before anyone reads them.
 
 A shard is committed when its JSON commit marker exists (``data/.train-SSSSS-of-NNNNN.json``,
-or the same name without the dot) and, with ``verify``, the Parquet file's size and sha256 match
-the marker. A reader refuses an incomplete dataset unless ``allow_partial``:
+:func:`synthface.dataset.writer.marker_path`) and, with ``verify``, the Parquet file's size and
+sha256 match the marker. A reader refuses an incomplete dataset unless ``allow_partial``:
 
 * every marker names the shard count N of its run; the markers must agree on it and every
   shard 0..N-1 must be committed (a deleted shard, a crash, unfinished ``--part`` jobs);
@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from synthface.dataset.writer import file_sha256
+from synthface.dataset.writer import SHARD_FILES, file_sha256, marker_path, read_marker
 from synthface.errors import InputError
 
 
@@ -25,14 +25,22 @@ class IncompleteDatasetError(InputError):
     """A dataset with shards missing or an unfinished run: reading it would look complete and is not."""
 
 
-def _marker_names(parquet: Path) -> tuple[Path, Path]:
-    """Where a shard's commit marker may be: ``.train-...json`` (what synthface writes), or ``train-...json``."""
-    return parquet.with_name(f".{parquet.stem}.json"), parquet.with_suffix(".json")
-
-
 def data_folder(directory: str | Path) -> Path:
     directory = Path(directory)
     return directory / "data" if (directory / "data").is_dir() else directory
+
+
+def committed_markers(data_dir: Path) -> list[dict[str, Any]]:
+    """The readable commit markers in ``data_dir``, whatever config wrote them and whether or not
+    their Parquet files are still there (not checked)."""
+    markers = [read_marker(m) for m in sorted(data_dir.glob(".train-*.json")) if SHARD_FILES.fullmatch(m.name)]
+    return [m for m in markers if m is not None]
+
+
+def shard_markers(data_dir: Path) -> list[tuple[Path, dict[str, Any] | None]]:
+    """Every shard file ``train-*.parquet`` in ``data_dir``, sorted, with its commit marker (None:
+    not committed, or the marker is unreadable; not checked against the file)."""
+    return [(path, read_marker(marker_path(path))) for path in sorted(data_dir.glob("train-*.parquet"))]
 
 
 def committed_shards(directory: str | Path, verify: bool = True, allow_partial: bool = False) -> list[Path]:
@@ -42,8 +50,8 @@ def committed_shards(directory: str | Path, verify: bool = True, allow_partial: 
     shards: list[Path] = []
     markers: list[dict[str, Any]] = []
     for path in sorted(data.glob("*.parquet")):
-        marker = next((m for m in _marker_names(path) if m.is_file()), None)
-        if marker is None:
+        marker = marker_path(path)
+        if not marker.is_file():
             continue  # not committed: a crashed or running writer's file
         try:
             meta = json.loads(marker.read_text(encoding="utf-8"))

@@ -1,12 +1,10 @@
 """Identity-conditioned diffusion generators: the shared sampling loop, model families, dataset runs."""
 
-from synthface.errors import ModelMismatchError
 from synthface.generator.families import check_model, load_model, register_family
 from synthface.generator.pipeline import GeneratorModel, generate, sample_batch
 
 __all__ = [
     "GeneratorModel",
-    "ModelMismatchError",
     "check_model",
     "generate",
     "load_model",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from synthface.config import GenerateRecipe, diff_keys, read_resolved, resume_guard, write_resolved
 from synthface.dataset.locks import PartLock, RunLock
 from synthface.atomic import atomic_write_json, clean_temp
+from synthface.dataset.shards import committed_markers
 from synthface.dataset.writer import SHARD_FILES, read_marker
 from synthface.errors import ConfigError
 
@@ -32,12 +33,6 @@ INPUTS_FILE = "inputs.json"
 
 # the files of a run in --out and in data/ (clean_temp removes only temp files of these)
 RUN_FILES = re.compile(r"config\.yaml|identities\.parquet|summary\.json|inputs\.json|README\.md")
-
-
-def committed_markers(data_dir: Path) -> list[dict[str, Any]]:
-    """The readable commit markers in ``data_dir`` (whatever config wrote them)."""
-    markers = [read_marker(m) for m in sorted(data_dir.glob(".train-*.json")) if SHARD_FILES.fullmatch(m.name)]
-    return [m for m in markers if m is not None]
 
 
 def reset(out: Path) -> None:

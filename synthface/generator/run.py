@@ -44,7 +44,6 @@ from synthface.dataset.writer import (
     encode_image,
     read_marker,
     shard_done,
-    shard_paths,
     table_bytes,
     write_shard,
 )
@@ -380,14 +379,8 @@ def _finish(
     present: set[int] = set()
     missing = []
     for shard in shards:
-        parquet, marker = shard_paths(data_dir, shard)
-        info = read_marker(marker)
-        if (
-            info is None
-            or info.get("config_hash") != guard_hash
-            or not parquet.is_file()
-            or parquet.stat().st_size != info.get("bytes")
-        ):
+        info = shard_done(data_dir, shard, guard_hash, verify=False)  # every process checked its own shards
+        if info is None:
             missing.append(shard.name)
             continue
         rows += int(info["rows"])

@@ -99,12 +99,12 @@ class StyleBank:
     def __init__(self, folder: str | Path, size: int) -> None:
         from PIL import Image
 
-        from synthface.files import is_image_file
+        from synthface.files import list_images
 
         root = Path(folder).expanduser()
         if not root.is_dir():
             raise InputError(f"variation.style_bank {root} is not a folder: point it at a folder of face images")
-        files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
+        files = list_images(root)
         if not files:
             raise InputError(
                 f"variation.style_bank {root} holds no images (.jpg, .png, ...): add face images framed like the renders"

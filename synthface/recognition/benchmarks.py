@@ -18,7 +18,7 @@ import torch
 
 from synthface.embeddings import l2n_or_nan
 from synthface.errors import InputError
-from synthface.files import is_image_file
+from synthface.files import images_in
 from synthface.recognition.protocols import PairsProtocol, load_protocol, read_pairs
 from synthface.recognition.verification import VerificationResult, combine_flipped, evaluate_embeddings
 from synthface.runtime import Progress, progress_or_null
@@ -68,9 +68,8 @@ def _image_ext(images_dir: Path) -> str:
     """The extension the folder's images use (LFW: .jpg, synthface align output: .png)."""
     counts: dict[str, int] = {}
     for n, person in enumerate(sorted(p for p in images_dir.iterdir() if p.is_dir())):
-        for f in person.iterdir():
-            if is_image_file(f):
-                counts[f.suffix] = counts.get(f.suffix, 0) + 1
+        for f in images_in(person):
+            counts[f.suffix] = counts.get(f.suffix, 0) + 1
         if n >= 20:
             break
     if not counts:

@@ -123,8 +123,6 @@ def list_source(src: str | Path, people: Sequence[str] | None = None, min_images
             keys.append(f"{files[s].name}:{int(raw - offsets[s])}")
         for path in files:
             marker = marker_path(path)
-            if not marker.is_file() and path.with_suffix(".json").is_file():  # shards written before hidden markers
-                marker = path.with_suffix(".json")
             st = path.stat()
             fingerprint.append(f"{path.name}:{st.st_size}:{marker.read_text(encoding='utf-8') if marker.is_file() else ''}")
         names = [str(v) for v in shards.class_values]

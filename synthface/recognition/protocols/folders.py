@@ -20,7 +20,7 @@ from typing import Sequence, TypeVar
 import numpy as np
 
 from synthface.errors import InputError
-from synthface.files import is_image_file
+from synthface.files import images_in
 from synthface.recognition.protocols.pairs import PairsProtocol, split_folds
 
 T = TypeVar("T")
@@ -89,7 +89,7 @@ def people_in(root: Path) -> dict[str, list[Path]]:
         raise InputError(f"folder of people {root} does not exist: pass a folder with one sub-folder of images per person")
     people = {}
     for person in sorted(p for p in root.iterdir() if p.is_dir()):
-        images = sorted(f for f in person.iterdir() if is_image_file(f))
+        images = images_in(person)
         if images:
             people[person.name] = images
     return people
