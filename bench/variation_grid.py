@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -47,6 +48,7 @@ CELLS: dict[str, list[str]] = {
     "style-0.85": ["variation.style_bank={bank}", "variation.style_strength=0.85"],
 }
 
+KEEP_ALL_SETS = ["filter.threshold=-1", "filter.oversample=1.0"]
 MIN_TRAIN_IMAGES = 64  # fewer kept images train no recognizer worth a figure: the cell reports its other figures
 
 # the protocol's synthetic-arm settings (recipes/protocol-lfw-latent.yaml), fewer identities and candidates
@@ -69,6 +71,19 @@ def run(argv: list[str], log: Path) -> None:
         raise SystemExit(f"error: {' '.join(argv[3:5])} failed (exit {done.returncode}); see {log}; rerun to resume")
 
 
+def candidate_scores(data: Path) -> dict:
+    """The filter's cosine of every candidate to its identity's robust centre (before selection), from
+    the per-shard filter records: how consistent the renders are before the filter picks."""
+    import pyarrow.parquet as pq
+
+    from synthface.dataset.filter_records import FILTER_DIR
+    from synthface.dataset.quality import quantiles
+
+    scores = [s for f in sorted((data / FILTER_DIR).glob("*.parquet")) for row in pq.read_table(f, columns=["id_scores"]).column(0).to_pylist() for s in row]  # fmt: skip
+    x = np.asarray(scores, np.float64)
+    return quantiles(x[np.isfinite(x)])
+
+
 def cell_figures(data: Path, judge: str) -> dict:
     crops, labels = quality_bench.load_set(str(data), max_identities=10_000, per_identity=100, seed=0)
     from synthface.faces.align import FaceDetector
@@ -89,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--style-bank", default=None, help="folder of style images framed like the renders (the style cell)")
     ap.add_argument("--cells", default=",".join(CELLS), help="comma-separated subset of: " + ", ".join(CELLS))
     ap.add_argument("--judge", default="dlib")
+    ap.add_argument(
+        "--keep-all",
+        action="store_true",
+        help="the filter aligns and scores every render but rejects none (threshold -1, no oversampling): every cell "
+        "keeps the same identities and counts, so the controls' raw effect shows and every cell trains a recognizer",
+    )
     ap.add_argument("--out", type=Path, default=None, help="JSON of every cell's figures")
     args = ap.parse_args(argv)
 
@@ -105,9 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         done = cell / "figures.json"
         if done.is_file():
             results[name] = json.loads(done.read_text())
+            results[name].setdefault("candidate_cos_to_centre", candidate_scores(cell / "synthetic"))
             print(f"[{name}] done before", flush=True)
             continue
         sets = [*BASE_SETS, f"identities.count={args.identities}", *[s.format(bank=args.style_bank) for s in CELLS[name]]]
+        if args.keep_all:
+            sets += KEEP_ALL_SETS
         t0 = time.time()
         run(exe + ["generate", "--model", args.model, "--recipe", args.recipe, *[x for s in sets for x in ("--set", s)],
                    "--out", str(cell / "synthetic"), "--json", str(cell / "generate.json")], cell / "log.txt")  # fmt: skip
@@ -125,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             bench = next(iter(report["results"]["synthetic"].values()))
         record = {
             "sets": sets,
+            "candidate_cos_to_centre": candidate_scores(cell / "synthetic"),
             "identities_kept": summary["identities_kept"],
             "images": summary["images"],
             "filter": summary.get("filter", {}),
@@ -146,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-COLUMNS = "| cell | filter acceptance | identities | images | consistency (mean cos to centre) | within threshold | spread | yaw spread (deg) | nearest other (median) | accuracy | TAR@1e-3 |"
+COLUMNS = "| cell | candidates' cosine to centre (median) | filter acceptance | identities | images | consistency (mean cos to centre) | within threshold | spread | yaw spread (deg) | nearest other (median) | accuracy | TAR@1e-3 |"
 
 
 def _num(value: float | None, digits: int, scale: float = 1.0) -> str:
@@ -161,7 +186,7 @@ def table_row(name: str, r: dict) -> str:
     yaw = r.get("pose", {}).get("yaw", {}).get("within_identity_std", {}).get("mean", nan)
     acc = "n/a" if r["accuracy"] is None else f"{100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f}"
     return (
-        f"| {name} | {_num(r['filter'].get('acceptance_rate'), 3)} | {r['identities_kept']} | {r['images']} | "
+        f"| {name} | {_num(r.get('candidate_cos_to_centre', {}).get('median'), 3)} | {_num(r['filter'].get('acceptance_rate'), 3)} | {r['identities_kept']} | {r['images']} | "
         f"{_num(c.get('cos_to_centre', {}).get('mean'), 3)} | {_num(c.get('within_threshold'), 3)} | {_num(spread, 3)} | "
         f"{_num(yaw, 1)} | {_num(sep, 3)} | {acc} | {_num(r['tar_at_far_1e-3'], 1, 100)} |"
     )

@@ -156,7 +156,10 @@ class VariationSection(Section):
         "noised one of them (SDEdit), so pose and lighting come from the bank; null: from pure noise",
     )
     style_strength: float = Field(
-        0.7, gt=0.0, le=1.0, description="fraction of the noise schedule run from a style image (1: pure noise)"
+        0.85,
+        gt=0.0,
+        le=1.0,
+        description="fraction of the noise schedule run from a style image (1: pure noise; at 0.7 the style person shows through)",
     )
 
     @property
