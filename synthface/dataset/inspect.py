@@ -11,11 +11,8 @@ are the tight ArcFace template, so an embedder trained on another crop (dlib) re
 than it reads the original renders: compare datasets with the same embedder, not these cosines
 with another tool's.
 
-The quality metrics (``quality`` in inspect.json; definitions in :data:`QUALITY_DEFINITIONS`) are
-the functions of :mod:`synthface.dataset.quality` on the same embeddings. Pose and detection come
-from MTCNN run on the stored crops: the shards keep the detector's score (``det_score``, NaN when
-the filter's detector did not run) but not its landmarks, and a crop warped to the template keeps
-the nose-to-eyes geometry yaw and pitch are read from, so the landmarks are detected again there.
+The quality figures (``quality`` in inspect.json: consistency, separability, spread, pose, detection,
+the reference comparison, quality.png, per identity) come from :mod:`synthface.dataset.quality_report`.
 """
 
 from __future__ import annotations
@@ -33,80 +30,25 @@ from synthface.dataset.html_report import REPORT_HTML, SheetImage, SheetRow, wri
 from synthface.dataset.quality import quantiles
 from synthface.atomic import staged_folder
 from synthface.embeddings import l2n
+from synthface.dataset.quality_report import (
+    QUALITY_DEFINITIONS,
+    by_yaw,
+    detect_poses,
+    get_detector,
+    embed_crops,
+    per_identity,
+    quality_figure,
+    quality_thresholds,
+    reference_crops,
+    reference_figures,
+    variation_figures,
+)
 from synthface.dataset.writer import VARIATION_COLUMNS
 from synthface.errors import InputError
-from synthface.figures import save_figure
+from synthface.figures import hist_png
 from synthface.runtime import Progress, progress_or_null
 
 REPORT_FILE = "inspect.json"
-
-# What each quality figure in inspect.json means and where it comes from (the HTML table and the card show these).
-QUALITY_DEFINITIONS: dict[str, dict[str, str]] = {
-    "consistency": {
-        "definition": "cosine of each image to its identity centre (the normalised mean of the identity's embeddings), "
-        "averaged per identity; quantiles over identities (1 = every image embeds the same)",
-        "source": "identity consistency as DCFace (Kim et al. 2023), IDiff-Face (Boutros et al. 2023) and Vec2Face report it",
-    },
-    "within_threshold": {
-        "definition": "fraction of images whose cosine to their identity centre is at least the threshold: the dataset's "
-        "filter threshold when inspect embeds with the filter embedder, else the embedder's default",
-        "source": "synthface's filter thresholds (docs/filter.md)",
-    },
-    "nearest_other": {
-        "definition": "for each identity centre, the cosine of the nearest other identity centre (lower: identities "
-        "further apart)",
-        "source": "inter-class separability, as synthetic face datasets are compared (DCFace, Vec2Face)",
-    },
-    "duplicates": {
-        "definition": "identities whose centre is at least duplicate_threshold from an earlier identity's centre: the "
-        "filter's merge threshold when inspect embeds with the filter embedder, else the identity threshold",
-        "source": "synthface's separation check (docs/filter.md)",
-    },
-    "spread": {
-        "definition": "1 - mean cosine to the identity centre, per identity with 2+ images (0 = no variation)",
-        "source": "intra-class variation in face-embedding space",
-    },
-    "pose": {
-        "definition": "within-identity standard deviation of yaw, pitch and roll (degrees), each estimated from MTCNN's "
-        "five landmarks on the stored crop: roll is the eye line's angle; yaw the nose's offset from the "
-        "eye-mouth midline over half the eye distance; pitch the nose's height between eye and mouth lines "
-        "against the ArcFace template's; both through arcsin",
-        "source": "five-point geometry (synthface.dataset.quality.head_pose); landmarks by MTCNN (Zhang et al. 2016)",
-    },
-    "detection_rate": {
-        "definition": "fraction of the stored crops in which the detector finds a face",
-        "source": "MTCNN (Zhang et al. 2016), facenet-pytorch's bundled weights",
-    },
-    "detection_confidence": {
-        "definition": "the detector's face probability of the faces found",
-        "source": "MTCNN (Zhang et al. 2016), facenet-pytorch's bundled weights",
-    },
-    "frechet_distance": {
-        "definition": "Frechet distance between Gaussians fitted to this set's and the reference set's normalised "
-        "embeddings: |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2); 0 = same mean and covariance",
-        "source": "Heusel et al. 2017 (FID), computed on face embeddings instead of Inception features",
-    },
-    "knn_precision": {
-        "definition": "fraction of this set's embeddings inside the k-NN ball (radius: distance to the k-th nearest "
-        "neighbour) of some reference embedding: how much of the set looks like real faces",
-        "source": "improved precision, Kynkaanniemi et al. 2019, in face-embedding space",
-    },
-    "knn_recall": {
-        "definition": "fraction of the reference embeddings inside the k-NN ball of some embedding of this set: how "
-        "much of the real face space the set covers",
-        "source": "improved recall, Kynkaanniemi et al. 2019, in face-embedding space",
-    },
-    "variation": {
-        "definition": "what the run's variation controls drew per stored image: the conditioning vector's cosine to its "
-        "identity, the guidance scale, and whether it started from a style image (shard columns condition_cosine, "
-        "guidance_scale, style)",
-        "source": "synthface generate's variation section (docs/generate.md)",
-    },
-    "leakage": {
-        "definition": "cosine of each identity centre to its nearest real person of the gallery",
-        "source": "synthface's leakage check (docs/filter.md)",
-    },
-}
 
 
 def _read_shards(src: Path, allow_partial: bool = False) -> Any:
@@ -124,19 +66,6 @@ def _read_shards(src: Path, allow_partial: bool = False) -> Any:
         columns += list(VARIATION_COLUMNS)
     tables = [pq.read_table(p, columns=columns) for p in shards]
     return shards, pa.concat_tables(tables)
-
-
-def variation_figures(rows: Any) -> dict[str, Any] | None:
-    """What the run's variation controls drew for the stored images (None when none was on)."""
-    if VARIATION_COLUMNS[0] not in rows.column_names:
-        return None
-    style = np.asarray(rows.column("style").to_numpy(), np.int64)
-    return {
-        "condition_cosine": quantiles(rows.column("condition_cosine").to_numpy(zero_copy_only=False)),
-        "guidance_scale": quantiles(rows.column("guidance_scale").to_numpy(zero_copy_only=False)),
-        "style_started": float((style >= 0).mean()) if len(style) else 0.0,
-        "styles_used": int(len(np.unique(style[style >= 0]))),
-    }
 
 
 def _load_images(shards: list[Path], wanted: set[int]) -> dict[int, list[tuple[int, bytes]]]:
@@ -177,18 +106,6 @@ def contact_sheet(rows: list[tuple[int, list[bytes]]], path: Path, tile: int = 1
     return path
 
 
-def by_yaw(yaw: np.ndarray, limit: int) -> np.ndarray:
-    """Indices of up to ``limit`` images in increasing yaw, images without a face (NaN) last. With more
-    faces than ``limit`` they are thinned evenly over that order, so the row still spans the
-    identity's pose range; faceless images only fill what faces leave free."""
-    yaw = np.asarray(yaw, np.float64)
-    face = np.flatnonzero(np.isfinite(yaw))
-    face = face[np.argsort(yaw[face], kind="stable")]
-    if len(face) > limit:
-        face = face[np.unique(np.linspace(0, len(face) - 1, limit).round().astype(int))]
-    return np.concatenate([face, np.flatnonzero(~np.isfinite(yaw))])[:limit]
-
-
 def similarity_pairs(
     emb: np.ndarray, labels: np.ndarray, max_pairs: int = 200_000, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -223,83 +140,12 @@ def _random_pairs(n: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray
     return codes // n, codes % n
 
 
-def _hist_ax(ax: Any, series: dict[str, np.ndarray], title: str, xlabel: str, lines: dict[str, float] | None = None,
-             unit: str = "images") -> None:  # fmt: skip
-    """Overlaid density histograms on ``ax``; each legend entry counts its values in ``unit``."""
-    for name, values in series.items():
-        values = np.asarray(values, np.float64)
-        values = values[np.isfinite(values)]
-        if len(values):
-            ax.hist(
-                values,
-                bins=50,
-                range=(-1, 1) if "cos" in xlabel else None,
-                alpha=0.6,
-                density=True,
-                label=f"{name} ({len(values)} {unit})",
-            )
-    for name, x in (lines or {}).items():
-        ax.axvline(x, color="k", linestyle="--", linewidth=1)
-        ax.text(x, ax.get_ylim()[1] * 0.9, f" {name} {x:g}", fontsize=8)
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("density")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-
-
-def _hist_png(path: Path, *panels: tuple[Any, ...]) -> Path:
-    """A PNG of one or more :func:`_hist_ax` panels (each the arguments after ``ax``), two a row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = min(2, len(panels))
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), dpi=100, squeeze=False)
-    for ax, panel in zip(axes.flat, panels):
-        _hist_ax(ax, *panel)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_visible(False)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-    return path
-
-
 def default_embedder(config: dict[str, Any]) -> str:
     """The dataset's filter embedder when its filter ran (its weights are here), else the offline default."""
     from synthface.config import DEFAULT_EMBEDDER
 
     filt = config.get("filter") or {}
     return str(filt.get("embedder") or DEFAULT_EMBEDDER) if filt.get("enabled") else DEFAULT_EMBEDDER
-
-
-def quality_thresholds(config: dict[str, Any], embedder: str) -> tuple[float, float]:
-    """(identity threshold, duplicate threshold) for the quality figures: the dataset's filter threshold
-    and merge threshold when the filter ran with ``embedder``, else that embedder's default threshold for both."""
-    from synthface.faces.embedders import default_threshold
-
-    filt = config.get("filter") or {}
-    same = bool(filt.get("enabled")) and filt.get("embedder") == embedder
-    threshold = float(filt["threshold"]) if same and filt.get("threshold") is not None else default_threshold(embedder)
-    merge = float(filt["merge_threshold"]) if same and filt.get("merge_threshold") is not None else threshold
-    return threshold, merge
-
-
-def get_detector(detector: Any, device: str = "auto") -> tuple[str, Any]:
-    """(name, detector) for the pose and detection figures: "mtcnn", "none" (skip them) or an object with
-    ``detect(images) -> [Face | None]`` (named by its class)."""
-    if detector is None or detector == "none":
-        return "none", None
-    if isinstance(detector, str):
-        if detector != "mtcnn":
-            raise InputError(f"unknown detector '{detector}': use mtcnn or none")
-        from synthface.faces.align import FaceDetector
-
-        return "mtcnn", FaceDetector(device=device)
-    return type(detector).__name__, detector
 
 
 def inspect_dataset(
@@ -329,7 +175,7 @@ def inspect_dataset(
     ``reference_images`` of its images (people in a seeded order, each with at most as many images as
     the dataset's largest sampled identity), resized to the dataset's crop size, give the Frechet
     distance and k-NN precision/recall (``k``) and the same figures as the dataset's.
-    ``detector`` (see :func:`get_detector`) finds the faces and landmarks of the pose and detection
+    ``detector`` (see :func:`.quality_report.get_detector`) finds the faces and landmarks of the pose and detection
     figures. With ``card``, the quality figures also go into the dataset card (SRC/README.md, when
     synthface wrote it) of a complete dataset. An incomplete dataset is refused unless
     ``allow_partial`` (then the report covers the committed shards). The embedder, the gallery, the
@@ -480,7 +326,7 @@ def _report(src: Path, out: Path, stage: Path, shards: list[Path], rows: Any, in
         }
         ids = [x for row in records.column("id_scores").to_pylist() for x in row]
         threshold = (config.get("filter") or {}).get("threshold")
-        path = _hist_png(
+        path = hist_png(
             stage / "candidate_scores.png",
             (
                 {
@@ -510,32 +356,19 @@ def _report(src: Path, out: Path, stage: Path, shards: list[Path], rows: Any, in
     # detection and pose
     poses = np.full((len(items), 3), np.nan)
     if inp.det is not None and crops:
-        scores = np.full(len(items), np.nan)
-        bar.start(len(crops), f"inspect: detecting faces with {inp.det_name}")
-        faces: list[Any] = []
-        for start in range(0, len(crops), 64):
-            faces += inp.det.detect(crops[start : start + 64])
-            bar.advance(len(crops[start : start + 64]))
-        bar.finish()
-        found = np.array([f is not None for f in faces], bool)
-        if found.any():
-            poses[found] = q.head_pose(np.stack([np.asarray(f.landmarks, np.float64) for f in faces if f is not None]))
-            scores[found] = [float(f.score) for f in faces if f is not None]
-        quality["detection"] = {"images": len(crops), "detected": int(found.sum()), "rate": float(found.mean()),
-                                "confidence": quantiles(scores)}  # fmt: skip
-        if found.any():
-            quality["pose"] = {"images": int(found.sum()), **q.pose_spread(poses[found], lab[found])}
+        poses, found = detect_poses(inp.det, inp.det_name, crops, lab, bar)
+        quality.update(found)
 
     # similarity histograms and the embedding figures
     emb = None
     centres = None
     cos_centre = np.full(len(items), np.nan)
     if emb_model is not None and crops:
-        emb = _embed(emb_model, crops, bar, f"inspect: embedding with {name}")
+        emb = embed_crops(emb_model, crops, bar, f"inspect: embedding with {name}")
         intra, inter = similarity_pairs(emb, lab)
         report["similarity"] = {"embedder": name, "identities": len(sampled), "images": len(crops),
                                 "intra": quantiles(intra), "inter": quantiles(inter)}  # fmt: skip
-        path = _hist_png(stage / "similarity.png", ({"intra-identity": intra, "inter-identity": inter},
+        path = hist_png(stage / "similarity.png", ({"intra-identity": intra, "inter-identity": inter},
                          f"pairwise cosine ({name}, {len(crops)} images of {len(sampled)} identities)", "cosine", None, "pairs"))  # fmt: skip
         report["files"]["similarity"] = written(path)
         figures["pairwise cosine"] = path
@@ -549,22 +382,23 @@ def _report(src: Path, out: Path, stage: Path, shards: list[Path], rows: Any, in
         _, cos_centre, _ = q.cos_to_centre(emb, lab)
     ref_emb, ref_labels = None, None
     if inp.ref_data is not None and emb is not None:
-        ref_crops, ref_labels = _reference_crops(inp.ref_data, inp.reference_images, inp.seed, crops[0].shape[0],
+        ref_crops, ref_labels = reference_crops(inp.ref_data, inp.reference_images, inp.seed, crops[0].shape[0],
                                                  int(np.bincount(lab).max()))  # fmt: skip
-        ref_emb = _embed(emb_model, ref_crops, bar, f"inspect: embedding the reference with {name}")
-        quality["reference"] = _reference_figures(emb, ref_emb, ref_labels, inp, *quality_thresholds(config, name))
-    path = _quality_figures(stage, quality, emb, lab, cos_centre, poses, ref_emb, ref_labels)
+        ref_emb = embed_crops(emb_model, ref_crops, bar, f"inspect: embedding the reference with {name}")
+        quality["reference"] = reference_figures(emb, ref_emb, ref_labels, inp.reference, inp.name, inp.k,
+                                                 *quality_thresholds(config, name))  # fmt: skip
+    path = quality_figure(stage, quality, emb, lab, cos_centre, poses, ref_emb, ref_labels)
     if path is not None:
         report["files"]["quality"] = written(path)
         figures["quality metrics"] = path
-    per_identity = _per_identity(rows, sampled, lab, emb, cos_centre, poses, quality)
-    quality["per_identity"] = per_identity
+    identities_sampled = per_identity(rows, sampled, lab, emb, cos_centre, poses, quality)
+    quality["per_identity"] = identities_sampled
     quality["definitions"] = QUALITY_DEFINITIONS
     report["quality"] = quality
 
     # contact sheet: a row per identity, images in increasing estimated yaw
     sheet: list[SheetRow] = []
-    for entry in per_identity[: inp.sheet_identities]:
+    for entry in identities_sampled[: inp.sheet_identities]:
         idx = np.flatnonzero(lab == entry["label"])
         chosen = idx[by_yaw(poses[idx, 0], inp.sheet_images)]
         sheet.append(SheetRow(entry["label"], entry["identity"], [
@@ -589,7 +423,7 @@ def _report(src: Path, out: Path, stage: Path, shards: list[Path], rows: Any, in
     if leak:
         report["leakage"] = leak
         values = np.asarray(cos, np.float64)
-        path = _hist_png(stage / "leakage.png", ({"nearest real person": values}, "identity centre vs nearest real person",
+        path = hist_png(stage / "leakage.png", ({"nearest real person": values}, "identity centre vs nearest real person",
                                                  "cosine", None, "identities"))  # fmt: skip
         report["files"]["leakage"] = written(path)
         figures["leakage"] = path
@@ -600,119 +434,3 @@ def _report(src: Path, out: Path, stage: Path, shards: list[Path], rows: Any, in
     write_html(stage / REPORT_HTML, report, sheet, figures)
     (stage / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     return report
-
-
-def _reference_crops(data: Any, limit: int, seed: int, side: int, per_person: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """Up to ``limit`` reference images as uint8 HWC at ``side`` px: people in a seeded order, at most
-    ``per_person`` images each; their labels."""
-    from PIL import Image
-
-    order = np.random.default_rng(seed).permutation(int(data.labels.max()) + 1 if len(data) else 0)
-    by_person: dict[int, list[int]] = {}
-    for i, label in enumerate(data.labels):
-        by_person.setdefault(int(label), []).append(i)
-    chosen: list[int] = []
-    for person in order:
-        chosen += by_person.get(int(person), [])[: max(1, per_person)][: limit - len(chosen)]
-        if len(chosen) >= limit:
-            break
-    crops = []
-    for i in chosen:
-        img = data[i][0].permute(1, 2, 0).numpy()  # the readers decode to uint8 (3, H, W)
-        if img.shape[:2] != (side, side):
-            img = np.asarray(Image.fromarray(img).resize((side, side), Image.Resampling.BICUBIC))
-        crops.append(np.ascontiguousarray(img, np.uint8))
-    return crops, np.asarray(data.labels[chosen], np.int64)
-
-
-def _embed(model: Any, crops: list[np.ndarray], bar: Progress, what: str, chunk: int = 256) -> np.ndarray:
-    """Embeddings of template crops, with progress."""
-    from synthface.faces.embedders import embed_aligned
-
-    bar.start(len(crops), what)
-    out = []
-    for start in range(0, len(crops), chunk):
-        out.append(embed_aligned(model, crops[start : start + chunk]))
-        bar.advance(len(out[-1]))
-    bar.finish()
-    return np.concatenate(out) if out else np.zeros((0, model.dim), np.float32)
-
-
-def _with_several(labels: np.ndarray) -> np.ndarray:
-    """Mask of the images whose label has 2+ images."""
-    ids, counts = np.unique(labels, return_counts=True)
-    return np.isin(labels, ids[counts >= 2])
-
-
-def _reference_figures(emb: np.ndarray, ref_emb: np.ndarray, ref_labels: np.ndarray, inp: _Inputs, threshold: float,
-                       duplicate: float) -> dict[str, Any]:  # fmt: skip
-    """The distances of the dataset's embeddings to the reference's, and the reference's own figures
-    (consistency and spread over its people with 2+ images, separability over all of them)."""
-    out: dict[str, Any] = {"path": inp.reference, "embedder": inp.name, "images": int(len(ref_emb)),
-                           "identities": int(len(np.unique(ref_labels))), "dataset_images": int(len(emb))}  # fmt: skip
-    notes = []
-    if min(len(emb), len(ref_emb)) >= 2:
-        out["frechet_distance"] = q.frechet_distance(emb, ref_emb)
-    else:
-        notes.append("Frechet distance: needs 2+ images in each set")
-    if min(len(emb), len(ref_emb)) > inp.k:
-        out["knn"] = q.knn_precision_recall(emb, ref_emb, inp.k)
-    else:
-        notes.append(f"k-NN precision/recall: needs more than k={inp.k} images in each set")
-    several = _with_several(ref_labels)
-    figures: dict[str, Any] = {"separability": q.separability(ref_emb, ref_labels, duplicate)}
-    if several.any():
-        figures["consistency"] = q.consistency(ref_emb[several], ref_labels[several], threshold)
-        figures["spread"] = q.embedding_spread(ref_emb[several], ref_labels[several])
-    out["figures"] = figures
-    if notes:
-        out["notes"] = notes
-    return out
-
-
-def _quality_figures(stage: Path, quality: dict[str, Any], emb: np.ndarray | None, lab: np.ndarray, cos_centre: np.ndarray,
-                     poses: np.ndarray, ref_emb: np.ndarray | None, ref_labels: np.ndarray | None) -> Path | None:  # fmt: skip
-    """quality.png: each image vs its identity centre, each identity vs the nearest other (beside the
-    reference's, when given), and the head pose distribution; None when there is nothing to draw."""
-    panels: list[tuple[Any, ...]] = []
-    if emb is not None:
-        cons, near = {"this dataset": cos_centre}, {"this dataset": q.nearest_other(emb, lab)[1]}
-        if ref_emb is not None and ref_labels is not None:
-            several = _with_several(ref_labels)
-            if several.any():
-                cons["reference"] = q.cos_to_centre(ref_emb[several], ref_labels[several])[1]
-            near["reference"] = q.nearest_other(ref_emb, ref_labels)[1]
-        thr = quality["consistency"].get("threshold")
-        panels.append((cons, "identity consistency: each image vs its identity centre", "cosine",
-                       {"threshold": thr} if thr is not None else None, "images"))  # fmt: skip
-        dup = quality["separability"].get("duplicate_threshold")
-        panels.append((near, "separability: each identity centre vs the nearest other", "cosine",
-                       {"duplicate": dup} if dup is not None else None, "identities"))  # fmt: skip
-    found = np.isfinite(poses[:, 0])
-    if found.any():
-        panels.append(({n: poses[found, i] for i, n in enumerate(("yaw", "pitch", "roll"))},
-                       "head pose from five landmarks", "degrees", None, "images"))  # fmt: skip
-    return _hist_png(stage / "quality.png", *panels) if panels else None
-
-
-def _per_identity(rows: Any, sampled: list[int], lab: np.ndarray, emb: np.ndarray | None, cos_centre: np.ndarray,
-                  poses: np.ndarray, quality: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
-    """One record per sampled identity: label, plan identity, images, and its own figures where measured."""
-    table_labels = rows.column("label").to_pylist()
-    identity_of = dict(zip(table_labels, rows.column("identity").to_pylist()))
-    nearest = dict(zip(*q.nearest_other(emb, lab))) if emb is not None and len(lab) else {}
-    out = []
-    for label in sampled:
-        idx = np.flatnonzero(lab == label)
-        entry: dict[str, Any] = {"label": label, "identity": int(identity_of[label]), "images": int(len(idx))}
-        if emb is not None and len(idx):
-            entry["cos_to_centre"] = float(cos_centre[idx].mean())
-            near = float(nearest.get(label, np.nan))
-            entry["nearest_other"] = near if np.isfinite(near) else None
-        if "detection" in quality:
-            yaw = poses[idx, 0][np.isfinite(poses[idx, 0])]
-            entry["detected"] = int(len(yaw))
-            entry["yaw_std"] = float(yaw.std()) if len(yaw) >= 2 else None
-            entry["yaw_range"] = [float(yaw.min()), float(yaw.max())] if len(yaw) else None
-        out.append(entry)
-    return out

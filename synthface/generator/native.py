@@ -363,7 +363,7 @@ def is_native(path: Path) -> bool:
 
 def _check_scheduler(path: Path, config: dict[str, Any]) -> None:
     """Refuse a scheduler config no sampler can use (0 timesteps, an unknown beta schedule, ...)."""
-    from synthface.generator.pipeline import make_scheduler
+    from synthface.generator.schedules import make_scheduler
 
     steps = config.get("num_train_timesteps")
     problem = None

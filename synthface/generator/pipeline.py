@@ -15,6 +15,9 @@ change a batch, see synthface/dataset/plan.py). There the per-row work would buy
 launches (one VAE decode per sample, two hooks on every linear layer at every step), so on an
 accelerator the conditioning, the linear layers and the decode run batched
 (:func:`batch_invariant` says which).
+
+The schedulers it runs come from :mod:`synthface.generator.schedules`; identity guidance (the
+gradient of a differentiable embedder's cosine to the target) from :mod:`synthface.generator.guidance`.
 """
 
 from __future__ import annotations
@@ -27,11 +30,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from synthface.errors import ConfigError, ModelMismatchError
-
-SCHEDULER_NAMES = ("ddpm", "ddim", "dpmsolver++", "lcm")
+from synthface.generator.guidance import MIN_GUIDED_ALPHA_BAR, from_eps, identity_gradient, to_eps_x0
+from synthface.generator.schedules import alpha_bar, make_scheduler, partial_schedule, set_timesteps
 
 
 class GeneratorModel(ABC):
@@ -99,41 +101,6 @@ class GeneratorModel(ABC):
         scale = float(getattr(self.vae.config, "scaling_factor", 1.0))
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return (self.vae.encode(images).latent_dist.mode() - shift) * scale
-
-
-# --------------------------------------------------------------------------- schedulers
-
-
-def make_scheduler(name: str, base_config: dict[str, Any]) -> Any:
-    """A fresh diffusers scheduler of kind ``name`` built from the model's training scheduler config."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, LCMScheduler
-    from diffusers.utils import logging as dlogging
-
-    kinds: dict[str, tuple[Any, dict[str, Any]]] = {
-        "ddpm": (DDPMScheduler, {}),
-        "ddim": (DDIMScheduler, {}),
-        "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
-        "lcm": (LCMScheduler, {}),
-    }
-    if name not in kinds:
-        raise ConfigError(f"unknown scheduler '{name}': use one of {', '.join(SCHEDULER_NAMES)}")
-    cls, extra = kinds[name]
-    config = {k: v for k, v in base_config.items() if not k.startswith("_")}
-    config.update(extra)
-    previous = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()  # keys of the training scheduler another kind does not use
-    try:
-        return cls.from_config(config)
-    finally:
-        dlogging.set_verbosity(previous)
-
-
-def _set_timesteps(scheduler: Any, name: str, steps: int, device: torch.device) -> None:
-    if name == "lcm":
-        original = max(int(scheduler.config.original_inference_steps), steps)
-        scheduler.set_timesteps(steps, device=device, original_inference_steps=original)
-    else:
-        scheduler.set_timesteps(steps, device=device)
 
 
 # --------------------------------------------------------------------------- batch-invariance helpers
@@ -258,66 +225,6 @@ class _Clock:
             self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - start
 
 
-# --------------------------------------------------------------------------- identity guidance
-
-
-MIN_GUIDED_ALPHA_BAR = 1e-4  # identity guidance skips steps noisier than this (zero-terminal-SNR schedules start at 0)
-
-
-def _alpha_bar(scheduler: Any, t: torch.Tensor) -> float:
-    return float(scheduler.alphas_cumprod[int(t)])
-
-
-def _to_eps_x0(pred_type: str, out: torch.Tensor, x: torch.Tensor, a: float) -> tuple[torch.Tensor, torch.Tensor]:
-    sa, sb = math.sqrt(a), math.sqrt(1.0 - a)
-    if pred_type == "epsilon":
-        return out, (x - sb * out) / sa
-    if pred_type == "v_prediction":
-        return sa * out + sb * x, sa * x - sb * out
-    if pred_type == "sample":
-        return (x - sa * out) / max(sb, 1e-8), out
-    raise ConfigError(f"unsupported scheduler prediction_type '{pred_type}' (epsilon, v_prediction or sample)")
-
-
-def _from_eps(pred_type: str, eps: torch.Tensor, x: torch.Tensor, a: float) -> torch.Tensor:
-    sa, sb = math.sqrt(a), math.sqrt(1.0 - a)
-    x0 = (x - sb * eps) / sa
-    if pred_type == "epsilon":
-        return eps
-    if pred_type == "v_prediction":
-        return sa * eps - sb * x0
-    return x0
-
-
-def identity_gradient(
-    model: GeneratorModel,
-    guide: torch.nn.Module,
-    x: torch.Tensor,
-    eps: torch.Tensor,
-    alpha_bar: float,
-    target: torch.Tensor,
-) -> torch.Tensor:
-    """d cos(guide(decode(x0_hat)), target) / d x_t, with x0_hat = (x_t - sqrt(1-a) eps) / sqrt(a).
-
-    ``guide`` maps images (B, 3, H, W) in [0, 1] to embeddings in the conditioning space. The noise
-    prediction is held fixed (the usual classifier-guidance approximation), so the gradient flows
-    through the VAE decoder (if any) and the guide only. Samples are decoded one at a time.
-    """
-    sa, sb = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
-    grads = []
-    with torch.enable_grad():
-        for i in range(x.shape[0]):
-            xi = x[i : i + 1].detach().float().requires_grad_(True)
-            x0 = (xi - sb * eps[i : i + 1].detach().float()) / sa
-            # no clamp: it would zero the gradient wherever a noisy x0 estimate leaves [-1, 1]
-            images = model.decode(x0.to(model.dtype)).float().div(2).add(0.5)
-            emb = guide(images).float()
-            cos = F.cosine_similarity(emb, target[i : i + 1].to(emb.device, emb.dtype), dim=-1).sum()
-            (grad,) = torch.autograd.grad(cos, xi)
-            grads.append(grad)
-    return torch.cat(grads)
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -379,7 +286,7 @@ def sample_batch(
 
     generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
     sched = make_scheduler(scheduler, model.scheduler_config)
-    _set_timesteps(sched, scheduler, steps, device)
+    set_timesteps(sched, scheduler, steps, device)
     pred_type = str(sched.config.get("prediction_type", "epsilon"))
 
     from diffusers.utils.torch_utils import randn_tensor
@@ -389,7 +296,7 @@ def sample_batch(
     if init_images is None:
         x = x * sched.init_noise_sigma
     else:
-        timesteps = _partial_schedule(sched, strength)
+        timesteps = partial_schedule(sched, strength)
         with torch.no_grad(), clock("encode"):
             start = _encode_rows(model, init_images, per_row)
         x = sched.add_noise(start, x, timesteps[:1].repeat(n))
@@ -427,12 +334,12 @@ def sample_batch(
                     cond_out, uncond_out = out.chunk(2)
                     out = uncond_out + scale * (cond_out - uncond_out)
             # at (near) zero SNR the x0 estimate is undefined and carries no identity: no guidance there
-            if target is not None and (a := _alpha_bar(sched, t)) > MIN_GUIDED_ALPHA_BAR:
+            if target is not None and (a := alpha_bar(sched, t)) > MIN_GUIDED_ALPHA_BAR:
                 with clock("identity_guidance"):
-                    eps, _ = _to_eps_x0(pred_type, out, x, a)
+                    eps, _ = to_eps_x0(pred_type, out, x, a)
                     grad = identity_gradient(model, identity_guide, x, eps, a, target)  # type: ignore[arg-type]
                     eps = eps - identity_scale * math.sqrt(1.0 - a) * grad
-                    out = _from_eps(pred_type, eps, x, a)
+                    out = from_eps(pred_type, eps, x, a)
             with clock("scheduler"):
                 x = sched.step(out, t, x, generator=generators, return_dict=False)[0]
 
@@ -454,20 +361,6 @@ def _guidance_scales(guidance_scale: float | Sequence[float], n: int) -> list[fl
     if len(scales) != n:
         raise ConfigError(f"guidance_scale must be one number or one per sample ({n}), got {len(scales)}")
     return scales
-
-
-def _partial_schedule(sched: Any, strength: float) -> torch.Tensor:
-    """The timesteps of the last ``strength`` of the schedule (diffusers' img2img convention)."""
-    if not 0.0 < strength <= 1.0:
-        raise ConfigError(f"strength must be in (0, 1], got {strength}")
-    order = int(getattr(sched, "order", 1))
-    steps = len(sched.timesteps) // order
-    start = max(steps - min(int(steps * strength), steps), 0)
-    if start >= steps:
-        raise ConfigError(f"strength {strength} leaves no step of {steps} to run: raise it or the number of steps")
-    if hasattr(sched, "set_begin_index"):
-        sched.set_begin_index(start * order)
-    return sched.timesteps[start * order :]
 
 
 def _encode_rows(model: GeneratorModel, images: torch.Tensor, per_row: bool) -> torch.Tensor:
