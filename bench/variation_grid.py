@@ -44,6 +44,7 @@ CELLS: dict[str, list[str]] = {
     "jitter-0.90": ["variation.identity_cosine=[0.85, 0.95]"],
     "jitter-0.78": ["variation.identity_cosine=[0.70, 0.85]"],
     "guidance-1.5-3": ["variation.guidance_scale=[1.5, 3.0]"],
+    "guidance-3-5": ["variation.guidance_scale=[3.0, 5.0]"],
     "jitter-0.90+guidance": ["variation.identity_cosine=[0.85, 0.95]", "variation.guidance_scale=[1.5, 3.0]"],
     "style-0.85": ["variation.style_bank={bank}", "variation.style_strength=0.85"],
 }
