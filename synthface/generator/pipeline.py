@@ -298,7 +298,7 @@ def sample_batch(
     else:
         timesteps = partial_schedule(sched, strength)
         with torch.no_grad(), clock("encode"):
-            start = _encode_rows(model, init_images, per_row)
+            start = _by_row(model.encode, init_images.to(device, dtype).mul(2).sub(1), per_row).float()
         x = sched.add_noise(start, x, timesteps[:1].repeat(n))
 
     with torch.no_grad(), clock("condition"):
@@ -308,10 +308,7 @@ def sample_batch(
             branches = 1
         else:
             # on the CPU one row at a time: the conditioning of a sample never depends on its batch
-            if per_row:
-                cond = torch.cat([model.condition(emb[i : i + 1].to(device)) for i in range(n)]).to(dtype)
-            else:
-                cond = model.condition(emb.to(device)).to(dtype)
+            cond = _by_row(model.condition, emb.to(device), per_row).to(dtype)
             labels = model.class_labels(emb.to(device), n)
             if all(g == 1.0 for g in scales):
                 hidden, branches = cond, 1
@@ -344,12 +341,7 @@ def sample_batch(
                 x = sched.step(out, t, x, generator=generators, return_dict=False)[0]
 
     with torch.no_grad(), clock("decode"):
-        if model.vae is None:
-            images = x
-        elif per_row:
-            images = torch.cat([model.decode(x[i : i + 1].to(dtype)).float() for i in range(n)])
-        else:
-            images = model.decode(x.to(dtype)).float()
+        images = x if model.vae is None else _by_row(model.decode, x.to(dtype), per_row)
         images = images.float().div(2).add(0.5).clamp(0, 1).cpu()
     return images
 
@@ -363,13 +355,12 @@ def _guidance_scales(guidance_scale: float | Sequence[float], n: int) -> list[fl
     return scales
 
 
-def _encode_rows(model: GeneratorModel, images: torch.Tensor, per_row: bool) -> torch.Tensor:
-    """(B, 3, H, W) images in [0, 1] -> float32 latents; on the CPU one row at a time (batch-invariant)."""
-    device, dtype = model.device, model.dtype
-    x = images.to(device, dtype).mul(2).sub(1)
+def _by_row(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, per_row: bool) -> torch.Tensor:
+    """``fn(x)``, or with ``per_row`` (the CPU) ``fn`` on one row at a time, so a sample's result never
+    depends on the batch it is in (conditioning, VAE encode and decode)."""
     if per_row:
-        return torch.cat([model.encode(x[i : i + 1]).float() for i in range(x.shape[0])])
-    return model.encode(x).float()
+        return torch.cat([fn(x[i : i + 1]) for i in range(x.shape[0])])
+    return fn(x)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -292,7 +292,7 @@ class _ShardRenderer:
                     seeds,
                     scheduler=s.scheduler,
                     steps=s.steps,
-                    guidance_scale=s.guidance_scale if draws is None else draws.guidance_scale,
+                    guidance_scale=s.guidance_scale if draws is None else draws.guidance,
                     identity_scale=s.identity_scale,
                     identity_guide=self.guide,
                     init_images=None if draws is None or self.bank is None else self.bank.batch(draws.style),

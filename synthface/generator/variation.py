@@ -46,12 +46,6 @@ class Draws:
     guidance: np.ndarray  # (B,) float32 CFG scale of each image
     style: np.ndarray  # (B,) int64 style-bank row, -1 for pure noise
 
-    @property
-    def guidance_scale(self) -> float | list[float]:
-        """What :func:`sample_batch` takes: one float when every image shares it."""
-        g = self.guidance
-        return float(g[0]) if len(g) and np.all(g == g[0]) else [float(x) for x in g]
-
 
 def jitter(embedding: np.ndarray, cosine: float, rng: np.random.Generator) -> np.ndarray:
     """``embedding`` moved on the unit sphere to exactly ``cosine`` from it, in a random orthogonal direction.
