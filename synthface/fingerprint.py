@@ -27,20 +27,33 @@ def file_fingerprint(path: Path) -> dict[str, Any]:
     return {"bytes": size, "sha256_ends": digest.hexdigest()}
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a whole file (for manifests that must catch any change, not only at the ends)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def regular_files(root: Path) -> list[Path]:
+    """Every regular file under ``root`` (hidden files and folders skipped), sorted, links followed."""
+    out: list[Path] = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
+        for name in sorted(files):
+            path = Path(folder) / name
+            if not name.startswith(".") and path.is_file():
+                out.append(path)
+    return out
+
+
 def folder_fingerprint(root: Path) -> dict[str, dict[str, Any]]:
     """Every regular file under ``root`` (hidden files and folders skipped), by relative path."""
     root = Path(root)
     if root.is_file():
         return {root.name: file_fingerprint(root)}
-    out: dict[str, dict[str, Any]] = {}
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
-        for name in sorted(files):
-            path = Path(folder) / name
-            if name.startswith(".") or not path.is_file():
-                continue
-            out[path.relative_to(root).as_posix()] = file_fingerprint(path)
-    return out
+    return {path.relative_to(root).as_posix(): file_fingerprint(path) for path in regular_files(root)}
 
 
 def changed_files(before: dict[str, Any], now: dict[str, Any]) -> list[str]:

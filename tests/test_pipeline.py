@@ -169,3 +169,44 @@ def test_model_resolution_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(WeightsError, match="hf download nobody-here/no-such-model"):
         load_model("nobody-here/no-such-model")
+
+
+def test_saved_model_lists_every_file_with_its_sha256_and_loading_checks_them(tmp_path):
+    import hashlib
+
+    path = tiny_native(embedding_dim=EMBED_DIM, image_size=IMAGE_SIZE, seed=5, latent=True).save(tmp_path / "m")
+    files = json.loads((path / "synthface.json").read_text())["files"]
+    on_disk = sorted(f.relative_to(path).as_posix() for f in path.rglob("*") if f.is_file() and f.name != "synthface.json")
+    assert sorted(files) == on_disk and "vae/diffusion_pytorch_model.safetensors" in files
+    for name, entry in files.items():
+        data = (path / name).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    load_native(path)  # intact: loads
+
+    weights = path / "unet" / "diffusion_pytorch_model.safetensors"
+    original = weights.read_bytes()
+    damaged = bytearray(original)
+    damaged[-1] ^= 1  # same size, one bit flipped
+    weights.write_bytes(bytes(damaged))
+    with pytest.raises(InputError, match=r"unet/diffusion_pytorch_model.safetensors does not match its sha256"):
+        load_native(path)
+    weights.write_bytes(original[:-10])
+    with pytest.raises(InputError, match=r"has \d+ bytes where synthface.json says \d+ \(changed or truncated\)"):
+        load_native(path)
+    weights.unlink()
+    with pytest.raises(InputError, match="is missing"):
+        load_native(path)
+
+
+def test_half_precision_weights_load_back_to_nearly_the_same_images(tmp_path):
+    model = tiny_native(embedding_dim=EMBED_DIM, image_size=IMAGE_SIZE, seed=5, latent=True)
+    full = model.save(tmp_path / "fp32")
+    half = model.save(tmp_path / "fp16", weights_dtype=torch.float16)
+    size = lambda p: sum(f.stat().st_size for f in (p / "unet").rglob("*.safetensors"))  # noqa: E731
+    assert size(half) < 0.6 * size(full)
+    assert next(model.unet.parameters()).dtype == torch.float32  # saving did not change the model in memory
+    a, b = load_native(full), load_native(half)
+    assert next(b.unet.parameters()).dtype == torch.float32
+    emb = _embeddings(2)
+    x, y = (sample_batch(m, emb, [1, 2], steps=2, scheduler="ddim") for m in (a, b))
+    assert not torch.equal(x, y) and (x - y).abs().max() < 0.05

@@ -10,6 +10,10 @@ On disk (diffusers layout)::
     MODEL/gallery.parquet    the training faces' conditioning embeddings (written by `synthface train`):
                              `identities.strategy: gallery` draws new identities from their statistics
                              and keeps them away from these real people when no gallery is named
+
+synthface.json's ``files`` lists every other file of the folder with its size and sha256 (written
+last, by :func:`seal`); loading checks them, so a changed or damaged file is an error, never a
+silently different model. Folders written before the manifest existed load without the check.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from synthface.errors import ConfigError, InputError
+from synthface.fingerprint import file_sha256, regular_files
 from synthface.generator.families import Family, register_family
 from synthface.generator.pipeline import GeneratorModel
 from synthface.generator.taef2 import vae_class, vae_downscale_factor
@@ -81,6 +86,8 @@ class NativeMeta:
     format_version: int = FORMAT_VERSION
     # mean of the training conditioning embeddings: subtracted (then re-normalised) at training and sampling
     condition_mean: list[float] | None = None
+    # relative path -> {"bytes": int, "sha256": str} of every other file in the folder (see seal())
+    files: dict[str, dict[str, Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -209,18 +216,66 @@ class NativeGenerator(GeneratorModel):
     def num_parameters(self) -> int:
         return sum(p.numel() for m in self.modules() for p in m.parameters())
 
-    def save(self, path: str | Path) -> Path:
-        """Write the model in diffusers layout plus synthface.json (read back with :func:`load_native`)."""
+    def save(self, path: str | Path, weights_dtype: torch.dtype | None = None) -> Path:
+        """Write the model in diffusers layout plus synthface.json (read back with :func:`load_native`).
+
+        ``weights_dtype`` (e.g. ``torch.float16``) stores the UNet's and the VAE's weights in that
+        precision (half the bytes; loading casts them back to the compute dtype); the projector stays
+        fp32. The folder is sealed: synthface.json lists every file's size and sha256.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.unet.save_pretrained(path / "unet", safe_serialization=True)
+        for name, module in (("unet", self.unet), ("vae", self.vae)):
+            if module is None:
+                continue
+            if weights_dtype is None:
+                module.save_pretrained(path / name, safe_serialization=True)
+                continue
+            before = next(module.parameters()).dtype
+            module.to(dtype=weights_dtype)
+            try:
+                module.save_pretrained(path / name, safe_serialization=True)
+            finally:
+                module.to(dtype=before)
         self.projector.save_pretrained(path / "projector", safe_serialization=True)
-        if self.vae is not None:
-            self.vae.save_pretrained(path / "vae", safe_serialization=True)
         DDPMScheduler.from_config(self.scheduler_config).save_pretrained(path / "scheduler")
         self.meta.latent = self.vae is not None
         self.meta.write(path)
-        return path
+        return seal(path)
+
+
+def seal(path: str | Path) -> Path:
+    """Record the size and sha256 of every file of a model folder (but synthface.json) in synthface.json.
+
+    Call it after the last file is written (``synthface train`` seals again once it adds gallery.parquet).
+    """
+    path = Path(path)
+    meta = NativeMeta.read(path)
+    meta.files = {
+        file.relative_to(path).as_posix(): {"bytes": file.stat().st_size, "sha256": file_sha256(file)}
+        for file in regular_files(path)
+        if file.relative_to(path).as_posix() != META_FILE
+    }
+    meta.write(path)
+    return path
+
+
+def verify_files(path: Path, meta: NativeMeta) -> None:
+    """Raise InputError naming the first file that is missing or differs from synthface.json's manifest."""
+    for name, want in sorted((meta.files or {}).items()):
+        file = path / name
+        fix = f"restore {path} as it was written (re-download or re-export the model)"
+        if not isinstance(want, dict) or not isinstance(want.get("sha256"), str):
+            raise InputError(f"native model {path}: {META_FILE} lists {name} without a sha256: {fix}")
+        if not file.is_file():
+            raise InputError(f"native model {path}: {name} is missing: {fix}")
+        if file.stat().st_size != want.get("bytes"):
+            raise InputError(
+                f"native model {path}: {name} has {file.stat().st_size} bytes where {META_FILE} says "
+                f"{want.get('bytes')} (changed or truncated): {fix}"
+            )
+        if file_sha256(file) != want["sha256"]:
+            raise InputError(f"native model {path}: {name} does not match its sha256 in {META_FILE} (changed or damaged): {fix}")
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -389,6 +444,7 @@ def load_native(path: str | Path, device: torch.device | str = "cpu", dtype: tor
             raise InputError(f"native model {path} lacks its {part}/ folder: re-save or re-download the model")
     if meta.latent and not (path / "vae").is_dir():
         raise InputError(f"native model {path} is latent but has no vae/ folder: re-save the model with its VAE")
+    verify_files(path, meta)
     try:
         unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype)
         projector = IdentityProjector.from_pretrained(path / "projector")

@@ -680,9 +680,10 @@ class Trainer:
         with self._ema_weights(ema, params):
             view.save(tmp)
         if self._gallery is not None and self._gallery.is_file():
-            from synthface.generator.native import GALLERY_FILE
+            from synthface.generator.native import GALLERY_FILE, seal
 
             shutil.copyfile(self._gallery, tmp / GALLERY_FILE)
+            seal(tmp)
         if target.exists():
             shutil.rmtree(target)
         tmp.replace(target)
