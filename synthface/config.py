@@ -121,7 +121,9 @@ class IdentitiesSection(Section):
 class SamplingSection(Section):
     scheduler: Literal["ddpm", "ddim", "dpmsolver++", "lcm"] = "dpmsolver++"
     steps: int = Field(25, ge=1, le=1000)
-    guidance_scale: float = Field(3.0, ge=0.0)
+    guidance_scale: float = Field(
+        3.0, ge=0.0, description="classifier-free guidance scale; <= 1: the conditional branch alone (as diffusers)"
+    )
     identity_scale: float = Field(0.0, ge=0.0)
     batch_size: int = Field(32, ge=1)
     dtype: Literal["fp32", "fp16", "bf16"] = "bf16"
@@ -148,7 +150,8 @@ class VariationSection(Section):
         None,
         min_length=2,
         max_length=2,
-        description="each image's CFG scale drawn from [low, high] (lower: more variation); null: sampling.guidance_scale",
+        description="each image's CFG scale drawn from [low, high] (lower: more variation; <= 1: no CFG); "
+        "null: sampling.guidance_scale",
     )
     style_bank: GlobPath = Field(
         None,
@@ -302,7 +305,7 @@ class GeneratorTrainSection(Section):
     sample_seeds: int = Field(4, ge=1)
     sample_steps: int = Field(25, ge=1)
     sample_scheduler: Literal["ddpm", "ddim", "dpmsolver++"] = "dpmsolver++"
-    guidance_scale: float = Field(3.0, ge=0.0, description="CFG scale of the sample grids")
+    guidance_scale: float = Field(3.0, ge=0.0, description="CFG scale of the sample grids; <= 1: the conditional branch alone")
     device: str = "auto"
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; null: torch's default")
     max_minutes: float | None = Field(None, gt=0, description="stop (checkpoint + export) after this much training time")

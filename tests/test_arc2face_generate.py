@@ -106,6 +106,7 @@ def test_recipes_load_and_name_the_published_settings():
     for r in (quick, full, fast):
         assert r.model == "FoivosPar/Arc2Face" and r.output.image_size == 112
         assert r.filter.embedder != "onnx:FoivosPar/Arc2Face/arcface.onnx"  # the filter uses its own ruler
+        assert r.sampling.dtype == "fp16"  # the precision Arc2Face publishes and runs on CUDA
     assert (quick.sampling.scheduler, quick.sampling.steps, quick.sampling.guidance_scale) == ("dpmsolver++", 25, 3.0)
     assert full.identities.count * full.images_per_identity == 500_000
     assert fast.arc2face.lcm_lora == "latent-consistency/lcm-lora-sdv1-5"

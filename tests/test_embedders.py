@@ -14,8 +14,12 @@ from synthface.faces.embedders import (
 )
 
 
-def tiny_arcface_onnx(path, dim=32, size=112):
-    """A tiny random ArcFace-shaped ONNX model: (N, 3, size, size) -> (N, dim)."""
+def tiny_arcface_onnx(path, dim=32, size=112, inside=(None, None)):
+    """A tiny random ArcFace-shaped ONNX model: (N, 3, size, size) -> (N, dim).
+
+    ``inside`` names a Sub node (- 127.5) and a Mul node (/ 127.5) put first, as mxnet exports
+    normalise their raw-pixel input inside the graph (None: no such node).
+    """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -23,8 +27,18 @@ def tiny_arcface_onnx(path, dim=32, size=112):
     w_conv = rng.normal(size=(8, 3, 8, 8)).astype(np.float32)
     feat = 8 * (size // 8) ** 2
     w_fc = (rng.normal(size=(feat, dim)) / np.sqrt(feat)).astype(np.float32)
-    nodes = [
-        helper.make_node("Conv", ["input", "w_conv"], ["c"], strides=[8, 8]),
+    sub, mul = inside
+    first = []
+    x = "input"
+    if sub is not None:
+        first.append(helper.make_node("Sub", [x, "mean"], ["centred"], name=sub))
+        x = "centred"
+    if mul is not None:
+        first.append(helper.make_node("Mul", [x, "scale"], ["scaled"], name=mul))
+        x = "scaled"
+    constants = [numpy_helper.from_array(np.float32(127.5), "mean"), numpy_helper.from_array(np.float32(1 / 127.5), "scale")]
+    nodes = first + [
+        helper.make_node("Conv", [x, "w_conv"], ["c"], strides=[8, 8]),
         helper.make_node("Relu", ["c"], ["r"]),
         helper.make_node("Flatten", ["r"], ["f"], axis=1),
         helper.make_node("MatMul", ["f", "w_fc"], ["embedding"]),
@@ -34,7 +48,7 @@ def tiny_arcface_onnx(path, dim=32, size=112):
         "tiny_arcface",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])],
-        [numpy_helper.from_array(w_conv, "w_conv"), numpy_helper.from_array(w_fc, "w_fc")],
+        [numpy_helper.from_array(w_conv, "w_conv"), numpy_helper.from_array(w_fc, "w_fc")] + constants,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
@@ -61,6 +75,23 @@ def test_onnx_embedder_from_local_file(tmp_path):
     shifted = [np.pad(imgs[0], ((7, 0), (5, 0), (0, 0)))]
     again = emb.embed(shifted, lms[:1] + [5, 7])
     np.testing.assert_allclose(again[0], out[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("names", [("_minusscalar0", "_mulscalar0"), ("Sub_0", "Mul_1")])
+def test_onnx_graph_that_normalises_inside_gets_raw_pixels(tmp_path, names):
+    plain = get_embedder(f"onnx:{tiny_arcface_onnx(tmp_path / 'plain.onnx')}", device="cpu")
+    inside = get_embedder(f"onnx:{tiny_arcface_onnx(tmp_path / 'inside.onnx', inside=names)}", device="cpu")
+    assert (plain.input_mean, plain.input_std) == (127.5, 127.5)
+    assert (inside.input_mean, inside.input_std) == (0.0, 1.0)  # insightface's rule: the graph subtracts and scales
+    imgs, lms = _random_faces()
+    # the same network, normalised once either way: the same identities
+    np.testing.assert_allclose(inside.embed(imgs, lms), plain.embed(imgs, lms), atol=1e-5)
+
+
+@pytest.mark.parametrize("names", [("_minusscalar0", None), (None, "_mulscalar0"), ("Conv_0", "Relu_1")])
+def test_onnx_graph_that_does_not_both_subtract_and_scale_gets_normalised_pixels(tmp_path, names):
+    emb = get_embedder(f"onnx:{tiny_arcface_onnx(tmp_path / 'half.onnx', inside=names)}", device="cpu")
+    assert (emb.input_mean, emb.input_std) == (127.5, 127.5)
 
 
 def test_onnx_missing_file_and_hub_offline(tmp_path, monkeypatch):

@@ -65,6 +65,25 @@ def test_cfg_runs_cond_and_uncond_in_one_batched_unet_call(model):
         handle.remove()
 
 
+def test_guidance_at_or_below_one_is_the_conditional_branch_alone_as_in_diffusers(model):
+    emb, seeds = _embeddings(3), [1, 2, 3]
+    options = dict(scheduler="ddim", steps=2)
+    calls = []
+    handle = model.unet.register_forward_pre_hook(lambda m, args, kwargs: calls.append(args[0].shape[0]), with_kwargs=True)
+    try:
+        plain = sample_batch(model, emb, seeds, guidance_scale=1.0, **options)
+        for scale in (0.0, 0.5, [0.0, 0.7, 1.0]):
+            calls.clear()
+            assert torch.equal(sample_batch(model, emb, seeds, guidance_scale=scale, **options), plain), scale
+            assert calls == [3, 3]  # never an unconditional row: nothing pushes towards the unconditional output
+    finally:
+        handle.remove()
+    # a scale below 1 beside a guided one renders as 1 would in that batch
+    mixed = sample_batch(model, emb, seeds, guidance_scale=[3.0, 0.5, 2.0], **options)
+    same = sample_batch(model, emb, seeds, guidance_scale=[3.0, 1.0, 2.0], **options)
+    assert torch.equal(mixed, same)
+
+
 def test_guidance_changes_images_and_unconditional_ignores_identity(model):
     emb, seeds = _embeddings(2), [5, 6]
     plain = sample_batch(model, emb, seeds, scheduler="ddim", steps=2, guidance_scale=1.0)

@@ -250,8 +250,37 @@ def resolve_onnx_file(spec: str) -> Path:
     raise WeightsError(f"ONNX model not found: {spec} (give a local .onnx file or ORG/REPO/FILE.onnx on the Hub)")
 
 
+# insightface's rule for ArcFace ONNX graphs (model_zoo/arcface_onnx.py): a graph exported from mxnet
+# subtracts the mean and scales inside, in nodes named Sub*/_minus* and Mul*/_mul* among its first
+# few; such a graph takes raw 0-255 pixels, any other takes (x - 127.5) / 127.5.
+_SELF_NORMALISING_NODES = 8
+_SUB_PREFIXES, _MUL_PREFIXES = ("Sub", "_minus"), ("Mul", "_mul")
+PIXEL_NORMALISATION = (127.5, 127.5)
+
+
+def onnx_input_normalisation(path: str | Path) -> tuple[float, float]:
+    """(mean, std) to feed ``path``'s graph RGB pixels with, ``(x - mean) / std``, decided as insightface decides.
+
+    (0, 1) when the graph's first nodes already subtract and scale (mxnet exports), else
+    :data:`PIXEL_NORMALISATION`; so no model is normalised twice.
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise WeightsError("onnx embedders need the onnx package: pip install 'synthface[onnx]'") from None
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:  # noqa: BLE001 - protobuf raises its own untyped errors
+        raise WeightsError(f"cannot read ONNX model {path}: {type(exc).__name__}") from None
+    names = [node.name for node in graph.node[:_SELF_NORMALISING_NODES]]
+    subtracts = any(name.startswith(_SUB_PREFIXES) for name in names)
+    scales = any(name.startswith(_MUL_PREFIXES) for name in names)
+    return (0.0, 1.0) if subtracts and scales else PIXEL_NORMALISATION
+
+
 class OnnxEmbedder:
-    """An ArcFace-style ONNX model on the 112x112 five-point template crop, RGB, (x - 127.5) / 127.5."""
+    """An ArcFace-style ONNX model on the 112x112 five-point template crop, RGB, normalised as the graph wants
+    (:func:`onnx_input_normalisation`: raw pixels for graphs that normalise inside, else (x - 127.5) / 127.5)."""
 
     def __init__(self, spec: str, device: str = "auto") -> None:
         try:
@@ -267,6 +296,7 @@ class OnnxEmbedder:
             self._session = ort.InferenceSession(str(self.path), providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise WeightsError(f"cannot load ONNX model {self.path}: {str(exc).splitlines()[0][:160]}") from None
+        self.input_mean, self.input_std = onnx_input_normalisation(self.path)
         inp = self._session.get_inputs()[0]
         self._input = inp.name
         shape = inp.shape
@@ -284,7 +314,7 @@ class OnnxEmbedder:
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
         crops = np.stack([warp_face(img, lm, size=self.crop_size) for img, lm in zip(images, lms)])
-        x = (crops.astype(np.float32).transpose(0, 3, 1, 2) - 127.5) / 127.5
+        x = (crops.astype(np.float32).transpose(0, 3, 1, 2) - self.input_mean) / self.input_std
         return l2n(self._session.run(None, {self._input: x})[0].reshape(len(images), -1), np.float32)
 
 

@@ -167,13 +167,17 @@ def tiny_arc2face_model(
     base_path: str | Path | None = None,
     vocab_seed: int | None = None,
     text_layers: int = 2,
+    text_width: int = EMBEDDING_DIM,
+    text_intermediate: int = 64,
 ) -> Path:
     """Write a tiny random Arc2Face replica (a few MB, seeded) to ``path`` and return the path.
 
     The SD 1.5 parts go into ``path`` too (so the directory is its own base), or into ``base_path``
     when given (to exercise ``base_model``). ``vocab_seed`` shuffles the tokenizer's ids.
-    64 px images from 8 px latents, a 2-layer 512-wide CLIP text encoder (the width must hold the
-    512-d ArcFace embedding), and a 2-level UNet with cross-attention.
+    64 px images from 8 px latents, a ``text_layers``-layer CLIP text encoder ``text_width`` wide
+    (at least the 512 of the ArcFace embedding; 768 with ``text_intermediate`` 3072 is the real
+    encoder's width, where the embedding is zero-padded) in heads of 64, and a 2-level UNet whose
+    cross-attention takes that width.
     """
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -192,19 +196,19 @@ def tiny_arc2face_model(
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             block_out_channels=(32, 64),
             layers_per_block=1,
-            cross_attention_dim=EMBEDDING_DIM,
+            cross_attention_dim=text_width,
             attention_head_dim=8,
             norm_num_groups=8,
         )
         config = CLIPTextConfig(
             vocab_size=len(vocab),
-            hidden_size=EMBEDDING_DIM,
-            intermediate_size=64,
+            hidden_size=text_width,
+            intermediate_size=text_intermediate,
             num_hidden_layers=text_layers,
-            num_attention_heads=8,
+            num_attention_heads=text_width // 64,
             max_position_embeddings=77,
             hidden_act="quick_gelu",
-            projection_dim=EMBEDDING_DIM,
+            projection_dim=text_width,
             # SD 1.5's text encoder config carries these (pre-#24773) ids; the pooled output is unused here
             bos_token_id=0,
             eos_token_id=2,

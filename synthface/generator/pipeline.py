@@ -246,9 +246,10 @@ def sample_batch(
     """Sample one batch: images (B, 3, H, W) float32 in [0, 1] on the CPU.
 
     ``embeddings`` (B, D) condition the samples (ignored, may be None, when ``unconditional``);
-    ``seeds`` (B,) seed each sample's own generator. ``guidance_scale`` != 1 runs classifier-free
-    guidance with the conditional and unconditional rows in ONE batched UNet call; a sequence gives
-    each sample its own scale. With ``identity_scale`` > 0 and a differentiable ``identity_guide`` the
+    ``seeds`` (B,) seed each sample's own generator. ``guidance_scale`` > 1 runs classifier-free
+    guidance with the conditional and unconditional rows in ONE batched UNet call; at or below 1 the
+    conditional branch runs alone (diffusers' rule: a scale <= 1 turns guidance off, it never pushes
+    towards the unconditional output); a sequence gives each sample its own scale. With ``identity_scale`` > 0 and a differentiable ``identity_guide`` the
     noise prediction is pushed along the gradient of cos(guide(x0_hat), embedding).
     ``init_images`` (B, 3, H, W) in [0, 1] start each sample from its image, encoded and noised to
     the timestep where the last ``strength`` of the schedule remains (SDEdit); the noise is drawn
@@ -280,7 +281,8 @@ def sample_batch(
     if init_images is not None and tuple(init_images.shape) != (n, 3, model.image_size, model.image_size):
         side = model.image_size
         raise ConfigError(f"init_images must have shape ({n}, 3, {side}, {side}), got {tuple(init_images.shape)}")
-    scales = _guidance_scales(guidance_scale, n)
+    # diffusers' rule: classifier-free guidance only above 1; at or below 1 the conditional branch alone
+    scales = [g if g > 1.0 else 1.0 for g in _guidance_scales(guidance_scale, n)]
     # one scale for every row stays a Python float: the arithmetic (and so the images) of the plain path
     scale: float | torch.Tensor = scales[0] if len(set(scales)) == 1 else torch.tensor(scales, device=device).view(n, 1, 1, 1)
 
