@@ -19,6 +19,8 @@ from synthface.synthetic_vs_real import STEPS, ProtocolError, run_recipe  # noqa
 EXAMPLES = """
     python bench/protocol_lfw.py --recipe recipes/protocol-lfw-cpu.yaml --work runs/protocol-lfw
     python bench/protocol_lfw.py --work runs/protocol-lfw --steps evaluate-real   # one step (its inputs must be done)
+    python bench/protocol_lfw.py --recipe my-protocol.yaml --work runs/protocol-lfw   # with `mixed: true` and `scale:` in it:
+                                        # the real + synthetic arm and the scaling curve (docs/protocol.md)
 """
 
 

@@ -9,7 +9,13 @@ Steps (outputs under WORK):
   generate           synthetic identities x images, filtered           WORK/synthetic
   inspect            the synthetic set's figures                       WORK/synthetic/inspect
   evaluate-synthetic the same recognizer recipe on the synthetic set   WORK/eval-synthetic
+  evaluate-mixed     (with `mixed: true`) the same recipe on the real   WORK/eval-mixed
+                     train half plus the synthetic set, labels disjoint
+  scale-subsets      (with `scale:`) seeded subsets of the synthetic    WORK/scale/NAME, scale/subsets.json
+                     set: so many identities, so many images each
+  evaluate-scale     (with `scale:`) the same recipe on each subset     WORK/eval-scale
   report             side by side, ratio, figures, contact sheets      WORK/report.md, report.json
+                     (+ the mixed row, the scaling curve and its figure)
 
 Resumable: a finished step writes WORK/steps/NAME.json with its fingerprint (the command line,
 the contents of the recipe files it reads and the fingerprints of the steps it depends on). A
@@ -35,9 +41,20 @@ from typing import Callable
 
 import yaml
 
-from synthface.errors import SynthfaceError
+from synthface.errors import ConfigError, SynthfaceError
+from synthface.protocol_scale import (
+    SCALE_DIR,
+    SUBSETS_FILE,
+    plot_scale_curve,
+    scale_curve,
+    scale_points,
+    scale_seed,
+    scale_sets,
+    write_scale_subsets,
+)
 
-STEPS = ["align", "generator", "evaluate-real", "generate", "inspect", "evaluate-synthetic", "report"]
+STEPS = ["align", "generator", "evaluate-real", "generate", "inspect", "evaluate-synthetic", "evaluate-mixed",
+         "scale-subsets", "evaluate-scale", "report"]  # fmt: skip
 DEPENDS = {
     "align": [],
     "generator": ["align"],
@@ -45,8 +62,16 @@ DEPENDS = {
     "generate": ["generator"],
     "inspect": ["generate"],
     "evaluate-synthetic": ["generate", "align"],
-    "report": ["evaluate-real", "evaluate-synthetic", "inspect"],
+    "evaluate-mixed": ["generate", "align"],
+    "scale-subsets": ["generate"],
+    "evaluate-scale": ["scale-subsets", "align"],
+    "report": ["evaluate-real", "evaluate-synthetic", "inspect", "evaluate-mixed", "evaluate-scale"],
 }
+# the code of the in-process steps: part of their fingerprints
+SCALE_CODE = Path(__file__).with_name("protocol_scale.py")
+SUBSET_CODE = Path(__file__).parent / "dataset" / "subset.py"
+# optional steps: on when the protocol recipe has this key
+OPTIONAL = {"evaluate-mixed": "mixed", "scale-subsets": "scale", "evaluate-scale": "scale"}
 
 
 class ProtocolError(SynthfaceError):
@@ -56,9 +81,21 @@ class ProtocolError(SynthfaceError):
 @dataclass
 class Step:
     name: str
-    argv: list[str]
+    argv: list[str]  # a synthface command; empty: ``action`` runs in this process
     outputs: list[Path]
     files: list[Path] = field(default_factory=list)  # recipe files whose content is part of the fingerprint
+    action: Callable[[dict[str, dict]], None] | None = None  # gets the step records
+    key: str = ""  # more of the fingerprint (an in-process step's settings)
+
+
+def active_steps(cfg: dict) -> list[str]:
+    """The steps this protocol recipe runs: the optional ones only when their key is set."""
+    return [n for n in STEPS if n not in OPTIONAL or cfg.get(OPTIONAL[n])]
+
+
+def depends(name: str, cfg: dict) -> list[str]:
+    active = active_steps(cfg)
+    return [d for d in DEPENDS[name] if d in active]
 
 
 def sets(section: dict) -> list[str]:
@@ -92,6 +129,27 @@ def lfw_root(cfg: dict, root: Path) -> Path:
     return lfw_dir((root / cfg["lfw"]).resolve())
 
 
+def model_dir(cfg: dict, work: Path, root: Path) -> Path:
+    """The generator model: the recipe's `generator: {model: DIR}` (relative to ``root``) or the one the generator step trains."""
+    pretrained = cfg["generator"].get("model")
+    return (root / pretrained).resolve() if pretrained else work / "generator" / "model"
+
+
+def model_files(model: Path) -> list[Path]:
+    return sorted(p for p in model.rglob("*") if p.is_file()) if model.is_dir() else [model] if model.is_file() else []
+
+
+def model_sha256(model: Path) -> str:
+    """One digest of a model: sha256 over each file's path (relative to the model) and its own sha256, in path order."""
+    from synthface.dataset.writer import file_sha256
+
+    digest = hashlib.sha256()
+    for path in model_files(model):
+        name = path.relative_to(model).as_posix() if model.is_dir() else path.name
+        digest.update(f"{name}\0{file_sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
 def build_steps(cfg: dict, work: Path, root: Path) -> dict[str, Step]:
     lfw = lfw_root(cfg, root)
     photos = lfw / "lfw-deepfunneled"
@@ -104,17 +162,16 @@ def build_steps(cfg: dict, work: Path, root: Path) -> dict[str, Step]:
     steps["align"] = Step("align", exe + ["align", str(photos), str(aligned), *r, *sets(cfg.get("align", {})),
                                           "--json", str(work / "align.json")], [work / "align.json"], f)  # fmt: skip
     pretrained = cfg["generator"].get("model")
+    model = model_dir(cfg, work, root)
     if pretrained:
         # a generator trained elsewhere (e.g. on a GPU): the step checks that it loads; its weights are in the fingerprint
-        model = (root / pretrained).resolve()
-        weights = sorted(p for p in model.rglob("*") if p.is_file()) if model.is_dir() else []
+        weights = model_files(model) if model.is_dir() else []
         steps["generator"] = Step(
             "generator",
             [sys.executable, "-c", "import sys; from synthface.generator import load_model; load_model(sys.argv[1])", str(model)],
             [model / "synthface.json"], weights,
         )  # fmt: skip
     else:
-        model = work / "generator" / "model"
         r, f = recipe_args(cfg["generator"], root)
         steps["generator"] = Step(
             "generator",
@@ -131,6 +188,27 @@ def build_steps(cfg: dict, work: Path, root: Path) -> dict[str, Step]:
             exe + ["evaluate", *r, *sets(cfg["evaluate"]), "--train", f"{arm}={data}", *extra, *bench,
                    "--out", str(work / f"eval-{arm}"), "--resume", "--json", str(work / f"eval-{arm}.json")],
             [work / f"eval-{arm}" / "report.json"], f + [split, pairs],
+        )  # fmt: skip
+    # real + synthetic: the train half's people (the ImageFolder part) and the whole synthetic set, labels disjoint
+    steps["evaluate-mixed"] = Step(
+        "evaluate-mixed",
+        exe + ["evaluate", *r, *sets(cfg["evaluate"]), "--train", f"mixed={aligned}+{work / 'synthetic'}",
+               "--people", f"mixed={split}:train", *bench, "--out", str(work / "eval-mixed"), "--resume",
+               "--json", str(work / "eval-mixed.json")],
+        [work / "eval-mixed" / "report.json"], f + [split, pairs],
+    )  # fmt: skip
+    if cfg.get("scale"):
+        steps["scale-subsets"] = Step(
+            "scale-subsets", [], [work / SCALE_DIR / SUBSETS_FILE], [SCALE_CODE, SUBSET_CODE],
+            action=lambda records: write_scale_subsets(cfg, work),
+            key=json.dumps({"points": scale_points(cfg), "seed": scale_seed(cfg)}),
+        )  # fmt: skip
+        trains = [x for n, path in scale_sets(work).items() for x in ("--train", f"{n}={path}")]
+        steps["evaluate-scale"] = Step(
+            "evaluate-scale",
+            exe + ["evaluate", *r, *sets(cfg["evaluate"]), *trains, *bench, "--out", str(work / "eval-scale"), "--resume",
+                   "--json", str(work / "eval-scale.json")],
+            [work / "eval-scale" / "report.json"], f + [split, pairs],
         )  # fmt: skip
     r, f = recipe_args(cfg["generate"], root)
     procs = int(cfg["generate"].get("processes", 1))
@@ -155,15 +233,19 @@ def build_steps(cfg: dict, work: Path, root: Path) -> dict[str, Step]:
         [work / "inspect.json", work / "synthetic" / "inspect" / "contact_sheet.png"], f,
     )  # fmt: skip
     # the report is made here: this module's code is part of its fingerprint
-    steps["report"] = Step("report", [], [work / "report.md", work / "report.json"], [Path(__file__)])
+    steps["report"] = Step("report", [], [work / "report.md", work / "report.json"], [Path(__file__), SCALE_CODE],
+                           action=lambda records: make_report(cfg, work, records, root))  # fmt: skip
     return steps
 
 
-def fingerprint(step: Step, records: dict[str, dict]) -> str:
+def fingerprint(step: Step, records: dict[str, dict], deps: list[str] | None = None) -> str:
+    """The step's command line, settings and recipe files, and the fingerprints of ``deps`` (default: all it may depend on)."""
+    deps = DEPENDS[step.name] if deps is None else deps
     h = hashlib.sha256(json.dumps(step.argv).encode())
+    h.update(step.key.encode())
     for path in step.files:
         h.update(path.read_bytes())
-    for dep in DEPENDS[step.name]:
+    for dep in deps:
         h.update(records.get(dep, {}).get("fingerprint", "missing").encode())
     return h.hexdigest()
 
@@ -221,43 +303,88 @@ def real_contact_sheet(aligned: Path, split: Path, out: Path, people: int = 12, 
     save_png(image_grid(rows, scale=1), out)
 
 
+def _arm(report: dict, name: str, bench: str, tar: str) -> dict:
+    res, trained = report["results"][name][bench], report["training"][name]
+    return {"accuracy": res["accuracy"], "accuracy_std": res["accuracy_std"], tar: res[tar],
+            "identities": trained.get("identities"), "images": trained.get("images")}  # fmt: skip
+
+
 def make_report(cfg: dict, work: Path, records: dict[str, dict], root: Path) -> None:
     real, synth = load(work / "eval-real" / "report.json"), load(work / "eval-synthetic" / "report.json")
     gen, insp = load(work / "generate.json"), load(work / "inspect.json")
     bench = real["benchmarks"][0]
-    r, s = real["results"]["real"][bench], synth["results"]["synthetic"][bench]
+    r = real["results"]["real"][bench]
     tar = next(k for k in r if k.startswith("tar_at_far"))
     real_contact_sheet(work / "lfw-aligned", root / cfg["split"], work / "real_contact_sheet.png")
     steps_time = {n: records[n].get("seconds") for n in STEPS if n in records}
+    model = model_dir(cfg, work, root)
     summary = {
         "benchmark": bench,
-        "real": {"accuracy": r["accuracy"], "accuracy_std": r["accuracy_std"], tar: r[tar],
-                 "identities": real["training"]["real"].get("identities"), "images": real["training"]["real"].get("images")},
-        "synthetic": {"accuracy": s["accuracy"], "accuracy_std": s["accuracy_std"], tar: s[tar],
-                      "identities": synth["training"]["synthetic"].get("identities"),
-                      "images": synth["training"]["synthetic"].get("images")},
-        "ratio": s["accuracy"] / r["accuracy"],
+        "real": _arm(real, "real", bench, tar),
+        "synthetic": _arm(synth, "synthetic", bench, tar),
         "generate": gen,
         "inspect": insp,
         "step_seconds": steps_time,
         "total_seconds": sum(v for v in steps_time.values() if v),
-    }  # fmt: skip
+    }
+    summary["ratio"] = summary["synthetic"]["accuracy"] / summary["real"]["accuracy"]
+    # the fields the scale protocol names (docs/protocol.md): the synthetic arm is the equal-size arm
+    # when its recipe generates the real arm's identities x images
+    summary["real_accuracy"] = summary["real"]["accuracy"]
+    summary["equal_size"] = {**summary["synthetic"], "ratio": summary["ratio"]}
+    summary["model"] = str(model)
+    summary["model_sha256"] = model_sha256(model)
+    summary["evaluate_recipe"] = cfg["evaluate"]
+    summary["commands"] = {n: records[n]["argv"] for n in STEPS if records.get(n, {}).get("argv")}
+    active = active_steps(cfg)
+    if "evaluate-mixed" in active:
+        mixed = load(work / "eval-mixed" / "report.json")
+        m = summary["mixed"] = {**_arm(mixed, "mixed", bench, tar), "parts": mixed["training"]["mixed"].get("parts")}
+        m["minus_real"] = m["accuracy"] - r["accuracy"]
+        m["above_fold_std"] = m["minus_real"] > max(m["accuracy_std"], r["accuracy_std"])
+    if "evaluate-scale" in active:
+        summary["curve"] = scale_curve(work, bench, tar)
+        plot_scale_curve(summary["curve"], tar, work / "scale_curve.png")
     (work / "report.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
 
     def row(name: str, d: dict) -> str:
         return (f"| {name} | {100 * d['accuracy']:.2f} ± {100 * d['accuracy_std']:.2f} | {100 * d[tar]:.1f} | "
                 f"{d['identities']} | {d['images']} |")  # fmt: skip
 
+    mixed_lines = []
+    if "mixed" in summary:
+        m = summary["mixed"]
+        mixed_lines = [
+            f"Real + synthetic minus real alone: {100 * m['minus_real']:+.2f} points (fold std: real "
+            f"{100 * r['accuracy_std']:.2f}, real + synthetic {100 * m['accuracy_std']:.2f}; "
+            f"{'above' if m['above_fold_std'] else 'not above'} the fold std).", "",
+        ]  # fmt: skip
+    curve_lines = []
+    if "curve" in summary:
+        curve_lines = [
+            "## Scaling curve", "",
+            f"Seeded subsets of the synthetic set (seed {summary['curve'][0]['seed']}, nested: the smaller subsets are "
+            "inside the larger), the same recognizer recipe on each (`eval-scale/`, subsets in `scale/`).", "",
+            "| subset | identities | images | images per identity | accuracy (%) | TAR@FAR=1e-3 (%) |",
+            "| --- | --- | --- | --- | --- | --- |",
+            *(f"| {c['subset']} | {c['identities']} | {c['images']} | {c['images_per_identity']:.2f} | "
+              f"{100 * c['accuracy']:.2f} ± {100 * c['accuracy_std']:.2f} | {100 * c[tar]:.1f} |" for c in summary["curve"]),
+            "", "![scaling curve](scale_curve.png)", "",
+        ]  # fmt: skip
     lines = [
         "# synthface protocol: synthetic versus real (scaled-down, LFW)", "",
         f"Same recognizer recipe, trained on each set, tested on {bench} ({r.get('pairs', '')} pairs among the test-half people).", "",
+        f"Generator model: `{summary['model']}` (sha256 {summary['model_sha256']}).", "",
         "| training set | accuracy (%) | TAR@FAR=1e-3 (%) | identities | images |", "| --- | --- | --- | --- | --- |",
-        row("real (LFW train half)", summary["real"]), row("synthetic (synthface)", summary["synthetic"]), "",
+        row("real (LFW train half)", summary["real"]), row("synthetic (synthface)", summary["synthetic"]),
+        *([row("real + synthetic", summary["mixed"])] if "mixed" in summary else []), "",
         f"**Ratio synthetic / real accuracy: {summary['ratio']:.3f}**", "",
+        *mixed_lines,
         f"Filter: {insp['acceptance']['passed']} of {insp['acceptance']['candidates']} candidates passed "
         f"(acceptance {100 * insp['acceptance']['rate']:.1f}%); identities kept {insp['identities']} of "
         f"{insp['identities_planned']}, dropped: {json.dumps(insp.get('identities_dropped', {}))}; images per identity "
         f"{insp['images_per_identity']['mean']:.2f} (min {insp['images_per_identity']['min']:.0f}).", "",
+        *curve_lines,
         "## Synthetic set", "", "```json", json.dumps({k: gen.get(k) for k in sorted(gen) if not isinstance(gen.get(k), (dict, list))}, indent=1), "```", "",
         "Figures: `synthetic/inspect/` (similarity.png, candidate_scores.png, contact_sheet.png); real contact sheet: "
         "`real_contact_sheet.png`; ROC curves and training curves: `eval-real/`, `eval-synthetic/`.", "",
@@ -274,20 +401,21 @@ def run(cfg: dict, work: Path, only: list[str] | None, log: Callable[[str], None
     "ran" or "skipped". ``log`` gets a line per step."""
     records = {n: r for n in STEPS if (r := read_record(work, n)) is not None}
     outcome: dict[str, str] = {}
-    for name in STEPS:
+    for name in active_steps(cfg):
         if only and name not in only:
             continue
-        for dep in DEPENDS[name]:
+        deps = depends(name, cfg)
+        for dep in deps:
             if dep not in records:
                 raise ProtocolError(f"step {name} needs step {dep} first: run it (or drop --steps)")
         step = build_steps(cfg, work, root)[name]
-        fp = fingerprint(step, records)
+        fp = fingerprint(step, records, deps)
         old = records.get(name)
         if old and old.get("fingerprint") == fp and all(p.exists() for p in step.outputs):
             log(f"[{name}] up to date, skipped (done {old['finished']}, {old['seconds']:.0f} s)")
             outcome[name] = "skipped"
             continue
-        log(f"[{name}] running: {' '.join(step.argv[2:]) if step.argv else 'report'}")
+        log(f"[{name}] running: {' '.join(step.argv[2:]) if step.argv else name}")
         attempts = read_attempts(work, name, fp)
         t0 = time.time()
         if step.argv:
@@ -298,8 +426,13 @@ def run(cfg: dict, work: Path, only: list[str] | None, log: Callable[[str], None
                 attempts.append(round(time.time() - t0, 1))  # an interrupted attempt's time still counts
                 write_attempts(work, name, fp, attempts)
                 raise ProtocolError(f"step {name} failed (exit {done.returncode}); fix the cause and rerun: it resumes")
-        else:
-            make_report(cfg, work, records, root)
+        elif step.action is not None:
+            try:
+                step.action(records)
+            except SynthfaceError as exc:
+                attempts.append(round(time.time() - t0, 1))
+                write_attempts(work, name, fp, attempts)
+                raise ProtocolError(f"step {name} failed: {exc}") from None
         missing = [str(p) for p in step.outputs if not p.exists()]
         if missing:
             raise ProtocolError(f"step {name} finished without writing {', '.join(missing)}")
@@ -322,6 +455,15 @@ def run_recipe(recipe: Path, work: Path, only: list[str] | None, log: Callable[[
     if not recipe.is_file():
         raise ProtocolError(f"recipe not found: {recipe}")
     cfg = yaml.safe_load(recipe.read_text())
+    off = [n for n in only or [] if n not in active_steps(cfg)]
+    if off:
+        raise ProtocolError(f"step {off[0]} is off in {recipe}: add `{OPTIONAL[off[0]]}:` to it (docs/protocol.md)")
+    if cfg.get("scale"):
+        try:  # a bad `scale:` is refused before any step runs
+            scale_points(cfg)
+            scale_seed(cfg)
+        except ConfigError as exc:
+            raise ProtocolError(f"{recipe}: {exc}") from None
     if not (lfw_root(cfg, root) / "lfw-deepfunneled").is_dir():
         from synthface.lfw import not_found
 

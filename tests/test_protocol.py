@@ -7,6 +7,7 @@ themselves have their own tests); what is tested here is the driver's bookkeepin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -62,7 +63,8 @@ def setup(tmp_path, protocol, monkeypatch):
 def test_second_run_recomputes_nothing(protocol, setup):
     cfg, work, calls, _, _ = setup
     first = protocol.run(cfg, work, None, lambda m: None, ROOT)
-    assert calls == protocol.STEPS and set(first.values()) == {"ran"}
+    assert calls == protocol.active_steps(cfg) and set(first.values()) == {"ran"}
+    assert "evaluate-mixed" not in calls and "scale-subsets" not in first  # optional steps are off unless asked for
     generate_argv = json.loads((work / "steps" / "generate.json").read_text())["argv"]
     assert f"identities.gallery={work / 'cache' / 'faces-abc.parquet'}" in generate_argv  # the generator's own cache
     calls.clear()
@@ -121,13 +123,19 @@ def test_protocol_recipe_sections_are_valid_recipes():
         load_recipe(model, ROOT / section["recipe"], sets)
 
 
-def test_a_pretrained_generator_is_checked_and_fingerprinted_by_its_weights(tmp_path, protocol):
+def pretrained(tmp_path: Path, weights: str) -> tuple[dict, Path]:
+    """The latent protocol recipe naming a tiny model folder (synthface.json, unet/WEIGHTS)."""
     model = tmp_path / "model"
     (model / "unet").mkdir(parents=True)
     (model / "synthface.json").write_text("{}")
-    (model / "unet" / "weights.safetensors").write_bytes(b"a")
+    (model / "unet" / weights).write_bytes(b"a")
     cfg = yaml.safe_load((ROOT / "recipes" / "protocol-lfw-latent.yaml").read_text())
     cfg["generator"]["model"] = str(model)
+    return cfg, model
+
+
+def test_a_pretrained_generator_is_checked_and_fingerprinted_by_its_weights(tmp_path, protocol):
+    cfg, model = pretrained(tmp_path, "weights.safetensors")
     work = tmp_path / "work"
     steps = protocol.build_steps(cfg, work, ROOT)
     gen, generate = steps["generator"], steps["generate"]
@@ -151,3 +159,130 @@ def test_lfw_comes_from_synthface_lfw_when_set(tmp_path, protocol, monkeypatch):
         str((ROOT / cfg["lfw"]).resolve() / "lfw-deepfunneled")
         in protocol.build_steps(cfg, tmp_path / "work", ROOT)["align"].argv
     )
+
+
+# --------------------------------------------------------------------------- real + synthetic, the scaling curve
+
+
+@pytest.fixture()
+def with_arms(setup, protocol, monkeypatch):
+    """The optional steps on; the fake generate step writes a real tiny synthetic set (3 identities x 3 images)."""
+    from test_recognition_data import render_identities, write_shard
+
+    cfg, work, calls, fail, evaluate = setup
+    cfg["mixed"] = True
+    cfg["scale"] = {"identities": [2, 3], "images_per_identity": [1, 3], "seed": 0}
+    fake_run = protocol.subprocess.run
+
+    def run_and_generate(argv, cwd=None, env=None):
+        done = fake_run(argv, cwd=cwd, env=env)
+        if calls[-1] == "generate":
+            write_shard(work / "synthetic", render_identities(3, 3, seed=4))
+        return done
+
+    monkeypatch.setattr(protocol.subprocess, "run", run_and_generate)
+    return setup
+
+
+def test_mixed_and_scale_steps_run_and_resume(protocol, with_arms):
+    cfg, work, calls, _, evaluate = with_arms
+    outcome = protocol.run(cfg, work, None, lambda m: None, ROOT)
+    assert list(outcome) == protocol.STEPS and set(outcome.values()) == {"ran"}
+    assert calls.index("evaluate-mixed") < calls.index("evaluate-scale") < calls.index("report")
+    mixed = json.loads((work / "steps" / "evaluate-mixed.json").read_text())["argv"]
+    split = ROOT / cfg["split"]
+    assert f"mixed={work / 'lfw-aligned'}+{work / 'synthetic'}" in mixed and f"mixed={split}:train" in mixed
+    assert mixed[mixed.index("--recipe") + 1] == str(evaluate)  # the same recognizer recipe as both arms
+    manifest = json.loads((work / "scale" / "subsets.json").read_text())
+    subsets = manifest["subsets"]
+    assert [(n, s["identities"], s["images"]) for n, s in subsets.items()] == [
+        ("ids2", 2, 6), ("ids3", 3, 9), ("per1", 3, 3), ("per3", 3, 9)
+    ]  # fmt: skip
+    assert subsets["per3"]["same_as"] == "ids3" and not (work / "scale" / "per3").exists()  # the same rows: trained once
+    scale = json.loads((work / "steps" / "evaluate-scale.json").read_text())["argv"]
+    trains = [scale[i + 1] for i, a in enumerate(scale) if a == "--train"]
+    assert trains == [f"{n}={work / 'scale' / n}" for n in ("ids2", "ids3", "per1")]
+
+    calls.clear()
+    assert set(protocol.run(cfg, work, None, lambda m: None, ROOT).values()) == {"skipped"} and calls == []
+    cfg["scale"]["seed"] = 1  # other subsets: they, their evaluation and the report rerun, nothing else
+    outcome = protocol.run(cfg, work, None, lambda m: None, ROOT)
+    assert [n for n, o in outcome.items() if o == "ran"] == ["scale-subsets", "evaluate-scale", "report"]
+
+
+def test_optional_steps_are_refused_when_off_and_bad_scale_settings_before_running(protocol, tmp_path):
+    recipe = tmp_path / "protocol.yaml"
+    cfg = yaml.safe_load((ROOT / "recipes" / "protocol-lfw-cpu.yaml").read_text())
+    (tmp_path / "lfw" / "lfw-deepfunneled").mkdir(parents=True)
+    cfg["lfw"] = str(tmp_path / "lfw")
+    recipe.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(protocol.ProtocolError, match="step evaluate-mixed is off .* add `mixed:`"):
+        protocol.run_recipe(recipe, tmp_path / "work", ["evaluate-mixed"], lambda m: None, ROOT)
+    for scale, message in (({"identities": [0]}, "positive whole numbers"), ({"seed": 1}, "names no subset"), ([3], "mapping")):
+        recipe.write_text(yaml.safe_dump({**cfg, "scale": scale}))
+        with pytest.raises(protocol.ProtocolError, match=message):
+            protocol.run_recipe(recipe, tmp_path / "work", ["align"], lambda m: None, ROOT)
+    assert not (tmp_path / "work" / "steps").exists()
+
+
+def test_report_has_the_scale_fields(protocol, tmp_path, monkeypatch):
+    from synthface.dataset.writer import file_sha256
+
+    cfg, model = pretrained(tmp_path, "w.bin")
+    cfg["mixed"], cfg["scale"] = True, {"identities": [2], "images_per_identity": [1, 3]}
+    work = tmp_path / "work"
+
+    def write(rel: str, data: dict) -> None:
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        (work / rel).write_text(json.dumps(data))
+
+    def evaluation(rel: str, sets: dict[str, tuple[float, float, int, int]]) -> None:
+        write(rel, {"benchmarks": ["lfw-test"],
+                    "results": {n: {"lfw-test": {"accuracy": a, "accuracy_std": s, "tar_at_far_1e-3": a / 4, "pairs": 6000}}
+                                for n, (a, s, _, _) in sets.items()},
+                    "training": {n: {"identities": i, "images": m} for n, (_, _, i, m) in sets.items()}})  # fmt: skip
+
+    evaluation("eval-real/report.json", {"real": (0.80, 0.02, 838, 4900)})
+    evaluation("eval-synthetic/report.json", {"synthetic": (0.70, 0.03, 838, 5028)})
+    evaluation("eval-mixed/report.json", {"mixed": (0.83, 0.02, 1676, 9928)})
+    evaluation("eval-scale/report.json", {"ids2": (0.6, 0.05, 2, 12), "per1": (0.62, 0.04, 838, 838)})
+    info = {"images_per_identity": {"mean": 6.0}, "rows_sha256": "r", "identities_requested": 2, "per_identity_requested": None}
+    write("scale/subsets.json", {"seed": 0, "subsets": {
+        "ids2": {**info, "identities": 2, "images": 12},
+        "per1": {**info, "identities": 838, "images": 838, "images_per_identity": {"mean": 1.0}, "identities_requested": None,
+                 "per_identity_requested": 1},
+        "per3": {**info, "identities": 838, "images": 2514, "images_per_identity": {"mean": 3.0}, "identities_requested": None,
+                 "per_identity_requested": 3, "same_as": "per1"}}})  # fmt: skip
+    write("generate.json", {"images": 5028})
+    write("inspect.json", {"acceptance": {"passed": 1, "candidates": 2, "rate": 0.5}, "identities": 838,
+                           "identities_planned": 900, "images_per_identity": {"mean": 6.0, "min": 2}})  # fmt: skip
+    monkeypatch.setattr(protocol, "real_contact_sheet", lambda *a, **k: None)
+    records = {"evaluate-mixed": {"argv": ["python", "-m", "synthface", "evaluate", "--train", "mixed=a+b"], "seconds": 3}}
+    protocol.make_report(cfg, work, records, ROOT)
+
+    report = json.loads((work / "report.json").read_text())
+    assert report["real_accuracy"] == 0.80
+    assert report["equal_size"]["accuracy"] == 0.70 and report["equal_size"]["ratio"] == pytest.approx(0.70 / 0.80)
+    assert (report["equal_size"]["identities"], report["equal_size"]["images"]) == (838, 5028)
+    assert report["mixed"]["accuracy"] == 0.83 and report["mixed"]["accuracy_std"] == 0.02
+    assert report["mixed"]["minus_real"] == pytest.approx(0.03) and report["mixed"]["above_fold_std"] is True
+    assert [(c["subset"], c["identities"], c["images_per_identity"], c["accuracy"], c["accuracy_std"]) for c in report["curve"]] == [
+        ("ids2", 2, 6.0, 0.6, 0.05), ("per1", 838, 1.0, 0.62, 0.04), ("per3", 838, 3.0, 0.62, 0.04)
+    ]  # fmt: skip
+    manual = hashlib.sha256()
+    for rel in ("synthface.json", "unet/w.bin"):
+        manual.update(f"{rel}\0{file_sha256(model / rel)}\n".encode())
+    assert report["model_sha256"] == manual.hexdigest()
+    assert report["commands"] == {"evaluate-mixed": records["evaluate-mixed"]["argv"]}
+    assert (work / "scale_curve.png").read_bytes()[:4] == b"\x89PNG"
+    md = (work / "report.md").read_text()
+    assert "| real + synthetic | 83.00 ± 2.00 |" in md and "+3.00 points" in md and "| per1 | 838 | 838 | 1.00 |" in md
+    assert report["model_sha256"] in md
+
+
+def test_an_in_process_step_that_fails_is_a_protocol_error(protocol, setup):
+    cfg, work, _, _, _ = setup
+    cfg["scale"] = {"identities": [2]}  # the fake generate step writes no shards to take subsets of
+    with pytest.raises(protocol.ProtocolError, match="step scale-subsets failed: no committed shards"):
+        protocol.run(cfg, work, None, lambda m: None, ROOT)
+    assert len(json.loads((work / "steps" / "scale-subsets.attempts.json").read_text())["seconds"]) == 1

@@ -19,6 +19,7 @@ EPILOG = example(
     """
 synthface evaluate --recipe recipes/evaluate-cpu-small.yaml --train real=/data/lfw-aligned --people real=bench/data/lfw_split.json:train --bench lfw-test=bench/data/lfw_test_pairs.txt:/data/lfw-aligned --out runs/eval
 synthface evaluate --recipe recipes/evaluate-casia-scale.yaml --train synth=runs/synth10k --train casia=/data/casia/train.rec --bench lfw=/data/lfw.bin --bench cfp_fp=/data/cfp_fp.bin --out runs/paper
+synthface evaluate --recipe recipes/evaluate-casia-scale.yaml --train real=/data/casia/train.rec --train mixed=/data/casia/train.rec+runs/synth10k --bench lfw=/data/lfw.bin --out runs/mixed
 synthface evaluate --bench-only runs/eval/runs/real/recognizer.pt --bench lfw=/data/lfw.bin --out runs/recheck
 """
 )
@@ -52,7 +53,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--train",
                 help="NAME=PATH of a training set: synthface dataset folder (Parquet shards), ImageFolder "
-                "(one sub-folder per identity), or InsightFace train.rec (repeatable).",
+                "(one sub-folder per identity), or InsightFace train.rec (repeatable). NAME=A+B+... trains on "
+                "the parts combined, their identities kept apart (docs/evaluate.md).",
                 show_default=False,
             ),
         ] = None,
@@ -68,8 +70,9 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option(
                 "--people",
-                help="NAME=FILE restricting ImageFolder training set NAME to the listed identities: a text "
-                "file (one per line) or FILE.json:KEY (e.g. bench/data/lfw_split.json:train).",
+                help="NAME=FILE restricting ImageFolder training set NAME (or the ImageFolder parts of a "
+                "combined NAME=A+B) to the listed identities: a text file (one per line) or FILE.json:KEY "
+                "(e.g. bench/data/lfw_split.json:train).",
                 show_default=False,
             ),
         ] = None,

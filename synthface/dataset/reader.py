@@ -377,6 +377,23 @@ def predecode(dataset: FaceImages, workers: int = 0, batch_size: int = 256, prog
     return out
 
 
+def training_set_format(path: str | Path) -> str:
+    """What ``path`` holds as a training set: ``"recordio"`` (a ``.rec`` file or a folder holding
+    ``train.rec``), ``"shards"`` (Parquet files in ``data/`` or in the folder) or ``"imagefolder"``."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"training set {path} does not exist")
+    if path.is_file():
+        if path.suffix == ".rec":
+            return "recordio"
+        raise InputError(f"training set {path} is a file but not a RecordIO .rec: pass a folder or train.rec")
+    if (path / "train.rec").is_file():
+        return "recordio"
+    if any(data_folder(path).glob("*.parquet")):
+        return "shards"
+    return "imagefolder"
+
+
 def open_training_set(
     path: str | Path,
     size: int | None = None,
@@ -386,15 +403,10 @@ def open_training_set(
 ) -> FaceImages:
     """Open shards, an ImageFolder or a RecordIO file by looking at what ``path`` holds."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"training set {path} does not exist")
-    if path.is_file():
-        if path.suffix == ".rec":
-            return RecordIOFaces(path, size, min_images)
-        raise InputError(f"training set {path} is a file but not a RecordIO .rec: pass a folder or train.rec")
-    if (path / "train.rec").is_file():
-        return RecordIOFaces(path / "train.rec", size, min_images)
-    if any(data_folder(path).glob("*.parquet")):
+    kind = training_set_format(path)
+    if kind == "recordio":
+        return RecordIOFaces(path if path.is_file() else path / "train.rec", size, min_images)
+    if kind == "shards":
         if people is not None:
             raise InputError("a people list selects ImageFolder identities; it does not apply to shards")
         return ShardFaces(path, size, min_images, verify=verify)

@@ -19,7 +19,7 @@ from synthface.config import GenerateRecipe, diff_keys, read_resolved, resume_gu
 from synthface.dataset.locks import PartLock, RunLock
 from synthface.atomic import atomic_write_json, clean_temp
 from synthface.dataset.shards import committed_markers
-from synthface.dataset.writer import SHARD_FILES, read_marker
+from synthface.dataset.writer import INPUTS_FILE, SHARD_FILES, read_marker
 from synthface.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 IDENTITIES_FILE = "identities.parquet"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
-INPUTS_FILE = "inputs.json"
 
 # the files of a run in --out and in data/ (clean_temp removes only temp files of these)
 RUN_FILES = re.compile(r"config\.yaml|identities\.parquet|summary\.json|inputs\.json|README\.md")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from synthface.config import EvaluateRecipe, config_dict, config_hash, write_resolved
+from synthface.dataset.combined import check_parts
 from synthface.errors import InputError
 from synthface.output_folder import check_output_folder
 from synthface.runtime import Progress
@@ -27,9 +28,8 @@ def _check_inputs(trains: dict[str, str], benches: dict[str, str], people: dict[
     unknown = sorted(set(people) - set(trains))
     if unknown:
         raise InputError(f"--people names {', '.join(unknown)} match no --train name")
-    missing = [f"{n}={p}" for n, p in trains.items() if not Path(p).exists()]
-    if missing:
-        raise InputError(f"training set {missing[0]} does not exist: pass a dataset folder, ImageFolder or train.rec")
+    for name, spec in trains.items():
+        check_parts(name, spec)
 
 
 def evaluate_training_sets(
@@ -43,11 +43,14 @@ def evaluate_training_sets(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Train on each of ``trains`` (name -> path; ``people``: name -> people list) and verify on each
-    of ``benches`` (name -> spec); returns the report (plus the paths of report.md and report.json),
+    of ``benches`` (name -> spec); a path may be several joined by ``+``, read as one set with
+    disjoint labels (:mod:`synthface.dataset.combined`; its parts are in ``training[name]["parts"]``). Every
+    training set is opened, and so checked, before anything is written. Returns the report (plus the paths of report.md and report.json),
     empty on every process but the main one."""
     from accelerate import PartialState
 
-    from synthface.dataset.reader import open_training_set, read_people
+    from synthface.dataset.combined import CombinedFaces, open_training_spec
+    from synthface.dataset.reader import read_people
     from synthface.recognition.benchmarks import evaluate_benchmark, load_benchmark
     from synthface.recognition.report import write_report
     from synthface.recognition.train import input_size_of, load_recognizer, train_recognizer
@@ -61,6 +64,17 @@ def evaluate_training_sets(
         busy = [n for n in trains if (runs / n / "checkpoint.pt").exists()]
         if busy:
             raise InputError(f"{out} already holds training runs ({', '.join(busy)}): pass --resume or choose a new --out")
+    size = input_size_of(config)
+    datasets = {
+        name: open_training_spec(
+            name,
+            spec,
+            size=size,
+            min_images=config.train.min_images,
+            people=read_people(people[name]) if name in people else None,
+        )
+        for name, spec in (trains.items() if bench_only is None else ())
+    }
     if state.is_main_process:
         write_resolved(config, out)
 
@@ -98,12 +112,11 @@ def evaluate_training_sets(
         results[name] = test(backbone, int(meta["input_size"]))
         training[name] = {"recognizer": str(bench_only), **meta.get("meta", {})}
     else:
-        size = input_size_of(config)
-        for name, path in trains.items():
-            people_list = read_people(people[name]) if name in people else None
-            dataset = open_training_set(path, size=size, min_images=config.train.min_images, people=people_list)
+        for name, dataset in datasets.items():
             result = train_recognizer(dataset, config, runs / name, name=name, resume=resume, progress=progress)
-            training[name] = {"path": path, **result.summary()}
+            training[name] = {"path": trains[name], **result.summary()}
+            if isinstance(dataset, CombinedFaces):
+                training[name]["parts"] = dataset.composition()
             histories[name] = result.history
             if state.is_main_process:
                 backbone, _ = load_recognizer(result.recognizer, device)

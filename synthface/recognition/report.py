@@ -7,6 +7,8 @@
   ``tar_at_far_1e-3``, ``threshold``, ``auc``, ``pairs``, fold details...);
 * ``average[set]``: mean ``accuracy`` and ``tar_at_far_1e-3`` over the benchmarks;
 * ``training[set]``: the training run summary (steps, images, identities, wall_s, images_per_s...);
+  for a combined set (``--train NAME=A+B``) also ``parts``: per part ``path``, ``format``,
+  ``identities``, ``images`` and ``label_offset`` (its first label in the combined set);
 * ``plots``: ``roc`` {bench: png} and ``training`` png, relative to the report folder;
 * ``recipe``: the resolved recipe and ``config_hash``.
 """
@@ -127,6 +129,17 @@ def render_markdown(report: dict[str, Any], title: str = "synthface evaluate") -
                 f"{t.get('epochs', 'n/a')} | {t.get('wall_s', 'n/a')} | {t.get('images_per_s', 'n/a')} | "
                 f"{'n/a' if loss is None else f'{loss:.3f}'} | {_fmt_pct(acc)} |"
             )
+    combined = {s: training[s]["parts"] for s in sets if training.get(s, {}).get("parts")}
+    if combined:
+        lines += ["", "## Combined training sets", "", "| training set | part | format | identities | images | labels |"]
+        lines.append("|" + " --- |" * 6)
+        for s, parts in combined.items():
+            for p in parts:
+                first = p["label_offset"]
+                lines.append(
+                    f"| {s} | {p['path']} | {p['format']} | {p['identities']} | {p['images']} | "
+                    f"{first}-{first + p['identities'] - 1} |"
+                )
     plots = report.get("plots") or {}
     if plots:
         lines += ["", "## Plots", ""]
