@@ -66,7 +66,7 @@ def build_sets(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", choices=["aligned", "raw"], default="aligned")
-    ap.add_argument("--aligned", type=Path, default=Path("/work/data/lfw-aligned"))
+    ap.add_argument("--aligned", type=Path, default=Path("data/lfw-aligned"))
     ap.add_argument("--raw", type=Path, default=lfw_dir(REPO.parent / "shared" / "data" / "lfw") / IMAGES)
     ap.add_argument("--embedder", default="dlib")
     ap.add_argument("--fraction", type=float, default=0.10)

@@ -13,7 +13,7 @@ Reference rows, same protocol:
 
 Example (the figures in BENCHMARKS.md):
 
-    python bench/identification.py --model /work/runs/native-cpu-small/model --aligned /work/data/lfw-aligned \
+    python bench/identification.py --model runs/native-cpu-small/model --aligned data/lfw-aligned \
         --guidance 3 --guidance 1 --guidance 5 --out bench/results/train_identification.json \
         --sheet bench/results/train_contact_sheet.png
 """

@@ -48,6 +48,7 @@ from synthface.generator.pipeline import generate  # noqa: E402
 from synthface.generator.planning import identity_guide_for  # noqa: E402
 from synthface.gallery import read_embeddings_parquet  # noqa: E402
 from synthface.identities import Gaussian, accept_sequential, gaussian_draw  # noqa: E402
+from synthface.recognition.embedder import PREFIX as RECOGNIZER_PREFIX, RecognizerEmbedder  # noqa: E402
 from synthface.recognition.verification import evaluate_scores  # noqa: E402
 from synthface.generator.training.report import image_grid, save_png  # noqa: E402
 
@@ -59,6 +60,13 @@ def embed_aligned(embedder, crops: list[np.ndarray] | np.ndarray, scale: float, 
         chunk = [np.asarray(c) for c in crops[start : start + batch]]
         out.append(embedder.embed(chunk, template_landmarks(chunk[0].shape[0], len(chunk), scale=scale)))
     return np.concatenate(out) if out else np.zeros((0, embedder.dim), np.float32)
+
+
+def make_judge(name: str):
+    """An embedder by registry name, or ``recognizer:PATH`` (a recognizer.pt trained by `synthface evaluate`)."""
+    if name.startswith(RECOGNIZER_PREFIX):
+        return RecognizerEmbedder(name[len(RECOGNIZER_PREFIX) :])
+    return get_embedder(name)
 
 
 def detection_rate(detector: FaceDetector, images: np.ndarray, threshold: float = 0.9) -> float:
@@ -118,7 +126,8 @@ def main() -> None:
         "--judges",
         default=None,
         help="comma-separated judging embedders (default: dlib and the conditioning embedder, which always "
-        "judges too); e.g. --judges sface on a machine without dlib (docs/device.md)",
+        "judges too); e.g. --judges sface on a machine without dlib (docs/device.md); recognizer:PATH judges with a "
+        "recognizer.pt trained by `synthface evaluate`",
     )
     ap.add_argument("--device", default="cpu", help="torch device of the model, MTCNN and identity guidance (cuda on a GPU)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/identity.json"))
@@ -130,7 +139,7 @@ def main() -> None:
     size, scale = model.image_size, model.template_scale if model.template_scale is not None else 1.0
     cond_embedder = get_embedder(model.embedder)
     names_j = [j.strip() for j in (args.judges or "dlib").split(",") if j.strip() and j.strip() != model.embedder]
-    judges = {model.embedder: cond_embedder} | {j: get_embedder(j) for j in names_j}  # name -> embedder
+    judges = {model.embedder: cond_embedder} | {j: make_judge(j) for j in names_j}  # name -> embedder
     detector = FaceDetector(device=args.device)
 
     # ---- real references
@@ -243,6 +252,10 @@ def main() -> None:
         else None,
         "detection_rate": base["detection_rate"],
         "chance": 1.0 / len(names),
+        "id_rate_by_judge": {j: base[j]["top1"] for j in judges},
+        "synthetic_pair_accuracy_by_judge": {j: base["new_identities"][j]["accuracy"] for j in judges}
+        if new_ids is not None
+        else None,
         "train_cpu_minutes": train_minutes,
         "real_roundtrip_top1": roundtrip,
         "runs": runs,

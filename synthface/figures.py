@@ -20,8 +20,12 @@ def save_figure(fig: Any, path: str | Path) -> Path:
 
 
 def hist_ax(ax: Any, series: dict[str, np.ndarray], title: str, xlabel: str, lines: dict[str, float] | None = None,
-             unit: str = "images") -> None:  # fmt: skip
-    """Overlaid density histograms on ``ax``; each legend entry counts its values in ``unit``."""
+             unit: str = "images", empty_note: str = "no values to plot") -> None:  # fmt: skip
+    """Overlaid density histograms on ``ax``; each legend entry counts its values in ``unit``.
+
+    A panel with no finite value at all says so (``empty_note``) instead of staying blank."""
+    if not any(np.isfinite(np.asarray(v, np.float64)).any() for v in series.values()):
+        ax.text(0.5, 0.5, empty_note, ha="center", va="center", wrap=True, fontsize=9, transform=ax.transAxes)
     for name, values in series.items():
         values = np.asarray(values, np.float64)
         values = values[np.isfinite(values)]

@@ -149,3 +149,56 @@ def test_similarity_pairs_samples_distinct_pairs_of_large_sets() -> None:
     intra, inter = similarity_pairs(emb, labels, max_pairs=1000)
     assert len(intra) == 50 * 6 and len(inter) == 1000
     assert len(np.unique(np.round(inter, 12))) == 1000  # distinct pairs, never one pair counted twice
+
+
+def test_inspect_says_first_when_the_images_are_not_faces(unfiltered: Path, tmp_path: Path) -> None:
+    """A tiny random model renders noise: MTCNN finds no face, and the headline says so before any figure."""
+    res = CliRunner().invoke(app, ["inspect", str(unfiltered), "--out", str(tmp_path / "r"), "--embedder", "none"])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.strip().splitlines() if not line.startswith("inspect: ")]  # not progress
+    first = lines[0]
+    assert first == "warning: faces found in 0% of images: the figures below describe non-faces"
+    assert "images of" in lines[1]  # the headline comes after the warning
+    report = json.loads((tmp_path / "r" / "inspect.json").read_text())
+    assert report["quality"]["detection"]["rate"] == 0.0 and report["warnings"] == [first[len("warning: ") :]]
+    page = (tmp_path / "r" / "report.html").read_text()
+    body = page[page.index("</h1>") :]
+    assert body.index("describe non-faces") < body.index("images of")  # the report's first line
+
+
+def test_a_panel_with_nothing_to_plot_says_why(tmp_path: Path) -> None:
+    from unittest import mock
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from synthface.figures import hist_ax
+
+    fig, ax = plt.subplots()
+    with mock.patch.object(ax, "text", wraps=ax.text) as text:
+        hist_ax(ax, {"this dataset": np.array([np.nan])}, "separability", "cosine", None, "identities", "one identity")
+    assert any(call.args[2] == "one identity" for call in text.call_args_list)
+    with mock.patch.object(ax, "text", wraps=ax.text) as text:
+        hist_ax(ax, {"this dataset": np.array([0.2, 0.3])}, "separability", "cosine")
+    assert not text.call_args_list
+    plt.close(fig)
+
+
+def test_leakage_figure_counts_the_identities_the_dataset_has(tmp_path: Path) -> None:
+    """The generate-time leakage cosines cover every planned identity; the report counts only the kept ones."""
+    import pyarrow.parquet as pq
+
+    _real_gallery(tmp_path / "real.parquet")
+    out = make_filtered_dataset(tmp_path, "filter.threshold=0.15", "filter.merge_threshold=0.2", "filter.leakage=1.0",
+                                f"filter.gallery={tmp_path / 'real.parquet'}")  # fmt: skip
+    planned = pq.read_table(out / "identities.parquet")
+    kept = planned.column("kept").to_pylist()
+    assert 0 < sum(kept) < len(kept)  # some identities were dropped by the filter
+    res = CliRunner().invoke(app, ["inspect", str(out), "--out", str(tmp_path / "r"), "--embedder", "none",
+                                   "--set", "detector=none", "--json", "-"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["leakage"]["source"] == "generate"
+    assert report["leakage"]["identities"] == report["identities"] == sum(kept)

@@ -87,6 +87,8 @@ def inspect_cmd(
     acc = report.get("acceptance", {}).get("rate")
     cons = report["quality"].get("consistency", {}).get("cos_to_centre", {}).get("mean")
     ref = report["quality"].get("reference", {})
+    for warning in report.get("warnings") or []:
+        console.print(f"warning: {warning}", highlight=False, markup=False)
     console.print(
         f"{report['images']} images of {report['identities']} identities in {report['shards']} shards"
         + (f", filter acceptance {100 * acc:.1f}%" if acc is not None else "")

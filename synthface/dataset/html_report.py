@@ -146,6 +146,7 @@ def metric_table(report: dict[str, Any]) -> list[dict[str, str]]:
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; background: #fff; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
+p.warning { font-weight: bold; color: #a00; border-left: 4px solid #a00; padding-left: 0.6em; }
 table.metrics { border-collapse: collapse; font-size: 0.9em; }
 table.metrics th, table.metrics td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
 table.metrics td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
@@ -190,6 +191,8 @@ def render(report: dict[str, Any], rows: list[SheetRow], figures: dict[str, Path
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">', f"<title>{esc(title)}</title>",
         f"<style>{_STYLE}</style>", f"<script>{_SCRIPT}</script>", "</head>", "<body>", f"<h1>{esc(title)}</h1>",
     ]  # fmt: skip
+    for warning in report.get("warnings") or []:
+        parts.append(f'<p class="warning" id="warning">{esc(warning)}</p>')
     quality = report.get("quality", {})
     facts = [f"{report.get('images')} images of {report.get('identities')} identities in {report.get('shards')} shards"]
     if quality.get("images"):

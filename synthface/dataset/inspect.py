@@ -36,6 +36,7 @@ from synthface.dataset.quality_report import (
     detect_poses,
     get_detector,
     embed_crops,
+    non_face_warning,
     per_identity,
     quality_figure,
     quality_thresholds,
@@ -391,6 +392,9 @@ def _report(src: Path, out: Path, stage: Path, shards: list[Path], rows: Any, in
     if path is not None:
         report["files"]["quality"] = written(path)
         figures["quality metrics"] = path
+    warning = non_face_warning(quality)
+    if warning:
+        report["warnings"] = [warning]
     identities_sampled = per_identity(rows, sampled, lab, emb, cos_centre, poses, quality)
     quality["per_identity"] = identities_sampled
     quality["definitions"] = QUALITY_DEFINITIONS
@@ -411,7 +415,9 @@ def _report(src: Path, out: Path, stage: Path, shards: list[Path], rows: Any, in
     # leakage
     leak: dict[str, Any] = {}
     if identities is not None and "leakage_cosine" in identities.column_names:
-        cos = np.asarray(identities.column("leakage_cosine").to_numpy(zero_copy_only=False), np.float64)
+        # the identities the dataset has: a planned identity the filter dropped is not in it
+        in_dataset = np.asarray(identities.column("kept").to_numpy(zero_copy_only=False), bool)
+        cos = np.asarray(identities.column("leakage_cosine").to_numpy(zero_copy_only=False), np.float64)[in_dataset]
         thr = (json.loads((src / "summary.json").read_text()).get("filter", {}).get("leakage", {}).get("threshold")
                if (src / "summary.json").is_file() else None)  # fmt: skip
         if np.isfinite(cos).any():

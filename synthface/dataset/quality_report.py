@@ -156,6 +156,18 @@ def detect_poses(det: Any, det_name: str, crops: list[np.ndarray], lab: np.ndarr
     return poses, figures
 
 
+# Below this share of images with a detected face, the quality figures describe non-faces.
+MIN_FACE_RATE = 0.5
+
+
+def non_face_warning(quality: dict[str, Any]) -> str | None:
+    """The report's first line when the detector found a face in fewer than MIN_FACE_RATE of the images."""
+    rate = (quality.get("detection") or {}).get("rate")
+    if rate is None or rate >= MIN_FACE_RATE:
+        return None
+    return f"faces found in {100 * rate:.0f}% of images: the figures below describe non-faces"
+
+
 def reference_crops(data: Any, limit: int, seed: int, side: int, per_person: int) -> tuple[list[np.ndarray], np.ndarray]:
     """Up to ``limit`` reference images as uint8 HWC at ``side`` px: people in a seeded order, at most
     ``per_person`` images each; their labels."""
@@ -241,7 +253,8 @@ def quality_figure(stage: Path, quality: dict[str, Any], emb: np.ndarray | None,
                        {"threshold": thr} if thr is not None else None, "images"))  # fmt: skip
         dup = quality["separability"].get("duplicate_threshold")
         panels.append((near, "separability: each identity centre vs the nearest other", "cosine",
-                       {"duplicate": dup} if dup is not None else None, "identities"))  # fmt: skip
+                       {"duplicate": dup} if dup is not None else None, "identities",
+                       "one identity: there is no other identity to compare with"))  # fmt: skip
     found = np.isfinite(poses[:, 0])
     if found.any():
         panels.append(({n: poses[found, i] for i, n in enumerate(("yaw", "pitch", "roll"))},
