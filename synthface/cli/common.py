@@ -267,6 +267,29 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def count(n: int, word: str, plural: str | None = None) -> str:
+    """``n`` and the word, singular for 1: "1 identity", "24 identities", "1 image"."""
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
+def _flags_show_no_type() -> None:
+    """typer's rich help gives every option a type column, on/off flags too (``--version <bool>``),
+    which reads as if the flag took a value; a flag shows none."""
+    option = getattr(typer.core, "TyperOption", None)
+    show = getattr(option, "display_type_rich", None)
+    if show is None or getattr(show, "_synthface", False):
+        return
+
+    def display_type_rich(self: Any, ctx: click.Context) -> str | None:
+        return None if getattr(self, "is_flag", False) and self.metavar is None else show(self, ctx)
+
+    display_type_rich._synthface = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich
+
+
+_flags_show_no_type()
+
+
 def example(text: str) -> str:
     """Help epilog with a worked example (rich markup-safe)."""
     return "[bold]Example:[/]\n\n" + "\n\n".join(f"  $ {line}" for line in text.strip().splitlines())
