@@ -47,7 +47,10 @@ class BrokenImport:
         return f"{self.package} does not import{also}: {self.error}; found {found}; likely cause: {self.cause}; fix: {self.fix}"
 
     def pointer(self) -> str:
-        """One line for the commands other than doctor: what failed, and where the diagnosis is."""
+        """One line for the commands other than doctor: what failed, and where the diagnosis is (a
+        package that is not installed at all needs no diagnosis: the line names its install)."""
+        if self.versions.get(self.package) == "not installed":
+            return f"{self.package} is not installed: {self.fix}"
         return f"{self.package} does not import ({self.error}): run `synthface doctor` for the cause and the fix"
 
     def to_dict(self) -> dict[str, Any]:

@@ -102,6 +102,12 @@ def test_culprit_is_the_innermost_package_not_the_wrapper():
     found = culprit(info.value)
     assert found is not None and found.package == "torch" and found.error == "RuntimeError: boom"
     assert culprit(ValueError("a bug, not an import")) is None
+    missing = culprit(ModuleNotFoundError("No module named 'dlib'", name="dlib"))
+    assert missing is not None and missing.package == "dlib"
+    if installed_version("dlib") is None:
+        assert missing.pointer().startswith("dlib is not installed: pip install")
+    else:
+        assert missing.pointer().endswith("run `synthface doctor` for the cause and the fix")
 
 
 # --------------------------------------------------------------------------- for real, in a subprocess
