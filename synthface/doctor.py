@@ -1,4 +1,5 @@
-"""Environment report: python, the torch build and devices, packages, and the weights runs load.
+"""Environment report: python, the torch build and devices, packages that do not import (and why:
+:mod:`synthface.broken_imports`), and the weights runs load.
 
 Without a recipe it checks every embedder and the Arc2Face recipe's complete file set (plus the
 LCM-LoRA of its fast mode); with a generate recipe, exactly what that run loads
@@ -11,6 +12,7 @@ import importlib.metadata as md
 import platform
 from typing import Any
 
+from synthface.broken_imports import BrokenImport
 from synthface.needs import Need, embedder_need, generate_needs, hub_need
 
 PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "facenet-pytorch", "dlib-bin",
@@ -85,11 +87,15 @@ def default_needs() -> list[Need]:
     return out
 
 
-def report(needs: list[Need] | None = None) -> dict[str, Any]:
+def report(needs: list[Need] | None, broken: list[BrokenImport]) -> dict[str, Any]:
+    """The environment as a dict; ``broken``: the packages that do not import (:func:`check_imports`):
+    with torch among them there is no torch report; ``needs`` None: the weights were not checked
+    (what a run loads cannot be listed while its packages do not import)."""
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": _versions(),
-        "torch": _torch_report(),
-        "weights": [n.to_dict() for n in (needs if needs is not None else default_needs())],
+        "torch": None if any(b.package == "torch" for b in broken) else _torch_report(),
+        "imports": [b.to_dict() for b in broken],
+        "weights": None if needs is None else [n.to_dict() for n in needs],
     }

@@ -38,10 +38,29 @@ class Need:
                 "fetch": self.fetch, "missing": self.missing, "size": self.size}  # fmt: skip
 
 
+def size_text(nbytes: int) -> str:
+    """A size for people, in decimal units as the Hub shows them: "3.4 GB", "135 MB", "12 kB"."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.3g} {unit}"
+    return f"{nbytes} B"
+
+
+def bytes_on_disk(root: Path, patterns: tuple[str, ...] = ("**/*",)) -> int:
+    """Bytes of the files under ``root`` (a folder, or a file) that ``patterns`` match (globs relative to
+    it; a cached Hub snapshot's links count as the files they point to)."""
+    if root.is_file():
+        return root.stat().st_size
+    found = {p for pattern in patterns for p in root.glob(pattern)}
+    return sum(p.stat().st_size for p in found if p.is_file())
+
+
 def hub_need(files: HubFiles, used_for: str, size: str = "") -> Need:
     from synthface import hub
 
     root, missing = hub.status(files)
+    if root is not None and not size:  # what is here: the whole size of a complete copy
+        size = size_text(bytes_on_disk(root, tuple(f"**/{p}" if p.startswith("*") else p for p in files.patterns)))
     where = str(root) if root is not None else (f"hf://{files.spec}" if files.is_hub else files.spec)
     present = root is not None and not missing
     if not files.is_hub:  # a local directory: nothing to fetch, only to fix
@@ -76,14 +95,15 @@ def embedder_need(name: str, used_for: str) -> Need:
         path = embedders.facenet_cache_path(variant)
         url = embedders.FACENET_RELEASE + embedders.FACENET_FILES[variant]
         return Need(f"{name} ({embedders.FACENET_FILES[variant]})", used_for, path.is_file(), str(path),
-                    f"synthface download --embedder {name}", size="~107 MB",
+                    f"synthface download --embedder {name}", size=size_text(path.stat().st_size) if path.is_file() else "~107 MB",
                     fetcher=lambda progress: fetch_url(url, path, progress))  # fmt: skip
     if name.startswith("onnx:"):
         spec = name[len("onnx:") :]
         hub_file = embedders.onnx_hub_file(spec)
         if hub_file is None:
             path = Path(spec).expanduser()
-            return Need(f"ONNX model {spec}", used_for, path.is_file(), str(path), f"pass an existing .onnx file ({name})")
+            return Need(f"ONNX model {spec}", used_for, path.is_file(), str(path), f"pass an existing .onnx file ({name})",
+                        size=size_text(path.stat().st_size) if path.is_file() else "")  # fmt: skip
         repo, filename = hub_file
         need = hub_need(HubFiles("ONNX model", repo, (filename,), (filename,), "--embedder onnx:"), used_for)
         need.name, need.fetch = f"ONNX model {spec}", f"synthface download --embedder {name}"

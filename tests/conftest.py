@@ -14,6 +14,18 @@ SHARED_DATA = Path(os.environ.get("SYNTHFACE_SHARED_DATA", REPO.parent / "shared
 LFW = lfw_dir(SHARED_DATA / "lfw")  # $SYNTHFACE_LFW, else ../shared/data/lfw
 LFW_IMAGES = LFW / IMAGES
 LFW_PAIRS = LFW / PAIRS
+TAEF2 = REPO.parent / "shared" / "models" / "taef2"  # README, section "TAEF2"
+
+
+def lfw_missing(what: str = "LFW", root: Path = LFW) -> str:
+    """The skip reason when LFW is absent: where it was looked for, and the README section that explains it."""
+    return f"{not_found(root, what)} (README, section 'LFW')"
+
+
+def taef2_missing(folder: Path = TAEF2) -> str:
+    """The skip reason when the TAEF2 weights are absent."""
+    return f"the TAEF2 weights are not in {folder}: README, section 'TAEF2', says where they come from"
+
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -22,14 +34,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def lfw_images() -> Path:
     if not LFW_IMAGES.is_dir():
-        pytest.skip(not_found(LFW, f"real LFW images ({IMAGES}/)"))
+        pytest.skip(lfw_missing(f"real LFW images ({IMAGES}/)"))
     return LFW_IMAGES
 
 
 @pytest.fixture(scope="session")
 def lfw_pairs() -> Path:
     if not LFW_PAIRS.is_file():
-        pytest.skip(not_found(LFW, f"LFW {PAIRS}"))
+        pytest.skip(lfw_missing(f"LFW {PAIRS}"))
     return LFW_PAIRS
 
 

@@ -251,6 +251,7 @@ def test_export_overwrite_replaces_an_earlier_export_whole(dataset, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert len(list(out.rglob("*.png"))) == 8 and not (out / "99999").exists()
     assert "exported 8 images of 4 identities" in result.stderr
+    assert "export images (imagefolder): 8/8 (" in result.stderr  # the progress line counts images of a known total
 
 
 def test_export_overwrite_refuses_a_folder_it_did_not_write(dataset, tmp_path):

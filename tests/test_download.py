@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -133,8 +134,10 @@ def run(*args: object):
 def doctor_rows(tmp_path: Path, *args: object) -> dict[str, dict]:
     out = tmp_path / "doctor.json"
     res = run("doctor", *args, "--json", out)
-    assert res.exit_code == 0, res.output
-    return {w["name"]: w for w in json.loads(out.read_text())["weights"]}
+    rows = {w["name"]: w for w in json.loads(out.read_text())["weights"]}
+    # a named run (--recipe) with a file missing exits 4, so a script can use doctor as its check
+    assert res.exit_code == (0 if all(w["present"] for w in rows.values()) else 4), res.output
+    return rows
 
 
 def test_download_recipe_fetches_every_file_the_run_loads(fake_hub: FakeHub, facenet_server: dict, tmp_path: Path) -> None:
@@ -174,8 +177,13 @@ def test_doctor_checks_every_file_a_run_loads(fake_hub: FakeHub, tmp_path: Path)
     base = rows[f"Stable Diffusion 1.5 base {BASE_REPO}"]
     assert not base["present"] and base["missing"] == ["vae/diffusion_pytorch_model.safetensors"]
     assert rows[f"Arc2Face model {REPO}"]["present"]
+    assert all(re.fullmatch(r"[\d.]+ (GB|MB|kB|B)", w["size"]) for w in rows.values())  # on disk, partial copies too
+    assert rows[f"Arc2Face model {REPO}"]["size"] != base["size"]
     res = run("doctor", "--recipe", recipe)
     assert "incomplete" in res.output and f"synthface download --recipe {recipe}" in res.output.replace("\n", "")
+    assert res.exit_code == 4 and res.output.strip().splitlines()[-1] == (
+        f"error: 1 of the 3 weights this run loads is missing or incomplete: Stable Diffusion 1.5 base {BASE_REPO}"
+    )
     fake_hub.online = False  # and generate agrees: the run cannot load it
     from synthface.generator.families import load_model
 

@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from conftest import LFW_IMAGES
+from conftest import LFW_IMAGES, lfw_missing
 from test_recognition_data import make_pairs, render_identities, write_image_folder, write_shard
 from typer.testing import CliRunner
 
 from synthface.cli.app import app
 from synthface.errors import InputError
-from synthface.lfw import not_found
 from synthface.recognition.benchmarks import load_benchmark, split_spec
 from synthface.recognition.protocols import read_pairs
 from synthface.recognition.protocols.binfile import write_bin
@@ -208,7 +207,7 @@ def test_help_has_a_worked_example():
 
 
 @pytest.mark.lfw
-@pytest.mark.skipif(not LFW.is_dir(), reason=not_found(LFW.parent, "real LFW images"))
+@pytest.mark.skipif(not LFW.is_dir(), reason=lfw_missing("real LFW images", LFW.parent))
 def test_lfw_split_is_disjoint_and_pairs_use_only_test_people():
     split = json.loads((ROOT / "bench" / "data" / "lfw_split.json").read_text())
     train, test = set(split["train"]), set(split["test"])

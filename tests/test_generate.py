@@ -48,6 +48,7 @@ def first_run(model_dir, tmp_path_factory):
 def test_generate_writes_the_dataset_layout(first_run):
     out, summary, text = first_run
     assert "wrote 8 images of 4 identities in 2 shards" in text
+    assert "generating: 8/8 (" in text and "accepted=" not in text  # filter off: every image is kept, no count
     assert summary["images"] == 8 and summary["identities_kept"] == 4 and summary["shards_written"] == 2
     assert (out / "config.yaml").is_file() and (out / "identities.parquet").is_file() and (out / "summary.json").is_file()
     names = sorted(p.name for p in (out / "data").iterdir())
@@ -63,6 +64,14 @@ def test_generate_writes_the_dataset_layout(first_run):
     assert ids.column("kept").to_pylist() == [True] * 4 and ids.schema.field("embedding").type.list_size == 128
     marker = json.loads((out / "data" / ".train-00001-of-00002.json").read_text())
     assert marker["rows"] == 4 and marker["identities"] == [2, 4] and marker["config_hash"] == summary["config_hash"]
+
+
+def test_one_of_each_is_singular(model_dir, tmp_path):
+    sets = [x for s in RECIPE_SETS if not s.startswith(("identities.count", "images_per"))
+            for x in ("--set", s)]  # fmt: skip
+    code, text = _cli("--model", str(model_dir), "--out", str(tmp_path / "one"), *sets, "--set", "identities.count=1",
+                      "--set", "images_per_identity=1")  # fmt: skip
+    assert code == 0 and "wrote 1 image of 1 identity in 1 shard (" in text, text
 
 
 def test_dataset_loads_with_hugging_face_datasets(first_run):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import TAEF2, taef2_missing
 
 from synthface.errors import WeightsError
 from synthface.generator import generate, load_model, sample_batch
@@ -28,7 +28,7 @@ from synthface.generator.taef2 import (
 from synthface.testing import TinyEmbedder, tiny_native
 from synthface.generator.training.loop import load_vae
 
-TAEF2_DIR = Path(__file__).resolve().parents[2] / "shared" / "models" / "taef2"
+TAEF2_DIR = TAEF2
 EMBED_DIM = 128
 IMAGE_SIZE = 32
 
@@ -36,7 +36,7 @@ IMAGE_SIZE = 32
 @pytest.fixture(scope="module")
 def taef2_dir():
     if not all((TAEF2_DIR / name).is_file() for name in (ENCODER_FILE, DECODER_FILE)):
-        pytest.skip(f"the TAEF2 weights are not at {TAEF2_DIR} (clone the repo with ../shared beside it)")
+        pytest.skip(taef2_missing(TAEF2_DIR))
     return TAEF2_DIR
 
 
@@ -79,7 +79,7 @@ def test_real_taef2_shapes_and_interface(taef2, one_thread):
 def test_real_face_round_trip_psnr(taef2, lfw_images, one_thread):
     path = lfw_images / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
     if not path.is_file():
-        pytest.skip(f"{path} not found")
+        pytest.skip(f"{path} not found (README, section 'LFW')")
     x = _centre_crop(path)
     with torch.no_grad():
         y = taef2.decode(taef2.encode(x).latent_dist.mean).sample.clamp(-1, 1)

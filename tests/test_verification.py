@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import LFW, lfw_missing
 from PIL import Image
 
 from synthface.errors import InputError
-from synthface.lfw import lfw_dir, not_found
 from synthface.recognition.protocols import PairsProtocol, load_protocol, read_pairs, split_folds
 from synthface.recognition.verification import (
     best_threshold,
@@ -22,8 +22,6 @@ from synthface.recognition.verification import (
     pair_scores,
     plot_roc,
 )
-
-LFW = lfw_dir(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lfw")
 
 
 # --------------------------------------------------------------------------- brute-force references
@@ -379,7 +377,7 @@ def test_load_image_from_path(tmp_path):
 @pytest.mark.lfw
 def test_real_lfw_pairs():
     if not (LFW / "pairs.txt").is_file():
-        pytest.skip(not_found(LFW))
+        pytest.skip(lfw_missing(root=LFW))
     proto = read_pairs(LFW / "pairs.txt", LFW / "lfw-deepfunneled")
     assert proto.n_pairs == 6000 and proto.n_folds == 10 and proto.same_pairs == 3000
     for f in range(10):

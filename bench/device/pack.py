@@ -1,8 +1,8 @@
 """Pack what the prepared GPU run needs into the ignored folder .device/ (docs/device.md).
 
 The GPU machine is bare and offline (its image holds torch, accelerate, transformers, typer, pyarrow,
-onnx, onnxruntime, opencv, pyyaml, rich, filelock, scikit-learn, safetensors, huggingface-hub;
-/work/.library/device/KINDS.md). What synthface needs there and the image lacks travels here, with the
+onnx, onnxruntime, opencv, pyyaml, rich, filelock, scikit-learn, safetensors, huggingface-hub).
+What synthface needs there and the image lacks travels here, with the
 working tree, as `carry: [".device"]`, within a budget (56 MiB: the 64 MiB the working tree may weigh,
 less room for the repository itself):
 
@@ -20,8 +20,13 @@ less room for the repository itself):
                                            test/<Person>/<image>.webp (the 50 test-half people with the
                                            most images: bench/identity.py's --aligned set)
 
-The crops come from 192 px loose crops (``synthface align SRC /work/data/lfw-loose192 --set
-image_size=192 --set template_scale=0.6``), resized with LANCZOS. The WebP quality is the highest of
+The crops come from 192 px loose crops (``synthface align LFW/lfw-deepfunneled data/lfw-loose192
+--set image_size=192 --set template_scale=0.6``), resized with LANCZOS. ``--src`` (or
+$SYNTHFACE_LFW_LOOSE192) names them; without either, ``data/lfw-loose192`` in the repository, and
+when that is absent they are made here from the LFW photos (``--lfw``, else $SYNTHFACE_LFW, else
+../shared/data/lfw; README, section "LFW"): for a dry run only the few people it packs (about 40
+photos, a minute or two, kept in ~/.cache/synthface/lfw-loose192-dry), else all of LFW (about 25
+minutes on 2 CPU threads; an interrupted build resumes). The WebP quality is the highest of
 90/85/80/75/70 whose projected total fits (``--quality auto``), or the one given. The LFW test pairs'
 images are not packed: the scaled protocol does not fit the device run's time (docs/device.md).
 
@@ -51,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from synthface.dataset.writer import file_sha256 as sha256  # noqa: E402
+from synthface.errors import SynthfaceError  # noqa: E402
 from synthface.files import images_in  # noqa: E402
 
 MIB = 1 << 20
@@ -71,9 +77,11 @@ TAEF2_FILES = ("taef2_encoder.pth", "taef2_decoder.pth", "LICENSE")
 SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
 QUALITIES = (90, 85, 80, 75, 70)
 ALIGN_HINT = (
-    "make it with: synthface align ../shared/data/lfw/lfw-deepfunneled /work/data/lfw-loose192 "
-    "--set image_size=192 --set template_scale=0.6 (about 25 minutes on 2 CPU threads), or pass --src"
+    "make it with: synthface align LFW/lfw-deepfunneled data/lfw-loose192 --set image_size=192 "
+    "--set template_scale=0.6 (about 25 minutes on 2 CPU threads), or pass --src"
 )
+LOOSE = {"image_size": 192, "template_scale": 0.6}  # the loose crops the pack is made from
+DEFAULT_SRC = ROOT / "data" / "lfw-loose192"
 
 
 class Refused(Exception):
@@ -144,6 +152,78 @@ def sface_file(explicit: str | None) -> Path:
     if not path.is_file():
         raise Refused(f"SFace model file missing: {path}")
     return path
+
+
+def lfw_photos(explicit: str | None) -> Path:
+    """The LFW photos (lfw-deepfunneled/): under ``--lfw``, else $SYNTHFACE_LFW, else ../shared/data/lfw."""
+    from synthface.lfw import IMAGES, lfw_dir, not_found
+
+    root = Path(explicit) if explicit else lfw_dir(ROOT.parent / "shared" / "data" / "lfw")
+    if not (root / IMAGES).is_dir():
+        raise Refused(
+            f"the loose crops are made from LFW, but {not_found(root, 'the LFW photos')} (README, section 'LFW'; or pass --lfw)"
+        )
+    return root / IMAGES
+
+
+def dry_run_people(photos: Path, split_path: Path) -> dict[str, list[Path]]:
+    """The photos a dry run packs, chosen as :func:`select_images` chooses among crops: the 4 train-half
+    people with the most photos and 2 with one photo, the 3 test-half people with the most; 5 each at most."""
+    split = json.loads(split_path.read_text(encoding="utf-8"))
+
+    def counted(names: list[str]) -> list[tuple[str, list[Path]]]:
+        out = [(n, images_in(photos / n)) for n in names if (photos / n).is_dir()]
+        return sorted([(n, f) for n, f in out if f], key=lambda p: (-len(p[1]), p[0]))
+
+    train, test = counted(split["train"]), counted(split["test"])
+    chosen = train[:4] + sorted((p for p in train if len(p[1]) == 1), key=lambda p: p[0])[:2] + test[:3]
+    return {name: files[:5] for name, files in chosen}
+
+
+def make_loose_crops(photos: Path, dst: Path, people: dict[str, list[Path]] | None = None) -> None:
+    """Align LFW ``photos`` into ``dst`` as the pack's loose crops (192 px, template scale 0.6): every
+    person, or only ``people`` (name -> photos). Crops already there are kept (a rerun resumes)."""
+    import tempfile
+
+    from synthface.config import AlignRecipe
+    from synthface.faces.align_folder import align_folder
+
+    what = f"{sum(map(len, people.values()))} photos of {len(people)} people" if people else "all of LFW (about 25 minutes)"
+    print(f"making the loose crops {dst} from {photos}: {what}", flush=True)
+    recipe = AlignRecipe(**LOOSE, workers=1)
+    try:
+        if people is None:
+            summary = align_folder(photos, dst, recipe)
+        else:
+            with tempfile.TemporaryDirectory(prefix="synthface-lfw-subset-") as tmp:
+                for name, files in people.items():  # a tree of links: align_folder keeps the person folders
+                    (Path(tmp) / name).mkdir()
+                    for f in files:
+                        (Path(tmp) / name / f.name).symlink_to(f.resolve())
+                summary = align_folder(tmp, dst, recipe)
+    except (SynthfaceError, OSError) as exc:
+        raise Refused(f"cannot make the loose crops {dst}: {exc}") from None
+    print(f"aligned {summary.aligned}, already there {summary.skipped_existing}, no face {summary.no_face} "
+          f"(of {summary.total})", flush=True)  # fmt: skip
+
+
+def loose_crops(args: argparse.Namespace) -> Path:
+    """The loose crops to pack: ``--src`` / $SYNTHFACE_LFW_LOOSE192 when given (they must exist), else
+    data/lfw-loose192; absent, they are made from the LFW photos (a dry run: its few people only)."""
+    explicit = args.src or os.environ.get("SYNTHFACE_LFW_LOOSE192")
+    if explicit:
+        if not Path(explicit).is_dir():
+            raise Refused(f"loose crops not found: {explicit}: {ALIGN_HINT}")
+        return Path(explicit)
+    if DEFAULT_SRC.is_dir():
+        return DEFAULT_SRC
+    photos = lfw_photos(args.lfw)
+    if args.dry_run:
+        dst = wheel_cache().parent / "lfw-loose192-dry"
+        make_loose_crops(photos, dst, dry_run_people(photos, Path(args.split)))
+        return dst
+    make_loose_crops(photos, DEFAULT_SRC)
+    return DEFAULT_SRC
 
 
 def train_images(src: Path, people: list[str]) -> list[tuple[str, Path]]:
@@ -274,14 +354,12 @@ def pack(args: argparse.Namespace) -> dict:
     t0 = time.time()
     out = Path(args.out)
     budget = int(args.budget_mib * MIB)
-    src = Path(args.src)
-    if not src.is_dir():
-        raise Refused(f"loose crops not found: {src}: {ALIGN_HINT}")
     taef2 = Path(args.taef2)
     missing = [f for f in TAEF2_FILES if not (taef2 / f).is_file()]
     if missing:
-        raise Refused(f"TAEF2 files missing in {taef2}: {', '.join(missing)} (pass --taef2 DIR)")
+        raise Refused(f"TAEF2 files missing in {taef2}: {', '.join(missing)} (pass --taef2 DIR; README, section 'TAEF2')")
     sface = sface_file(args.sface)
+    src = loose_crops(args)  # last: it may take a while, and only once the other inputs are here
     wheels = [] if (args.dry_run or args.no_wheels) else fetch_wheels(Path(args.wheel_cache))
     chosen = select_images(src, Path(args.split), args.test_people, args.dry_run, args.allow_missing)
 
@@ -400,8 +478,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / ".device"), help="pack folder (default: .device in the repo root)")
     ap.add_argument(
         "--src",
-        default=os.environ.get("SYNTHFACE_LFW_LOOSE192", "/work/data/lfw-loose192"),
-        help="LFW loose crops (template scale 0.6), one folder per person ($SYNTHFACE_LFW_LOOSE192)",
+        default=None,
+        help="LFW loose crops (192 px, template scale 0.6), one folder per person (default: $SYNTHFACE_LFW_LOOSE192, "
+        "else data/lfw-loose192, made from --lfw when absent; a dry run makes only the few people it packs)",
+    )
+    ap.add_argument(
+        "--lfw", default=None, help="LFW folder holding lfw-deepfunneled/ (default: $SYNTHFACE_LFW, else ../shared/data/lfw)"
     )
     ap.add_argument("--split", default=str(ROOT / "bench/data/lfw_split.json"))
     ap.add_argument("--taef2", default=str(ROOT.parent / "shared/models/taef2"))

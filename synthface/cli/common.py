@@ -57,6 +57,10 @@ AllowPartialOpt = Annotated[
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# exit codes besides 0, 1 (a bug), 2 (bad input), 130 and 143 (Ctrl-C, SIGTERM): docs/reliability.md
+EXIT_BROKEN_IMPORT = 3  # a package (torch, torchvision, ...) does not import: `synthface doctor` says why
+EXIT_MISSING_FILES = 4  # doctor: a file the named run loads is missing or incomplete
+
 
 def fail(message: str, code: int = 2) -> None:
     # messages are plain text: "pip install 'synthface[dlib]'" must not read as rich markup
@@ -136,8 +140,9 @@ def sigterm_interrupts() -> Iterator[None]:
 
 def handle_errors(func: F) -> F:
     """Turn every error into one line on stderr: SynthfaceError and OSError (a full disk, a read-only
-    or non-directory path) exit 2; Ctrl-C exits 130; anything else exits 1 and names the file holding
-    its full traceback."""
+    or non-directory path) exit 2; a package that does not import exits 3; Ctrl-C exits 130 (SIGTERM
+    143); anything else exits 1 and names the file holding its full traceback (docs/reliability.md,
+    "Exit codes")."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -150,16 +155,29 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt as exc:
             console.print("[yellow]interrupted[/]: work written so far is kept; run the same command again to resume")
             raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
-        except OSError as exc:
-            fail(one_line(_os_error(exc)))
-        except (RecursionError, MemoryError) as exc:
-            fail(f"input too deeply nested or too large ({type(exc).__name__}): check the files passed to this command")
         except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, the traceback in a file
-            path = log_traceback(exc)
-            where = f"full traceback in {path}" if path else "no traceback file could be written"
-            fail(f"unexpected {type(exc).__name__}: {one_line(str(exc), 300)} ({where}); please report it", code=1)
+            fail_unexpected(exc)
 
     return wrapper  # type: ignore[return-value]
+
+
+def fail_unexpected(exc: Exception) -> None:
+    """One line for an exception that is not a SynthfaceError: a package that does not import (exit
+    3, pointing at `synthface doctor`; a torch whose libraries do not load raises an OSError, so this
+    is asked first), an OSError (exit 2), input too deep or large (exit 2), else a bug (exit 1, the
+    traceback in a file)."""
+    from synthface.broken_imports import culprit
+
+    broken = culprit(exc)
+    if broken is not None:
+        fail(broken.pointer(), code=EXIT_BROKEN_IMPORT)
+    if isinstance(exc, OSError):
+        fail(one_line(_os_error(exc)))
+    if isinstance(exc, (RecursionError, MemoryError)):
+        fail(f"input too deeply nested or too large ({type(exc).__name__}): check the files passed to this command")
+    path = log_traceback(exc)
+    where = f"full traceback in {path}" if path else "no traceback file could be written"
+    fail(f"unexpected {type(exc).__name__}: {one_line(str(exc), 300)} ({where}); please report it", code=1)
 
 
 def recipe(model: type[R], path: Path | None, sets: list[str] | None) -> R:
@@ -247,6 +265,29 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)
+
+
+def count(n: int, word: str, plural: str | None = None) -> str:
+    """``n`` and the word, singular for 1: "1 identity", "24 identities", "1 image"."""
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
+def _flags_show_no_type() -> None:
+    """typer's rich help gives every option a type column, on/off flags too (``--version <bool>``),
+    which reads as if the flag took a value; a flag shows none."""
+    option = getattr(typer.core, "TyperOption", None)
+    show = getattr(option, "display_type_rich", None)
+    if show is None or getattr(show, "_synthface", False):
+        return
+
+    def display_type_rich(self: Any, ctx: click.Context) -> str | None:
+        return None if getattr(self, "is_flag", False) and self.metavar is None else show(self, ctx)
+
+    display_type_rich._synthface = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich
+
+
+_flags_show_no_type()
 
 
 def example(text: str) -> str:

@@ -8,7 +8,20 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from synthface.cli.common import JsonOpt, RecipeOpt, RichBar, SetOpt, console, example, handle_errors, recipe, write_json
+from synthface.cli.common import (
+    EXIT_BROKEN_IMPORT,
+    EXIT_MISSING_FILES,
+    JsonOpt,
+    RecipeOpt,
+    RichBar,
+    SetOpt,
+    console,
+    example,
+    fail,
+    handle_errors,
+    recipe,
+    write_json,
+)
 
 ModelOpt = Annotated[
     str | None,
@@ -84,36 +97,71 @@ def doctor(
 
     With --recipe (a generate recipe) it checks exactly the files that run loads (generator, its
     base model, LoRA, conditioning and filter embedders); without, every embedder and the Arc2Face
-    set. For what is missing it prints the one command that fetches it.
+    set. For what is missing it prints the one command that fetches it. A package that does not
+    import (torch, torchvision, transformers, diffusers, dlib, onnxruntime) is named with the
+    versions found, the likely cause and the command that fixes it.
+
+    Exit codes: 0 all is well; 3 a package does not import; 4 a file the run named by --recipe,
+    --set, --model or --embedder loads is missing or incomplete.
     """
+    from synthface.broken_imports import check_imports, culprit
     from synthface.doctor import default_needs, report
 
-    needs = _needs(recipe_path, sets, model, embedders)
-    needs = default_needs() if needs is None else needs
-    if fetch:
+    broken = check_imports()
+    try:
+        named = _needs(recipe_path, sets, model, embedders)
+        needs = default_needs() if named is None else named
+    except Exception as exc:  # listing what a run loads imports the generator's packages
+        found = culprit(exc)
+        if found is None:
+            raise
+        if found.package not in {b.package for b in broken}:
+            broken.append(found)
+        named, needs = None, None
+    if fetch and needs is not None:
         _fetch(needs)
-    data = report(needs)
+    data = report(needs, broken)
     t = data["torch"]
-    console.print(f"[bold]python[/] {data['python']}  [bold]torch[/] {t['torch']} ({t['build']} build)  "
-                  f"[bold]CUDA[/] {'yes ' + str(t['cuda_version']) if t['cuda_available'] else 'no'}  "
-                  f"[bold]default device[/] {t['default_device']}  [bold]CPU threads[/] {t['cpu_threads']}",
-                  highlight=False)  # fmt: skip
-    if t["build"] != "CPU-only" and not t["cuda_available"]:
-        console.print(f"[yellow]note:[/] this torch is a {t['build']} build but no GPU is visible: on a CPU-only machine "
-                      "the CPU-only build is several GB smaller (README, 'CPU-only machines')", highlight=False)  # fmt: skip
-    for d in t["devices"]:
-        console.print(f"  cuda:{d['index']} {d['name']} {d['memory_gib']} GiB bf16={d['bf16']}")
+    if t is not None:
+        console.print(f"[bold]python[/] {data['python']}  [bold]torch[/] {t['torch']} ({t['build']} build)  "
+                      f"[bold]CUDA[/] {'yes ' + str(t['cuda_version']) if t['cuda_available'] else 'no'}  "
+                      f"[bold]default device[/] {t['default_device']}  [bold]CPU threads[/] {t['cpu_threads']}",
+                      highlight=False)  # fmt: skip
+        if t["build"] != "CPU-only" and not t["cuda_available"]:
+            console.print(f"[yellow]note:[/] this torch is a {t['build']} build but no GPU is visible: on a CPU-only "
+                          "machine the CPU-only build is several GB smaller (README, 'CPU-only machines')", highlight=False)  # fmt: skip
+        for d in t["devices"]:
+            console.print(f"  cuda:{d['index']} {d['name']} {d['memory_gib']} GiB bf16={d['bf16']}")
+    else:
+        console.print(f"[bold]python[/] {data['python']}  [bold]torch[/] does not import (below)", highlight=False)
     missing = [k for k, v in data["packages"].items() if v == "not installed"]
     if missing:
         console.print(f"[yellow]not installed:[/] {', '.join(missing)}")
+    if data["weights"] is None:
+        console.print("[yellow]weights not checked[/]: what a run loads can be listed once the packages below import")
+    else:
+        _print_weights(data["weights"], recipe_path, sets, model, embedders)
+    write_json(json_out, data)
+    for b in broken:  # last, one line each: what does not import, versions, likely cause, the fix
+        console.print(f"[bold red]error:[/] {escape(b.line())}", highlight=False, soft_wrap=True)
+    if broken:
+        raise typer.Exit(EXIT_BROKEN_IMPORT)
+    absent = [w["name"] for w in data["weights"] or [] if not w["present"]]
+    if named is not None and absent:
+        fail(f"{len(absent)} of the {len(named)} weights this run loads "
+             f"{'is' if len(absent) == 1 else 'are'} missing or incomplete: {', '.join(absent)}", code=EXIT_MISSING_FILES)  # fmt: skip
+
+
+def _print_weights(weights: list[dict], recipe_path, sets, model, embedders) -> None:  # type: ignore[no-untyped-def]
+    """The weights table, and for what is missing the commands that fetch it."""
     table = Table(title="weights", show_lines=False)
     for col in ("weights", "used for", "status", "size"):
         table.add_column(col, overflow="fold")
-    for w in data["weights"]:
+    for w in weights:
         status = "[green]present[/]" if w["present"] else ("[red]incomplete[/]" if w["missing"] else "[red]missing[/]")
         table.add_row(escape(w["name"]), escape(w["used_for"]), status, w["size"])
     console.print(table)
-    absent = [w for w in data["weights"] if not w["present"]]
+    absent = [w for w in weights if not w["present"]]
     if absent:
         named = (f" --recipe {recipe_path}" if recipe_path else "") + "".join(f" --set {s}" for s in sets or []) + (
             f" --model {model}" if model else "") + "".join(f" --embedder {e}" for e in embedders or [])  # fmt: skip
@@ -125,7 +173,6 @@ def doctor(
             console.print(
                 f"  {escape(w['name'])}{escape(lacks)}:\n    [cyan]{escape(w['fetch'])}[/]", highlight=False, soft_wrap=True
             )
-    write_json(json_out, data)
 
 
 @handle_errors

@@ -14,6 +14,7 @@ from synthface.cli.common import (
     RichBar,
     SetOpt,
     console,
+    count,
     example,
     handle_errors,
     recipe,
@@ -54,7 +55,9 @@ def export_cmd(
     summary = export(src, cfg.format, out, overwrite=overwrite, shard_size=cfg.shard_size, progress=RichBar(),
                      allow_partial=allow_partial, config=cfg)  # fmt: skip
     console.print(
-        f"exported {summary['images']} images of {summary['identities']} identities as {cfg.format} -> {out}", highlight=False
+        f"exported {count(summary['images'], 'image')} of {count(summary['identities'], 'identity', 'identities')} "
+        f"as {cfg.format} -> {out}",
+        highlight=False,
     )
     write_json(json_out, summary)
 

@@ -13,6 +13,7 @@ from synthface.cli.common import (
     RichBar,
     SetOpt,
     console,
+    count,
     example,
     handle_errors,
     recipe,
@@ -23,10 +24,10 @@ from synthface.config import GenerateRecipe
 
 EPILOG = example(
     """
-python -c "from synthface.testing import tiny_native_model; tiny_native_model('tiny')"
-synthface generate --model tiny --recipe recipes/quickstart-native.yaml --out runs/quickstart
+python -c "from synthface.testing import tiny_native_model; tiny_native_model('runs/tiny')"
+synthface generate --model runs/tiny --recipe recipes/quickstart-native.yaml --out runs/quickstart
 accelerate launch --num_processes 8 -m synthface generate --model MODEL --recipe recipes/generate-10k-x-50.yaml --out runs/10k
-accelerate launch --multi_gpu --num_processes 2 -m synthface generate --model tiny --recipe recipes/quickstart-native.yaml --out runs/q2  # 2 CPU processes (--cpu alone starts one)
+accelerate launch --multi_gpu --num_processes 2 -m synthface generate --model runs/tiny --recipe recipes/quickstart-native.yaml --out runs/q2  # 2 CPU processes (--cpu alone starts one)
 synthface generate --model MODEL --recipe R.yaml --out runs/10k --part "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT"  # each job of a Slurm array (docs/generate.md)
 synthface generate --model MODEL --recipe R.yaml --out runs/10k  # once every part is done: the final pass
 """
@@ -83,8 +84,8 @@ def register(app: typer.Typer) -> None:
             return
         what = "resumed" if summary["resumed"] else "wrote"
         console.print(
-            f"{what} {summary['images']} images of {summary['identities_kept']} identities in {summary['shards']} "
-            f"shards ({summary['shards_written']} written now, {summary['shards_skipped']} already done) -> {out}/data",
+            f"{what} {count(summary['images'], 'image')} of {count(summary['identities_kept'], 'identity', 'identities')} "
+            f"in {count(summary['shards'], 'shard')} ({summary['shards_written']} written now, {summary['shards_skipped']} already done) -> {out}/data",
             highlight=False,
         )
         write_json(json_out, summary)

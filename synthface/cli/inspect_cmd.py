@@ -14,6 +14,7 @@ from synthface.cli.common import (
     RichBar,
     SetOpt,
     console,
+    count,
     example,
     handle_errors,
     recipe,
@@ -90,7 +91,8 @@ def inspect_cmd(
     for warning in report.get("warnings") or []:
         console.print(f"warning: {warning}", highlight=False, markup=False)
     console.print(
-        f"{report['images']} images of {report['identities']} identities in {report['shards']} shards"
+        f"{count(report['images'], 'image')} of {count(report['identities'], 'identity', 'identities')} "
+        f"in {count(report['shards'], 'shard')}"
         + (f", filter acceptance {100 * acc:.1f}%" if acc is not None else "")
         + (f", consistency {cons:.3f}" if cons is not None else "")
         + (f", Frechet distance {ref['frechet_distance']:.4f}" if "frechet_distance" in ref else "")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from synthface.cli.common import JsonOpt, RecipeOpt, RichBar, SetOpt, console, example, handle_errors, recipe, write_json
+from synthface.cli.common import JsonOpt, RecipeOpt, RichBar, SetOpt, console, count, example, handle_errors, recipe, write_json
 from synthface.config import TrainRecipe
 
 EPILOG = example(
@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
         d = summary["data"]
         skipped = sum(d["skipped"].values())
         console.print(
-            f"data: {d['images']} images of {d['identities']} identities ({d['form']} crops"
+            f"data: {count(d['images'], 'image')} of {count(d['identities'], 'identity', 'identities')} ({d['form']} crops"
             + (f", {skipped} skipped: {d['skipped']}" if skipped else "")
             + ")",
             highlight=False,

@@ -158,7 +158,7 @@ def export(src: str | Path, fmt: str, out: str | Path, *, overwrite: bool = Fals
     _check_out(src, out, overwrite)
     with staged_folder(out, replace=True) as tmp:
         bar = progress_or_null(progress)
-        bar.start(None, f"export {fmt}")
+        bar.start(exported_rows(shards), f"export images ({fmt})")
         if fmt == "imagefolder":
             info = _imagefolder(rows, tmp, bar, label_width(shards))
         elif fmt == "webdataset":
@@ -169,6 +169,11 @@ def export(src: str | Path, fmt: str, out: str | Path, *, overwrite: bool = Fals
         if config is not None:
             write_resolved(config, tmp, EXPORT_CONFIG)
     return {"src": str(src), "format": fmt, "out": str(out), **info}
+
+
+def exported_rows(shards: list[Path]) -> int:
+    """How many rows :func:`iter_rows` yields from ``shards`` (those with a label), from the label column."""
+    return sum(int((_read_table(p, ["label"]).column("label").to_numpy() >= 0).sum()) for p in shards)
 
 
 def label_width(shards: list[Path]) -> int:

@@ -181,7 +181,10 @@ def generate_dataset(
             nonlocal rendered
             rendered += n
             elapsed = max(time.perf_counter() - render_start, 1e-9)
-            progress.advance(n, ips=rendered / elapsed, accepted=writer.kept)
+            if recipe.filter.enabled:  # with the filter off every image is kept: no count to show
+                progress.advance(n, ips=rendered / elapsed, accepted=writer.kept)
+            else:
+                progress.advance(n, ips=rendered / elapsed)
 
         def commit(shard: Shard, rows: ShardRows) -> None:
             tick = time.perf_counter()
