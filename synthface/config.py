@@ -42,8 +42,9 @@ class Section(BaseModel):
     @model_serializer(mode="wrap")
     def _omit_defaults(self, handler: Any) -> Any:
         data = handler(self)
+        fields = type(self).model_fields
         for name in self.omit_when_default:
-            if isinstance(data, dict) and getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
+            if isinstance(data, dict) and getattr(self, name) == fields[name].get_default(call_default_factory=True):
                 data.pop(name, None)
         return data
 

@@ -27,7 +27,7 @@ from synthface.generator.identity_head import HEAD_DIR, IdentityHead, check_head
 from synthface.generator.native import build_native, default_scheduler_config
 from synthface.generator.taef2 import TinyAutoencoder
 from synthface.generator.training import train_generator
-from synthface.generator.training.head import split_identities, train_identity_head
+from synthface.generator.training.head import split_identities
 from synthface.generator.training.identity_loss import IdentityLoss
 from synthface.testing import TinyEmbedder, register_tiny_embedder
 
@@ -404,3 +404,15 @@ def test_generate_with_the_head_guide_and_without_a_head(head_run, tmp_path):
 def test_through_head_without_a_head_is_a_clear_error(guide, faces_dir, tmp_path):
     with pytest.raises(ConfigError, match="synthface train-head"):
         train_generator(recipe(tmp_path / "cache", *ON, "train.identity_loss.through=head"), faces_dir, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before the run folder was touched
+
+
+def test_a_pixel_model_gets_a_head_on_pixels(guide, faces_dir, tmp_path):
+    from synthface.generator.training.head import train_identity_head
+
+    config = recipe(tmp_path / "cache", "train.identity_head.steps=3", "train.identity_head.width=8",
+                    "train.identity_head.levels=2", "train.identity_head.holdout=0", "train.identity_head.eval_timesteps=2")  # fmt: skip
+    summary = train_identity_head(config, faces_dir, tmp_path / "run")
+    head = load_identity_head(tmp_path / "run" / HEAD_DIR)
+    assert (head.config.in_channels, head.config.sample_size, head.config.latent_scale) == (3, 16, 1.0)
+    assert summary["heldout_images"] == 0 and summary["levels"] == [] and summary["model_head"] is None

@@ -100,7 +100,9 @@ def register(app: typer.Typer) -> None:
     def train_head(
         data: Annotated[
             Path,
-            typer.Option("--data", "-d", help="The run's training faces (the same --data as `synthface train`).", show_default=False),
+            typer.Option(
+                "--data", "-d", help="The run's training faces (the same --data as `synthface train`).", show_default=False
+            ),
         ],
         out: Annotated[
             Path,
@@ -123,7 +125,11 @@ def register(app: typer.Typer) -> None:
         shown = ", ".join(f"t={r['timestep']}: {r['cosine_mean']:.3f}" for r in levels[:: max(1, len(levels) // 4)])
         console.print(
             f"identity head: {summary['head']} ({summary['steps']} steps on {summary['train_images']} images); "
-            + (f"held-out cosine {shown} (constant guess {summary['constant_guess_cosine']:.3f})" if levels else "no held-out identities"),
+            + (
+                f"held-out cosine {shown} (constant guess {summary['constant_guess_cosine']:.3f})"
+                if levels
+                else "no held-out identities"
+            ),
             highlight=False,
         )
         write_json(json_out, summary)

@@ -29,9 +29,7 @@ def _roots(a: float | torch.Tensor) -> tuple[float | torch.Tensor, float | torch
     return math.sqrt(a), math.sqrt(1.0 - a)
 
 
-def to_eps_x0(
-    pred_type: str, out: torch.Tensor, x: torch.Tensor, a: float | torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def to_eps_x0(pred_type: str, out: torch.Tensor, x: torch.Tensor, a: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(noise, x0) estimates of the model output ``out`` of ``pred_type`` at ``x`` with cumulative alpha
     ``a`` (a number, or a tensor broadcasting over ``x``: one per sample of a training batch)."""
     sa, sb = _roots(a)

@@ -43,9 +43,7 @@ def split_identities(labels: np.ndarray, holdout: float, seed: int) -> np.ndarra
     if holdout > 0:
         count = max(1, count)
     if count >= len(ids):
-        raise InputError(
-            f"train.identity_head.holdout={holdout} holds out all {len(ids)} identities: lower it (or add people)"
-        )
+        raise InputError(f"train.identity_head.holdout={holdout} holds out all {len(ids)} identities: lower it (or add people)")
     held = np.random.default_rng(seed).permutation(ids)[:count]
     return np.isin(labels, held)
 
@@ -139,7 +137,9 @@ def train_identity_head(
             for step in range(h.steps):
                 gen = step_generator(c.seed + HEAD_SEED_OFFSET, step, 0, 0)
                 pick = train_rows[torch.randint(0, len(train_rows), (h.batch_size,), generator=gen).numpy()]
-                flips = (torch.rand(h.batch_size, generator=gen) < 0.5).long().numpy() if flip else np.zeros(h.batch_size, np.int64)
+                flips = (
+                    (torch.rand(h.batch_size, generator=gen) < 0.5).long().numpy() if flip else np.zeros(h.batch_size, np.int64)
+                )
                 x0 = samples(pick, flips)
                 noise = torch.randn(x0.shape, generator=gen)
                 steps_t = torch.randint(0, sched.config.num_train_timesteps, (h.batch_size,), generator=gen)

@@ -424,6 +424,7 @@ class Trainer:
             raise ConfigError(
                 "model.latent is true but model.vae is empty: name a TAEF2 folder or an AutoencoderKL (Hub id or folder)"
             )
+        self._check_head()
         wall0 = time.perf_counter()
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -573,9 +574,7 @@ class Trainer:
                         last_id = float(total_id[0] / total_id[1])
                         id_window.append(last_id)
                     shown["id_loss"] = last_id
-                self.progress.advance(
-                    1, **shown, lr=lr_sched.get_last_lr()[0], steps_s=(step - start_step) / max(elapsed, 1e-9)
-                )
+                self.progress.advance(1, **shown, lr=lr_sched.get_last_lr()[0], steps_s=(step - start_step) / max(elapsed, 1e-9))
                 if main and (step % t.log_every == 0 or step == t.max_steps):
                     epoch = step * t.batch_size * world * t.grad_accum / len(faces)
                     extra = {"identity_loss": float(np.mean(id_window)) if id_window else float("nan")} if id_loss else {}
@@ -663,6 +662,16 @@ class Trainer:
         finally:
             ema.restore(params)
 
+    def _check_head(self) -> None:
+        """Before anything is written: ``train.identity_loss.through=head`` needs its head."""
+        section = self.config.train.identity_loss
+        where = self.head_dir()
+        if section.weight > 0 and section.through == "head" and not (where / "config.json").is_file():
+            raise ConfigError(
+                f"train.identity_loss.through=head needs a trained identity head in {where}: run `synthface train-head` "
+                "with the same --data, --recipe and --out first (or name one with train.identity_loss.head)"
+            )
+
     def _identity_loss(self, model: Any, noise_sched: Any, device: torch.device) -> Any:
         """The identity term of ``train.identity_loss`` (None when its weight is 0), its guide frozen on ``device``."""
         from synthface.generator.training.identity_loss import IdentityLoss
@@ -674,11 +683,6 @@ class Trainer:
             from synthface.generator.identity_head import check_head, load_identity_head
 
             where = self.head_dir()
-            if not (where / "config.json").is_file():
-                raise ConfigError(
-                    f"train.identity_loss.through=head needs a trained identity head in {where}: run `synthface train-head` "
-                    "with the same --data, --recipe and --out first (or name one with train.identity_loss.head)"
-                )
             guide = load_identity_head(where, device)
             check_head(guide, model, str(where))
         else:
