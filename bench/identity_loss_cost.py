@@ -14,7 +14,8 @@ the recipe's size, exactly as ``synthface train`` does, with ``train.identity_lo
 Inputs are seeded random latents and unit embeddings (the cost does not depend on content). The
 variants run interleaved, ``--steps`` timed steps each after one warm-up step; the headline is the
 median CPU-seconds of this process per step (on a shared box the wall clock measures the other
-jobs too; it is printed beside it), and each variant's ratio to ``off``.
+jobs too; it is printed beside it), and each variant's ratio to ``off``. Then the decode+sface
+term's two halves are timed apart (TAEF2 decode, SFace with its warp; forward and backward).
 
     OMP_NUM_THREADS=1 nice -n 15 python bench/identity_loss_cost.py --steps 3 \\
         --taef2 ../shared/models/taef2 | tee bench/results/identity_loss_cost.txt
@@ -129,6 +130,19 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         return time.process_time() - c, time.perf_counter() - w, rows
 
+    k = max(1, round(args.fraction * batch))
+
+    def parts() -> tuple[float, float]:
+        """CPU seconds of the decode+sface term's two halves on ``k`` rows, each forward and backward."""
+        z = torch.randn(k, channels, size, size, generator=gen).requires_grad_(True)
+        c = time.process_time()
+        model.decode(z).sum().backward()
+        decode = time.process_time() - c
+        images = torch.rand(k, 3, m.image_size, m.image_size, generator=gen).requires_grad_(True)
+        c = time.process_time()
+        sface(images).sum().backward()
+        return decode, time.process_time() - c
+
     print(machine())
     print(
         f"recipe {Path(args.recipe).name}: {sum(p.numel() for p in denoiser.parameters()) / 1e6:.1f}M-parameter UNet + "
@@ -144,6 +158,7 @@ def main() -> None:
             cpu, wall, rows = step(fn)
             times[name].append((cpu, wall))
             rows_seen[name] = rows
+    split = [parts() for _ in range(args.steps)]
     base = float(np.median([c for c, _ in times["off"]]))
     print(f"{'variant':<14} {'rows':>4} {'CPU s/step':>11} {'wall s/step':>12} {'ratio (CPU)':>12}   per-step CPU s")
     for name, values in times.items():
@@ -151,6 +166,12 @@ def main() -> None:
         wall = float(np.median([w for _, w in values]))
         shown = " ".join(f"{c:.2f}" for c, _ in values)
         print(f"{name:<14} {rows_seen[name]:>4} {cpu:>11.2f} {wall:>12.2f} {cpu / base:>12.2f}   {shown}")
+
+    decode, embed = (float(np.median(v)) for v in zip(*split))
+    print(
+        f"decode+sface on {k} rows, forward + backward (CPU s, median): TAEF2 decode {decode:.2f} "
+        f"({decode / k * 1000:.0f} ms/row), SFace with its warp {embed:.2f} ({embed / k * 1000:.0f} ms/row)"
+    )
 
 
 if __name__ == "__main__":

@@ -577,7 +577,9 @@ class Trainer:
                 self.progress.advance(1, **shown, lr=lr_sched.get_last_lr()[0], steps_s=(step - start_step) / max(elapsed, 1e-9))
                 if main and (step % t.log_every == 0 or step == t.max_steps):
                     epoch = step * t.batch_size * world * t.grad_accum / len(faces)
-                    extra = {"identity_loss": float(np.mean(id_window)) if id_window else float("nan")} if id_loss else {}
+                    extra = (
+                        {"identity_loss": float(np.mean(id_window)) if id_window else float("nan")} if id_loss is not None else {}
+                    )
                     log.append(step, float(np.mean(window)), lr_sched.get_last_lr()[0], epoch, seconds_before + elapsed, **extra)
                     window, id_window = [], []
                 if step % t.sample_every == 0 or step == t.max_steps:
