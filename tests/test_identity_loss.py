@@ -29,7 +29,7 @@ from synthface.generator.taef2 import TinyAutoencoder
 from synthface.generator.training import train_generator
 from synthface.generator.training.head import split_identities
 from synthface.generator.training.identity_loss import IdentityLoss
-from synthface.testing import TinyEmbedder, register_tiny_embedder
+from synthface.testing import register_tiny_embedder
 
 EMBEDDER, DIM = "tiny-idloss", 16
 
@@ -43,8 +43,12 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def guide() -> TinyEmbedder:
-    return register_tiny_embedder(EMBEDDER, dim=DIM, seed=3)
+def guide():
+    """The stand-in embedder, registered for this module only (doctor lists every registered embedder)."""
+    from synthface.faces.embedders import EMBEDDERS
+
+    yield register_tiny_embedder(EMBEDDER, dim=DIM, seed=3)
+    EMBEDDERS.pop(EMBEDDER, None)
 
 
 @pytest.fixture(scope="module")
