@@ -12,10 +12,10 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from .errors import ConfigError
 
@@ -34,6 +34,19 @@ class Section(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), strict=True, allow_inf_nan=False)
+
+    # keys added after recipes were written: left out of the dumped recipe (its config.yaml and its
+    # hash) while they hold their defaults, so runs started before they existed keep their hash and resume
+    omit_when_default: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler: Any) -> Any:
+        data = handler(self)
+        fields = type(self).model_fields
+        for name in self.omit_when_default:
+            if isinstance(data, dict) and getattr(self, name) == fields[name].get_default(call_default_factory=True):
+                data.pop(name, None)
+        return data
 
 
 def one_file(value: str | None) -> str | None:
@@ -124,7 +137,12 @@ class SamplingSection(Section):
     guidance_scale: float = Field(
         3.0, ge=0.0, description="classifier-free guidance scale; <= 1: the conditional branch alone (as diffusers)"
     )
-    identity_scale: float = Field(0.0, ge=0.0)
+    identity_scale: float = Field(0.0, ge=0.0, description="classifier guidance towards the identity (0: off)")
+    identity_guide: Literal["pixel", "head"] = Field(
+        "pixel",
+        description="what identity_scale differentiates: pixel = the conditioning embedder on the decoded x0 estimate; "
+        "head = the model's noise-aware latent identity head (MODEL/identity_head, `synthface train-head`) on x_t",
+    )
     batch_size: int = Field(32, ge=1)
     dtype: Literal["fp32", "fp16", "bf16"] = "bf16"
     channels_last: bool = Field(False, description="UNet and VAE in channels-last memory format (faster convolutions on GPUs)")
@@ -134,6 +152,8 @@ class SamplingSection(Section):
         True,
         description="sample the next batch while a worker thread filters, encodes and writes the last one (same bytes as false)",
     )
+
+    omit_when_default = ("identity_guide",)
 
 
 class VariationSection(Section):
@@ -281,6 +301,45 @@ class NativeModelSection(Section):
     )
 
 
+class IdentityLossSection(Section):
+    """An identity-preserving term: 1 - cos(embedding of the one-step estimate x0_hat, the condition)."""
+
+    weight: float = Field(0.0, ge=0.0, description="weight of the identity term beside the denoising loss; 0: off")
+    through: Literal["decode", "head"] = Field(
+        "decode",
+        description="decode: x0_hat -> the frozen VAE decoder -> the conditioning embedder's differentiable module; "
+        "head: x0_hat -> the run's noise-aware latent identity head (`synthface train-head`)",
+    )
+    timesteps: list[int] = Field(
+        [0, 600],
+        min_length=2,
+        max_length=2,
+        description="[low, high]: only samples noised to a timestep in this range (where x0_hat still shows a face)",
+    )
+    fraction: float = Field(0.25, gt=0.0, le=1.0, description="share of each micro-batch the term is computed on")
+    head: str | None = Field(None, description="through head: the head folder; null: RUN_DIR/identity_head")
+
+    @model_validator(mode="after")
+    def _range(self) -> "IdentityLossSection":
+        lo, hi = self.timesteps
+        if not 0 <= lo <= hi:
+            raise ValueError(f"timesteps must be [low, high] with 0 <= low <= high, got [{lo}, {hi}]")
+        return self
+
+
+class IdentityHeadSection(Section):
+    """`synthface train-head`: a small latent + timestep -> embedding network distilled from the cached embeddings."""
+
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1.0e-3, gt=0)
+    width: int = Field(64, ge=8, description="channels of the first level (doubled twice below it)")
+    levels: int = Field(3, ge=1, le=5, description="resolution levels (stride-2 steps between them)")
+    holdout: float = Field(0.1, ge=0.0, lt=1.0, description="share of identities held out to measure its accuracy")
+    eval_timesteps: int = Field(10, ge=1, description="noise levels its held-out accuracy is reported at")
+    log_every: int = Field(50, ge=1)
+
+
 class GeneratorTrainSection(Section):
     max_steps: int = Field(20000, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -309,6 +368,10 @@ class GeneratorTrainSection(Section):
     device: str = "auto"
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; null: torch's default")
     max_minutes: float | None = Field(None, gt=0, description="stop (checkpoint + export) after this much training time")
+    identity_loss: IdentityLossSection = IdentityLossSection()
+    identity_head: IdentityHeadSection = IdentityHeadSection()
+
+    omit_when_default = ("identity_loss", "identity_head")
 
 
 class TrainDataSection(Section):

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from synthface.errors import ConfigError, ModelMismatchError
-from synthface.generator.guidance import MIN_GUIDED_ALPHA_BAR, from_eps, identity_gradient, to_eps_x0
+from synthface.generator.guidance import MIN_GUIDED_ALPHA_BAR, from_eps, guide_gradient, to_eps_x0
 from synthface.generator.schedules import alpha_bar, make_scheduler, partial_schedule, set_timesteps
 
 
@@ -250,7 +250,8 @@ def sample_batch(
     guidance with the conditional and unconditional rows in ONE batched UNet call; at or below 1 the
     conditional branch runs alone (diffusers' rule: a scale <= 1 turns guidance off, it never pushes
     towards the unconditional output); a sequence gives each sample its own scale. With ``identity_scale`` > 0 and a differentiable ``identity_guide`` the
-    noise prediction is pushed along the gradient of cos(guide(x0_hat), embedding).
+    noise prediction is pushed along the gradient of cos(guide(x0_hat), embedding) (or, for a noise-aware
+    :class:`~synthface.generator.identity_head.IdentityHead`, of cos(head(x_t, t), embedding)).
     ``init_images`` (B, 3, H, W) in [0, 1] start each sample from its image, encoded and noised to
     the timestep where the last ``strength`` of the schedule remains (SDEdit); the noise is drawn
     from the sample's generator, so the result still depends on its seed and image only.
@@ -336,7 +337,7 @@ def sample_batch(
             if target is not None and (a := alpha_bar(sched, t)) > MIN_GUIDED_ALPHA_BAR:
                 with clock("identity_guidance"):
                     eps, _ = to_eps_x0(pred_type, out, x, a)
-                    grad = identity_gradient(model, identity_guide, x, eps, a, target)  # type: ignore[arg-type]
+                    grad = guide_gradient(model, identity_guide, x, eps, a, t, target)  # type: ignore[arg-type]
                     eps = eps - identity_scale * math.sqrt(1.0 - a) * grad
                     out = from_eps(pred_type, eps, x, a)
             with clock("scheduler"):

@@ -84,16 +84,26 @@ def identity_plan(
     )
 
 
-def identity_guide_for(model: GeneratorModel, device: Any) -> Any:
-    """The differentiable module identity guidance needs: the conditioning embedder's ``differentiable()``."""
-    from synthface.faces.embedders import get_embedder
+def identity_guide_for(model: GeneratorModel, device: Any, kind: str = "pixel", embedder: Any = None) -> Any:
+    """The differentiable module identity guidance (and the training loop's identity term) needs.
 
-    embedder = get_embedder(model.embedder, device=str(device))
+    ``pixel``: the conditioning embedder's ``differentiable()`` at the model's crop geometry
+    (``embedder``, or the registry's instance of ``model.embedder``); ``head``: the model's
+    noise-aware identity head (``MODEL/identity_head``).
+    """
+    if kind == "head":
+        from synthface.generator.identity_head import identity_head_for
+
+        return identity_head_for(model, device)
+    if embedder is None:
+        from synthface.faces.embedders import get_embedder
+
+        embedder = get_embedder(model.embedder, device=str(device))
     make = getattr(embedder, "differentiable", None)
     if make is None:
         raise ConfigError(
-            f"sampling.identity_scale > 0 needs a differentiable '{model.embedder}' embedder and this one is not: "
-            "set sampling.identity_scale=0"
+            f"identity guidance and the identity loss need a differentiable '{model.embedder}' embedder and this one is "
+            "not: set sampling.identity_scale=0 (or train.identity_loss.weight=0), or use sface"
         )
     import inspect
 

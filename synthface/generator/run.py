@@ -149,7 +149,7 @@ def generate_dataset(
         timings["plan"] = time.perf_counter() - tick
         guide = identity_guide
         if recipe.sampling.identity_scale > 0 and guide is None:
-            guide = identity_guide_for(model, device)
+            guide = identity_guide_for(model, device, recipe.sampling.identity_guide)
         # the recipe as written stays the run's config (resume compares it); only the filter sees the model's gallery
         selector = make_selector(with_model_leakage_gallery(recipe, model), model, plan)
         bank = StyleBank(recipe.variation.style_bank, model.image_size) if recipe.variation.style_bank else None

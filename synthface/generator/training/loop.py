@@ -1,5 +1,8 @@
 """The native generator's training loop: DDPM epsilon loss, condition dropout, EMA, Accelerate, resume.
 
+With ``train.identity_loss`` on, an identity term joins the denoising loss
+(:mod:`synthface.generator.training.identity_loss`); it is logged in its own loss.csv column.
+
 One optimizer step draws ``grad_accum`` micro-batches of ``batch_size`` images per process from a
 seeded :class:`EpochSampler` (global batches, each process takes its own slice). Every random draw
 of a step (augmentation, noise, timesteps, condition dropout) comes from a CPU generator seeded with
@@ -11,7 +14,8 @@ Run folder::
 
     RUN_DIR/config.yaml               resolved recipe (its hash guards --resume)
     RUN_DIR/checkpoints/step-NNNNNNN/ accelerate state + trainer.json (the last ``keep_checkpoints``)
-    RUN_DIR/loss.csv, loss.png        loss curve (continues across resumes)
+    RUN_DIR/loss.csv, loss.png        loss curve (continues across resumes; + identity_loss with it on)
+    RUN_DIR/identity_head/            the noise-aware identity head (`synthface train-head`), copied into model/
     RUN_DIR/samples/step-NNNNNNN.png  fixed identities x fixed seeds, EMA weights (first column: a real face)
     RUN_DIR/model/                    the EMA weights as a native model (`synthface generate --model RUN_DIR/model`)
     RUN_DIR/train.json                summary of the last run
@@ -118,7 +122,8 @@ def training_target(scheduler: Any, x0: torch.Tensor, noise: torch.Tensor, times
 @dataclass
 class Batch:
     x0: torch.Tensor  # (B, C, H, W) clean images in [-1, 1] or latents
-    cond: torch.Tensor  # (B, D) conditioning embeddings
+    cond: torch.Tensor  # (B, D) conditioning embeddings, as the model sees them (centred when it centres)
+    target: torch.Tensor  # (B, D) the same embeddings uncentred: what the identity term pulls towards
 
 
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
@@ -340,18 +345,47 @@ class Trainer:
             embed_per_identity=c.data.embed_per_identity,
         )
 
+    def scheduler_config(self) -> dict[str, Any]:
+        """The noise schedule of the recipe's model (what training noises with and the model samples with)."""
+        from synthface.generator.native import default_scheduler_config
+
+        m = self.config.model
+        return default_scheduler_config(m.latent, m.prediction_type, m.beta_schedule, m.zero_terminal_snr, m.timestep_spacing)
+
+    def prepare_latents(self, faces: FaceData, device: torch.device) -> tuple[Any, np.ndarray | None, float]:
+        """(VAE, cached latents, gain) of a latent model, (None, None, 1.0) in pixel space.
+
+        With ``model.latent_scaling: auto`` the latents are multiplied by ``gain`` (1 / their std) and
+        the VAE's scaling factor records it, so the model decodes what it was trained on.
+        """
+        c = self.config
+        if not c.model.latent:
+            return None, None, 1.0
+        vae = load_vae(c.model.vae, device)
+        latents = latent_cache(str(c.model.vae), faces, self._cache_dir(), vae, c.data.batch_size, device, self.progress)
+        gain = 1.0
+        if c.model.latent_scaling == "auto":
+            gain = 1.0 / latent_std(latents)
+            vae.register_to_config(scaling_factor=float(getattr(vae.config, "scaling_factor", 1.0)) * gain)
+        return vae, latents, gain
+
+    def head_dir(self) -> Path:
+        """Where this run's identity head lives: ``train.identity_loss.head``, else RUN_DIR/identity_head."""
+        from synthface.generator.identity_head import HEAD_DIR
+
+        named = self.config.train.identity_loss.head
+        return Path(named) if named else self.run_dir / HEAD_DIR
+
     def make_model(self, faces: FaceData, vae: Any) -> Any:
         """A freshly initialised native model (seeded by the recipe's seed) for these faces."""
-        from synthface.generator.native import build_native, default_scheduler_config
+        from synthface.generator.native import build_native
 
         c, m = self.config, self.config.model
         mean = None
         if m.center_condition:
             raw = faces.conditions(c.data.condition).astype(np.float64)
             mean = raw.mean(axis=0)
-        sched = default_scheduler_config(
-            vae is not None, m.prediction_type, m.beta_schedule, m.zero_terminal_snr, m.timestep_spacing
-        )
+        sched = self.scheduler_config()
         return build_native(
             embedder=c.embedder,
             embedding_dim=int(faces.image_embeddings.shape[1]),
@@ -390,6 +424,7 @@ class Trainer:
             raise ConfigError(
                 "model.latent is true but model.vae is empty: name a TAEF2 folder or an AutoencoderKL (Hub id or folder)"
             )
+        self._check_head()
         wall0 = time.perf_counter()
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -405,16 +440,7 @@ class Trainer:
             with accelerator.main_process_first():
                 faces = self.prepare_data(device)
                 self._gallery = self._cache_dir() / f"faces-{faces.cache_key}.parquet"
-                vae = load_vae(c.model.vae, device) if c.model.latent else None
-                latents = (
-                    latent_cache(str(c.model.vae), faces, self._cache_dir(), vae, c.data.batch_size, device, self.progress)
-                    if vae is not None
-                    else None
-                )
-            latent_gain = 1.0
-            if latents is not None and c.model.latent_scaling == "auto":
-                latent_gain = 1.0 / latent_std(latents)
-                vae.register_to_config(scaling_factor=float(getattr(vae.config, "scaling_factor", 1.0)) * latent_gain)
+                vae, latents, latent_gain = self.prepare_latents(faces, device)
             if main:
                 write_resolved(c, self.run_dir)
             summary: dict[str, Any] = {"run_dir": str(self.run_dir), "data": faces.summary(), "config_hash": config_hash(c)}
@@ -442,7 +468,7 @@ class Trainer:
             accelerator.register_for_checkpointing(lr_sched, ema, sampler)
             params = list(accelerator.unwrap_model(denoiser).parameters())
 
-            log = LossLog(self.run_dir / "loss.csv")
+            log = LossLog(self.run_dir / "loss.csv", extra=("identity_loss",) if t.identity_loss.weight > 0 else ())
             start_step, seconds_before = 0, 0.0
             found = checkpoints(self.run_dir)
             if self.resume and found:
@@ -459,7 +485,9 @@ class Trainer:
 
             from synthface.generator.native import prepare_condition
 
-            conds = prepare_condition(torch.from_numpy(faces.conditions(c.data.condition)), model.condition_mean)
+            raw_conds = torch.from_numpy(faces.conditions(c.data.condition))
+            conds = prepare_condition(raw_conds, model.condition_mean)
+            id_loss = self._identity_loss(model, noise_sched, device)
             crops = torch.from_numpy(faces.crops)
             world, rank = accelerator.num_processes, accelerator.process_index
             grid_ids = sample_identities(faces, t.sample_identities)
@@ -487,7 +515,7 @@ class Trainer:
                     x0 = torch.from_numpy(sel[order]).float()[torch.arange(len(idx)), flips] * latent_gain
                 else:
                     x0 = augment_pixels(crops[idx], t.augment, t.jitter, gen)
-                return Batch(x0, conds[idx]), gen
+                return Batch(x0, conds[idx], raw_conds[idx]), gen
 
             self.progress.start(t.max_steps, "training")
             if start_step:
@@ -497,8 +525,11 @@ class Trainer:
             t0 = time.perf_counter()
             step = start_step
             sampled_at = -1
+            id_window: list[float] = []
+            last_id = float("nan")
             while step < t.max_steps:
                 losses = []
+                id_sum = torch.zeros(2)  # (sum of the identity term over its rows, rows) of this step
                 for micro in range(t.grad_accum):
                     b, gen = batch(step, micro)
                     noise = torch.randn(b.x0.shape, generator=gen)
@@ -517,7 +548,13 @@ class Trainer:
                         else:
                             per = F.mse_loss(pred.float(), target.to(device).float(), reduction="none").mean(dim=(1, 2, 3))
                             loss = (per * weights.to(device)).mean()
-                        accelerator.backward(loss / t.grad_accum)
+                        total = loss
+                        if id_loss is not None:
+                            term, rows = id_loss(noisy.to(device), pred, steps_t.to(device), b.target, mask)
+                            if term is not None:
+                                total = loss + t.identity_loss.weight * term
+                                id_sum += torch.tensor([float(term.detach()) * rows, rows])
+                        accelerator.backward(total / t.grad_accum)
                     losses.append(loss.detach())
                 if t.clip_grad_norm:
                     accelerator.clip_grad_norm_(denoiser.parameters(), t.clip_grad_norm)
@@ -530,13 +567,21 @@ class Trainer:
                 window.append(step_loss)
                 last_loss = step_loss
                 elapsed = time.perf_counter() - t0
-                self.progress.advance(
-                    1, loss=step_loss, lr=lr_sched.get_last_lr()[0], steps_s=(step - start_step) / max(elapsed, 1e-9)
-                )
+                shown: dict[str, float] = {"loss": step_loss}
+                if id_loss is not None:
+                    total_id = accelerator.gather(id_sum.to(device).reshape(1, 2)).sum(dim=0)
+                    if float(total_id[1]) > 0:
+                        last_id = float(total_id[0] / total_id[1])
+                        id_window.append(last_id)
+                    shown["id_loss"] = last_id
+                self.progress.advance(1, **shown, lr=lr_sched.get_last_lr()[0], steps_s=(step - start_step) / max(elapsed, 1e-9))
                 if main and (step % t.log_every == 0 or step == t.max_steps):
                     epoch = step * t.batch_size * world * t.grad_accum / len(faces)
-                    log.append(step, float(np.mean(window)), lr_sched.get_last_lr()[0], epoch, seconds_before + elapsed)
-                    window = []
+                    extra = (
+                        {"identity_loss": float(np.mean(id_window)) if id_window else float("nan")} if id_loss is not None else {}
+                    )
+                    log.append(step, float(np.mean(window)), lr_sched.get_last_lr()[0], epoch, seconds_before + elapsed, **extra)
+                    window, id_window = [], []
                 if step % t.sample_every == 0 or step == t.max_steps:
                     if main:
                         self._sample_grid(accelerator, denoiser, ema, params, model, faces, grid_ids, step)
@@ -581,6 +626,8 @@ class Trainer:
                     "template_scale": template_scale,
                 }
             )
+            if id_loss is not None:
+                summary["final_identity_loss"] = last_id if step > start_step else None
             if main:
                 (self.run_dir / "train.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
             return summary
@@ -616,6 +663,35 @@ class Trainer:
             yield
         finally:
             ema.restore(params)
+
+    def _check_head(self) -> None:
+        """Before anything is written: ``train.identity_loss.through=head`` needs its head."""
+        section = self.config.train.identity_loss
+        where = self.head_dir()
+        if section.weight > 0 and section.through == "head" and not (where / "config.json").is_file():
+            raise ConfigError(
+                f"train.identity_loss.through=head needs a trained identity head in {where}: run `synthface train-head` "
+                "with the same --data, --recipe and --out first (or name one with train.identity_loss.head)"
+            )
+
+    def _identity_loss(self, model: Any, noise_sched: Any, device: torch.device) -> Any:
+        """The identity term of ``train.identity_loss`` (None when its weight is 0), its guide frozen on ``device``."""
+        from synthface.generator.training.identity_loss import IdentityLoss
+
+        section = self.config.train.identity_loss
+        if section.weight <= 0:
+            return None
+        if section.through == "head":
+            from synthface.generator.identity_head import check_head, load_identity_head
+
+            where = self.head_dir()
+            guide = load_identity_head(where, device)
+            check_head(guide, model, str(where))
+        else:
+            from synthface.generator.planning import identity_guide_for
+
+            guide = identity_guide_for(model, device, embedder=self.embedder).to(device)
+        return IdentityLoss(section, noise_sched, model, guide)
 
     def _view(self, accelerator: Any, denoiser: nn.Module, model: Any) -> Any:
         from synthface.generator.native import NativeGenerator
@@ -679,11 +755,16 @@ class Trainer:
         view.meta.extra = dict(model.meta.extra, train_steps=step)
         with self._ema_weights(ema, params):
             view.save(tmp)
-        if self._gallery is not None and self._gallery.is_file():
-            from synthface.generator.native import GALLERY_FILE, seal
+        from synthface.generator.native import GALLERY_FILE, seal
 
+        if self._gallery is not None and self._gallery.is_file():
             shutil.copyfile(self._gallery, tmp / GALLERY_FILE)
-            seal(tmp)
+        head = self.head_dir()
+        if (head / "config.json").is_file():  # the run's identity head travels with its model (sampling.identity_guide=head)
+            from synthface.generator.identity_head import HEAD_DIR
+
+            shutil.copytree(head, tmp / HEAD_DIR)
+        seal(tmp)
         if target.exists():
             shutil.rmtree(target)
         tmp.replace(target)

@@ -18,10 +18,12 @@ LOSS_FIELDS = ["step", "loss", "lr", "epoch", "seconds"]
 
 
 class LossLog:
-    """Rows of (step, loss, lr, epoch, seconds) appended to a CSV as training goes."""
+    """Rows of (step, loss, lr, epoch, seconds) appended to a CSV as training goes, plus the ``extra``
+    columns a run logs (``identity_loss``: the identity term, beside the denoising ``loss``)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, extra: Sequence[str] = ()) -> None:
         self.path = Path(path)
+        self.fields = LOSS_FIELDS + list(extra)
 
     def read(self) -> list[dict[str, float]]:
         if not self.path.is_file():
@@ -30,7 +32,7 @@ class LossLog:
             rows = []
             for row in csv.DictReader(f):
                 try:
-                    rows.append({k: float(row[k]) for k in LOSS_FIELDS})
+                    rows.append({k: float(row[k]) for k in self.fields})
                 except (KeyError, TypeError, ValueError):
                     break  # a torn last line from a killed run
             return rows
@@ -39,21 +41,20 @@ class LossLog:
         """Keep the rows up to ``step`` (a resumed run continues the curve from its checkpoint)."""
         rows = [r for r in self.read() if r["step"] <= step]
         text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, LOSS_FIELDS)
+        writer = csv.DictWriter(text, self.fields)
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: _num(r[k]) for k in LOSS_FIELDS})
+            writer.writerow({k: _num(r[k]) for k in self.fields})
         atomic_write_text(self.path, text.getvalue())
 
-    def append(self, step: int, loss: float, lr: float, epoch: float, seconds: float) -> None:
+    def append(self, step: int, loss: float, lr: float, epoch: float, seconds: float, **extra: float) -> None:
         new = not self.path.is_file()
         with self.path.open("a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, LOSS_FIELDS)
+            writer = csv.DictWriter(f, self.fields)
             if new:
                 writer.writeheader()
-            writer.writerow(
-                {"step": step, "loss": f"{loss:.6g}", "lr": f"{lr:.6g}", "epoch": f"{epoch:.4f}", "seconds": f"{seconds:.1f}"}
-            )
+            row = {"step": step, "loss": f"{loss:.6g}", "lr": f"{lr:.6g}", "epoch": f"{epoch:.4f}", "seconds": f"{seconds:.1f}"}
+            writer.writerow(row | {k: f"{float(v):.6g}" for k, v in extra.items()})
             f.flush()
             os.fsync(f.fileno())
 
@@ -82,11 +83,17 @@ def plot_loss(rows: Sequence[dict[str, float]], path: Path, title: str = "genera
     ax.plot(steps, loss, ".", ms=2, alpha=0.4, label="logged loss")
     ax.plot(steps, smooth, "-", lw=1.5, label="smoothed")
     ax.set_xlabel("step")
-    ax.set_ylabel("epsilon MSE")
+    ax.set_ylabel("denoising MSE")
     ax.set_yscale("log")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left")
+    identity = np.array([r.get("identity_loss", np.nan) for r in rows])
+    if np.isfinite(identity).any():  # the identity term on its own axis
+        right = ax.twinx()
+        right.plot(steps, identity, "-", lw=1.0, color="tab:red", alpha=0.7, label="identity term (1 - cos)")
+        right.set_ylabel("identity term")
+        right.legend(loc="upper right")
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
