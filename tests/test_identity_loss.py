@@ -397,8 +397,11 @@ def test_generate_with_the_head_guide_and_without_a_head(head_run, tmp_path):
     bare = tmp_path / "bare"
     import shutil
 
+    from synthface.generator.native import seal
+
     shutil.copytree(run / "model", bare)
     shutil.rmtree(bare / HEAD_DIR)
+    seal(bare)  # a model written without a head (not a damaged one)
     result = CliRunner().invoke(
         app, ["generate", "--model", str(bare), "--out", str(tmp_path / "synth2")] + [a for s in sets[1:] for a in ("--set", s)]
     )

@@ -19,6 +19,7 @@ SCHEMA = {  # recipe file -> the command that reads it
     "native-generate-dlib.yaml": GenerateRecipe,
     "native-generate-sface.yaml": GenerateRecipe,
     "quickstart-native.yaml": GenerateRecipe,
+    "quickstart.yaml": GenerateRecipe,
     "native-cpu-latent.yaml": TrainRecipe,
     "native-cpu-small.yaml": TrainRecipe,
     "native-gpu-128.yaml": TrainRecipe,
