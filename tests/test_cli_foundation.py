@@ -170,8 +170,8 @@ def test_plain_progress_lines_rate_excludes_a_resumed_runs_jump(monkeypatch):
     lines = out.getvalue().splitlines()
     assert lines == [
         "training: 300/500 (0s)",
-        "training: 306/500 (0.2/s, 30s) loss=0.1",
-        "training: 309/500 (0.1/s, 60s) loss=0.2",
+        "training: 306/500 (0.2/s, 30s, eta 16m10s) loss=0.1",  # the remaining steps at the rate just measured
+        "training: 309/500 (0.1/s, 60s, eta 31m50s) loss=0.2",
     ]
 
 

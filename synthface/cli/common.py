@@ -197,6 +197,16 @@ def write_json(target: str | None, summary: dict[str, Any]) -> None:
     path.write_text(text + "\n", encoding="utf-8")
 
 
+def _duration(seconds: float) -> str:
+    """A remaining time as 45s, 12m05s or 3h07m."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 class RichBar:
     """The library's Progress hook rendered as a rich progress bar on stderr."""
 
@@ -250,9 +260,12 @@ class RichBar:
         # already done) is not work done now
         done0, t0 = state["mark"]
         state["mark"] = (state["done"], now)
-        rate = f"{(state['done'] - done0) / (now - t0):.3g}/s, " if now - t0 > 1.0 else ""
+        per_s = (state["done"] - done0) / (now - t0) if now - t0 > 1.0 else 0.0
+        rate = f"{per_s:.3g}/s, " if per_s > 0 else ""
+        left = (total - state["done"]) / per_s if total and per_s > 0 and state["done"] < total else None
+        eta = f", eta {_duration(left)}" if left is not None else ""
         extra = "  ".join(f"{k}={_fmt(v)}" for k, v in info.items())
-        console.print(f"{state['desc']}: {state['done']}{of} ({rate}{elapsed:.0f}s) {extra}".rstrip(), highlight=False)
+        console.print(f"{state['desc']}: {state['done']}{of} ({rate}{elapsed:.0f}s{eta}) {extra}".rstrip(), highlight=False)
 
     def finish(self) -> None:
         self._plain = None
