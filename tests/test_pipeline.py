@@ -225,7 +225,7 @@ def test_half_precision_weights_load_back_to_nearly_the_same_images(tmp_path):
     assert size(half) < 0.6 * size(full)
     assert next(model.unet.parameters()).dtype == torch.float32  # saving did not change the model in memory
     a, b = load_native(full), load_native(half)
-    assert next(b.unet.parameters()).dtype == torch.float32
+    assert next(b.unet.parameters()).dtype == torch.float32 and next(b.projector.parameters()).dtype == torch.float32
     emb = _embeddings(2)
     x, y = (sample_batch(m, emb, [1, 2], steps=2, scheduler="ddim") for m in (a, b))
     assert not torch.equal(x, y) and (x - y).abs().max() < 0.05

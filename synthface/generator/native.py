@@ -219,13 +219,13 @@ class NativeGenerator(GeneratorModel):
     def save(self, path: str | Path, weights_dtype: torch.dtype | None = None) -> Path:
         """Write the model in diffusers layout plus synthface.json (read back with :func:`load_native`).
 
-        ``weights_dtype`` (e.g. ``torch.float16``) stores the UNet's and the VAE's weights in that
-        precision (half the bytes; loading casts them back to the compute dtype); the projector stays
-        fp32. The folder is sealed: synthface.json lists every file's size and sha256.
+        ``weights_dtype`` (e.g. ``torch.float16``) stores the weights in that precision (half the bytes;
+        loading casts them back to the compute dtype, the projector to fp32). The folder is sealed:
+        synthface.json lists every file's size and sha256.
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        for name, module in (("unet", self.unet), ("vae", self.vae)):
+        for name, module in (("unet", self.unet), ("vae", self.vae), ("projector", self.projector)):
             if module is None:
                 continue
             if weights_dtype is None:
@@ -237,7 +237,6 @@ class NativeGenerator(GeneratorModel):
                 module.save_pretrained(path / name, safe_serialization=True)
             finally:
                 module.to(dtype=before)
-        self.projector.save_pretrained(path / "projector", safe_serialization=True)
         DDPMScheduler.from_config(self.scheduler_config).save_pretrained(path / "scheduler")
         self.meta.latent = self.vae is not None
         self.meta.write(path)
@@ -447,7 +446,7 @@ def load_native(path: str | Path, device: torch.device | str = "cpu", dtype: tor
     verify_files(path, meta)
     try:
         unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype)
-        projector = IdentityProjector.from_pretrained(path / "projector")
+        projector = IdentityProjector.from_pretrained(path / "projector", torch_dtype=torch.float32)
         vae = vae_class(path / "vae").from_pretrained(path / "vae", torch_dtype=dtype) if meta.latent else None
         scheduler_config = dict(DDPMScheduler.load_config(path / "scheduler"))
     except (OSError, ValueError, RuntimeError) as exc:
