@@ -57,13 +57,34 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and not exc.filename:
+            raise named(exc, path) from exc
         raise
     fsync_dir(path.parent)
+
+
+def named(exc: OSError, path: str | Path) -> OSError:
+    """``exc`` naming ``path`` when it names no file (a write to an open handle on a full disk names
+    none): the message then says which file could not be written, and why."""
+    if exc.filename:
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc) or type(exc).__name__, str(path))
+
+
+@contextlib.contextmanager
+def writing_to(path: str | Path) -> Iterator[None]:
+    """Inside, an OSError that names no file is raised naming ``path`` (see :func:`named`)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename:
+            raise
+        raise named(exc, path) from exc
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from synthface.cli.common import JsonOpt, RecipeOpt, RichBar, SetOpt, console, example, handle_errors, recipe, write_json
 
@@ -97,21 +98,22 @@ def doctor(
     console.print(f"[bold]python[/] {data['python']}  [bold]torch[/] {t['torch']} ({t['build']} build)  "
                   f"[bold]CUDA[/] {'yes ' + str(t['cuda_version']) if t['cuda_available'] else 'no'}  "
                   f"[bold]default device[/] {t['default_device']}  [bold]CPU threads[/] {t['cpu_threads']}",
-                  highlight=False)  # fmt: skip
+                  markup=True)  # fmt: skip
     if t["build"] != "CPU-only" and not t["cuda_available"]:
         console.print(f"[yellow]note:[/] this torch is a {t['build']} build but no GPU is visible: on a CPU-only machine "
-                      "the CPU-only build is several GB smaller (README, 'CPU-only machines')", highlight=False)  # fmt: skip
+                      "the CPU-only build is several GB smaller (README, 'CPU-only machines')", markup=True)  # fmt: skip
     for d in t["devices"]:
         console.print(f"  cuda:{d['index']} {d['name']} {d['memory_gib']} GiB bf16={d['bf16']}")
     missing = [k for k, v in data["packages"].items() if v == "not installed"]
     if missing:
-        console.print(f"[yellow]not installed:[/] {', '.join(missing)}")
+        console.print(f"[yellow]not installed:[/] {', '.join(missing)}", markup=True)
     table = Table(title="weights", show_lines=False)
     for col in ("weights", "used for", "status", "size"):
         table.add_column(col, overflow="fold")
     for w in data["weights"]:
-        status = "[green]present[/]" if w["present"] else ("[red]incomplete[/]" if w["missing"] else "[red]missing[/]")
-        table.add_row(escape(w["name"]), escape(w["used_for"]), status, w["size"])
+        status = "[green]present[/]" if w["present"] else (
+            f"[red]unusable:[/] {escape(w['problem'])}" if w["problem"] else "[red]incomplete[/]" if w["missing"] else "[red]missing[/]")  # fmt: skip
+        table.add_row(w["name"], w["used_for"], Text.from_markup(status), w["size"])  # plain cells: no markup
     console.print(table)
     absent = [w for w in data["weights"] if not w["present"]]
     if absent:
@@ -119,11 +121,11 @@ def doctor(
             f" --model {model}" if model else "") + "".join(f" --embedder {e}" for e in embedders or [])  # fmt: skip
         one_step = f"synthface download{named}" if named else "synthface doctor --fetch"
         console.print(f"[bold]fetch what is missing[/] on a machine with network (the caches are then reused offline); "
-                      f"every download at once: [cyan]{one_step}[/]; one by one:", highlight=False, soft_wrap=True)  # fmt: skip
+                      f"every download at once: [cyan]{escape(one_step)}[/]; one by one:", markup=True, soft_wrap=True)  # fmt: skip
         for w in absent:
-            lacks = f" (lacks {', '.join(w['missing'])})" if w["missing"] else ""
+            lacks = f" ({w['problem']})" if w["problem"] else f" (lacks {', '.join(w['missing'])})" if w["missing"] else ""
             console.print(
-                f"  {escape(w['name'])}{escape(lacks)}:\n    [cyan]{escape(w['fetch'])}[/]", highlight=False, soft_wrap=True
+                f"  {escape(w['name'])}{escape(lacks)}:\n    [cyan]{escape(w['fetch'])}[/]", markup=True, soft_wrap=True
             )
     write_json(json_out, data)
 
@@ -151,11 +153,11 @@ def download(
         raise InputError("name what to fetch: --recipe R.yaml (a generate recipe), --model MODEL or --embedder NAME")
     left = _fetch(needs)
     for need in needs:
-        state = "present" if need.present else "needs a package"
+        state = "present" if need.present else (f"unusable: {need.problem}" if need.problem else "needs a package")
         console.print(f"{need.name}: {state} ({need.where})", markup=False, highlight=False, soft_wrap=True)
     write_json(json_out, {"weights": [n.to_dict() for n in needs], "missing": [n.name for n in left]})
     if left:
-        raise InputError(f"not fetchable here, install: {'; '.join(f'{n.name}: {n.fetch}' for n in left)}")
+        raise InputError(f"not fetchable here, install or fix: {'; '.join(f'{n.name}: {n.fetch}' for n in left)}")
 
 
 def register(app: typer.Typer) -> None:

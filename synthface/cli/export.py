@@ -53,9 +53,8 @@ def export_cmd(
     cfg = recipe(ExportRecipe, recipe_path, overrides)
     summary = export(src, cfg.format, out, overwrite=overwrite, shard_size=cfg.shard_size, progress=RichBar(),
                      allow_partial=allow_partial, config=cfg)  # fmt: skip
-    console.print(
-        f"exported {summary['images']} images of {summary['identities']} identities as {cfg.format} -> {out}", highlight=False
-    )
+    kept = f" (kept {summary['kept_user_files']} files the earlier export did not write)" if summary["kept_user_files"] else ""
+    console.print(f"exported {summary['images']} images of {summary['identities']} identities as {cfg.format} -> {out}{kept}")
     write_json(json_out, summary)
 
 

@@ -14,6 +14,7 @@ from synthface.cli.common import (
     SetOpt,
     console,
     example,
+    fail,
     handle_errors,
     recipe,
     sigterm_interrupts,
@@ -31,6 +32,18 @@ synthface generate --model MODEL --recipe R.yaml --out runs/10k --part "$SLURM_A
 synthface generate --model MODEL --recipe R.yaml --out runs/10k  # once every part is done: the final pass
 """
 )
+
+
+def run_size(config: GenerateRecipe, recipe_path: Path | None, sets: list[str] | None) -> str:
+    """The run's size in one line, so a run is never started without a word about what it makes."""
+    ids, per = config.identities.count, config.images_per_identity
+    renders = ""
+    if config.filter.enabled and config.filter.oversample > 1:
+        renders = (
+            f", up to {int(ids * per * config.filter.oversample):,} renders (filter.oversample {config.filter.oversample:g})"
+        )
+    source = "the default recipe (no --recipe, no --set)" if recipe_path is None and not sets else "the recipe"
+    return f"planned by {source}: {ids:,} identities x {per} images = {ids * per:,} images{renders}"
 
 
 def register(app: typer.Typer) -> None:
@@ -68,6 +81,8 @@ def register(app: typer.Typer) -> None:
         state = process_state()
         main = state.is_main_process
         bar = RichBar() if main else None
+        if main:
+            console.print(run_size(config, recipe_path, sets), soft_wrap=True)
         with sigterm_interrupts():
             summary = generate_dataset(config, out, overwrite=overwrite, progress=bar, state=state, part=part)
         if not main:
@@ -81,6 +96,12 @@ def register(app: typer.Typer) -> None:
             )
             write_json(json_out, summary)
             return
+        if summary["images"] == 0:
+            write_json(json_out, summary)
+            fail(
+                f"the run kept 0 images ({out}): the filter rejected every "
+                "identity; lower filter.threshold or filter.min_images, or raise images_per_identity"
+            )
         what = "resumed" if summary["resumed"] else "wrote"
         console.print(
             f"{what} {summary['images']} images of {summary['identities_kept']} identities in {summary['shards']} "
