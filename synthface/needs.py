@@ -32,8 +32,8 @@ class Need:
     fetch: str  # the command that gets it
     missing: list[str] = field(default_factory=list)  # what a partial copy lacks
     size: str = ""
-    problem: str = ""  # why a file that is there cannot be used (truncated weights, not an ONNX model, ...)
     fetcher: Callable[[Progress | None], Any] | None = field(default=None, repr=False, compare=False)
+    problem: str = ""  # why a file that is there cannot be used (truncated weights, not an ONNX model, ...)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "used_for": self.used_for, "present": self.present, "where": self.where,
@@ -50,7 +50,7 @@ def hub_need(files: HubFiles, used_for: str, size: str = "") -> Need:
         problem = "; ".join(folder_problems(root)) if root is not None and root.is_dir() else ""
         return Need(f"{files.what} {files.spec}", used_for, present and not problem, where,
                     f"complete the directory {files.spec} or pass another ({files.option.rstrip('=')})", missing, size,
-                    problem)  # fmt: skip
+                    problem=problem)  # fmt: skip
     return Need(f"{files.what} {files.spec}", used_for, present, where, files.download_command(),
                 missing if root is not None else [], size, lambda progress: hub.fetch(files, progress))  # fmt: skip
 

@@ -808,3 +808,39 @@ def test_doctor_says_what_an_onnx_path_and_a_style_bank_are(tiny_model, tmp_path
     assert onnx["present"] is False and onnx["problem"] == "a text file of 32 bytes, not an ONNX model"
     bank = weights[f"variation.style_bank {tmp_path / 'empty'}"]
     assert bank["present"] is False and bank["problem"] == "holds no images (.jpg, .png, ...)"
+
+
+def test_a_library_writers_disk_full_error_names_the_path(tmp_path, monkeypatch):
+    import errno
+
+    from synthface import atomic
+
+    target = tmp_path / "checkpoints" / "step-1"
+    with pytest.raises(OSError) as info, atomic.writing_to(target):
+        raise RuntimeError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
+    assert (info.value.errno, info.value.strerror, info.value.filename) == (errno.ENOSPC, "No space left on device", str(target))
+    monkeypatch.setattr(atomic, "_free_bytes", lambda path: 0)  # torch's writer says no reason: a full disk is found
+    with pytest.raises(OSError) as info, atomic.writing_to(target):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0")
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    monkeypatch.setattr(atomic, "_free_bytes", lambda path: 10**12)
+    with pytest.raises(RuntimeError, match="a bug"), atomic.writing_to(target):
+        raise RuntimeError("a bug")  # anything else stays what it is
+
+
+def test_doctor_compares_a_model_folders_recorded_sizes(tiny_model, tmp_path):
+    import json
+
+    from synthface.needs import model_folder_need
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    meta = json.loads((model / "synthface.json").read_text())
+    size = (model / "unet" / "config.json").stat().st_size
+    meta["files"] = {"unet/config.json": {"size": size + 1}, "extra.bin": {"size": 3}}
+    (model / "synthface.json").write_text(json.dumps(meta))
+    need = model_folder_need(model, "generator")
+    assert not need.present
+    assert need.problem == f"extra.bin is missing; unet/config.json has {size} bytes, not the {size + 1} recorded"
