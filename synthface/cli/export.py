@@ -40,7 +40,9 @@ def export_cmd(
         str | None,
         typer.Option("--format", "-f", help="imagefolder | webdataset | recordio (recipe key: format).", show_default=False),
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier export in OUT (files you added to OUT stay).")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier export in OUT (files you added to OUT stay).")
+    ] = False,
     allow_partial: AllowPartialOpt = False,
     recipe_path: RecipeOpt = None,
     sets: SetOpt = None,
