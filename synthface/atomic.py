@@ -9,6 +9,7 @@ them appear, or none.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -57,13 +58,58 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and not exc.filename:
+            raise named(exc, path) from exc
         raise
     fsync_dir(path.parent)
+
+
+def named(exc: OSError, path: str | Path) -> OSError:
+    """``exc`` naming ``path`` when it names no file (a write to an open handle on a full disk names
+    none): the message then says which file could not be written, and why."""
+    if exc.filename:
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc) or type(exc).__name__, str(path))
+
+
+# how safetensors (Rust) reports an OS error: "... IoError(Os { code: 28, kind: StorageFull, message: "No space ..." })"
+_RUST_OS_ERROR = re.compile(r'Os \{ code: (\d+), kind: \w+, message: "([^"]+)"')
+_FULL = 1 << 20  # free bytes under which a failed write is put down to a full disk
+
+
+@contextlib.contextmanager
+def writing_to(path: str | Path) -> Iterator[None]:
+    """Inside, an OSError that names no file is raised naming ``path`` (see :func:`named`); so is the
+    error a library's own writer makes of an OS error (safetensors' ``IoError(Os { code: 28 ...})``,
+    torch's ``PytorchStreamWriter failed writing file`` on a disk with no space left)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename:
+            raise
+        raise named(exc, path) from exc
+    except Exception as exc:  # noqa: BLE001 - re-raised unchanged unless it is an OS error in disguise
+        found = _RUST_OS_ERROR.search(str(exc))
+        if found:
+            raise OSError(int(found[1]), found[2], str(path)) from exc
+        if _free_bytes(Path(path)) < _FULL:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+        raise
+
+
+def _free_bytes(path: Path) -> int:
+    for folder in (path, *path.parents):
+        if folder.exists():
+            try:
+                return shutil.disk_usage(folder).free
+            except OSError:
+                return _FULL
+    return _FULL
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -252,6 +252,13 @@ class Arc2FaceSection(Section):
     arcface: str | None = Field(None, description="conditioning ArcFace ONNX file; null: the model's arcface.onnx")
 
 
+# The largest guidance scale each sampling dtype carries: the guided prediction is scale x (cond -
+# uncond), and the UNet's attention multiplies two activations of that size, so the scale's square
+# must stay representable (fp16: 255; bf16 and fp32: 1.8e19). A larger one is finite but renders
+# every image black.
+GUIDANCE_LIMIT = {"fp16": 255.0, "bf16": 1.8e19, "fp32": 1.8e19}
+
+
 class GenerateRecipe(Section):
     seed: int = 0
     model: str = "FoivosPar/Arc2Face"
@@ -263,6 +270,27 @@ class GenerateRecipe(Section):
     filter: FilterSection = FilterSection()
     output: OutputSection = OutputSection()
     arc2face: Arc2FaceSection = Arc2FaceSection()
+
+    @model_validator(mode="after")
+    def _guidance_fits_dtype(self) -> "GenerateRecipe":
+        dtype = self.sampling.dtype
+        limit = GUIDANCE_LIMIT[dtype]
+        scales = {"sampling.guidance_scale": [self.sampling.guidance_scale]}
+        scales["variation.guidance_scale"] = list(self.variation.guidance_scale or [])
+        for key, values in scales.items():
+            for value in values:
+                if value > limit:
+                    raise ValueError(
+                        f"{key} {value:g} overflows {dtype} sampling (at most {limit:g}; every image would be black): "
+                        "use a scale like 3"
+                    )
+        steps, strength = self.sampling.steps, self.variation.style_strength
+        if self.variation.style_bank and int(steps * strength) < 1:
+            raise ValueError(
+                f"variation.style_strength {strength:g} leaves no step of sampling.steps {steps} to run from a style "
+                f"image: raise it to at least {1 / steps:.3g}"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------- train (generator)
@@ -599,6 +627,10 @@ def _format_validation(exc: ValidationError, source: str) -> str:
     if err.get("type") == "extra_forbidden":
         return f"unknown recipe key '{key}' in {source}: remove it or check its spelling"
     msg = err.get("msg", "invalid value")
+    if err.get("type") == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        if key == "(root)":  # a rule across sections (GenerateRecipe's validator) names its keys itself
+            return f"{msg} (in {source})"
     value = err.get("input")
     shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
     return f"recipe key '{key}' in {source}: {msg}{shown}"

@@ -412,6 +412,12 @@ def _plan_images(
             reasons[i] = f"leakage: cosine {_max_cos(c64, real64):.3f} to a real person"
         else:
             kept[i] = True
+    if not kept.any():
+        why = sorted({r.split(":")[0] for r in reasons})
+        raise InputError(
+            f"no reference identity in {cfg.images} can be used ({'; '.join(why)}): add clear, frontal "
+            "face photos (one sub-folder or image per identity)"
+        )
     return IdentityPlan(
         strategy="images",
         embeddings=out,

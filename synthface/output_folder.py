@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -33,10 +34,19 @@ def written_by(config: Path, recipe: type[Section]) -> bool:
     return isinstance(data, dict) and bool(data) and set(data) <= set(recipe.model_fields)
 
 
-def check_output_folder(out: Path, command: str, config_name: str, recipe: type[Section], option: str = "--out") -> bool:
+def check_output_folder(
+    out: Path,
+    command: str,
+    config_name: str,
+    recipe: type[Section],
+    option: str = "--out",
+    records: Callable[[Path], bool] | None = None,
+) -> bool:
     """Refuse ``out`` unless it is absent, empty, or a ``command`` run; touches nothing.
 
-    Returns True when ``out`` holds a run of ``command`` (its ``config_name`` is one).
+    Returns True when ``out`` holds a run of ``command``: its ``config_name`` is one, or, when that
+    file is damaged, ``records(out)`` finds the command's other records there (generate's commit
+    markers), so that ``--overwrite`` can still replace the run.
     """
     out = Path(out)
     if not out.exists():
@@ -53,6 +63,8 @@ def check_output_folder(out: Path, command: str, config_name: str, recipe: type[
         return False
     if written_by(out / config_name, recipe):
         return True
+    if records is not None and (out / config_name).is_file() and records(out):
+        return True  # the config is damaged, but the run's own records vouch for the folder
     raise InputError(
         f"{option} {out} is not empty and is not a synthface {command} output (it has no {config_name} written by "
         f"`synthface {command}`): choose a new or empty folder (synthface never writes into a folder of other files)"

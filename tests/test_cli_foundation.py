@@ -185,15 +185,15 @@ def test_set_help_example_is_a_key_of_every_command():
     assert f"--set {SET_EXAMPLE}" in flat
 
 
-def test_align_with_no_face_found_warns_and_fails(tmp_path):
+def test_align_with_no_face_found_is_an_error(tmp_path):
     src = tmp_path / "blank" / "someone"
     src.mkdir(parents=True)
     for i in range(3):
         Image.fromarray(np.full((96, 96, 3), 40 * i, np.uint8)).save(src / f"{i}.png")
     result = run("align", tmp_path / "blank", tmp_path / "out", "--json", tmp_path / "a.json")
-    assert result.exit_code == 1
-    assert "no face 3" in result.output and "warning: no face was aligned" in result.output
-    assert json.loads((tmp_path / "a.json").read_text())["aligned"] == 0
+    assert result.exit_code == 2  # an empty result: exit 2, one line, no output folder
+    assert "error: no face was aligned" in result.output and "no face 3" in result.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "a.json").exists()
 
 
 def test_top_level_help_has_an_example():

@@ -59,8 +59,9 @@ def test_csv_pairs(tmp_path: Path) -> None:
     assert proto.issame.tolist() == [True, False, True, False] and len(proto.images) == 4 and proto.n_folds == 2
     assert proto.images[0] == tmp_path / "people" / "person00" / "0.png"
     folded = tmp_path / "folded.csv"
-    folded.write_text("path_a,path_b,same,fold\nperson00/0.png,person00/1.png,1,0\nperson00/0.png,person01/0.png,0,1\n")
-    assert load_protocol(folded, root).folds.tolist() == [0, 1]  # paths relative to the images folder
+    folded.write_text("path_a,path_b,same,fold\nperson00/0.png,person00/1.png,1,0\nperson00/0.png,person01/0.png,0,1\n"
+                      "person01/0.png,person01/1.png,1,1\nperson00/1.png,person01/1.png,0,0\n")  # fmt: skip
+    assert load_protocol(folded, root).folds.tolist() == [0, 1, 1, 0]  # paths relative to the images folder
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b,c\nx,y,1\n")
     with pytest.raises(InputError, match="path_a,path_b,same"):

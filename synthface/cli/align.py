@@ -24,24 +24,21 @@ def align(
     Reruns skip crops that already exist. Recipe keys: image_size, template_scale (1 tight, 0.6 loose), image_format (png|jpeg),
     select (largest|center), min_face_size, detector_threshold, batch_size, workers, device.
     """
-    from synthface.faces.align_folder import align_folder
+    from synthface.faces.align_folder import align_folder, check_folders
+
+    from synthface.dataset.locks import output_lock
 
     cfg = recipe(AlignRecipe, recipe_path, sets)
-    summary = align_folder(src, dst, cfg, progress=RichBar())
-    write_resolved(cfg, dst, "synthface-align.yaml")
+    check_folders(src, dst)
+    with output_lock(dst):  # a second align into DST is refused; a failed start leaves no DST
+        summary = align_folder(src, dst, cfg, progress=RichBar())
+        write_resolved(cfg, dst, "synthface-align.yaml")
     data = summary.to_dict()
     console.print(
         f"aligned {summary.aligned}, already there {summary.skipped_existing}, "
         f"no face {summary.no_face}, too small {summary.too_small}, unreadable {summary.unreadable} (of {summary.total}) -> {dst}"
     )
     write_json(json_out, data)
-    if summary.aligned + summary.skipped_existing == 0:
-        console.print(
-            f"[yellow]warning:[/] no face was aligned in {src}: check it holds photos of faces, or lower "
-            "--set detector_threshold=0.7 / --set min_face_size=12 for small or hard faces",
-            highlight=False,
-        )
-        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -31,7 +31,9 @@ from rich.progress import (
 from synthface.config import R, load_recipe
 from synthface.errors import SynthfaceError
 
-console = Console(stderr=True)
+# Messages carry user text (paths, --set values, file contents): never read as rich markup or
+# :emoji: codes ("a:b:c" stays "a:b:c"); the few styled words of our own pass markup=True.
+console = Console(stderr=True, markup=False, emoji=False, highlight=False, soft_wrap=True)  # one message, one line
 
 SET_EXAMPLE = "seed=1"  # a key every command's recipe has
 RecipeOpt = Annotated[
@@ -64,7 +66,7 @@ EXIT_MISSING_FILES = 4  # doctor: a file the named run loads is missing or incom
 
 def fail(message: str, code: int = 2) -> None:
     # messages are plain text: "pip install 'synthface[dlib]'" must not read as rich markup
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -103,8 +105,9 @@ def log_traceback(exc: BaseException) -> Path | None:
 
 
 def _os_error(exc: OSError) -> str:
-    what = exc.strerror or type(exc).__name__
-    where = f" {exc.filename}" if exc.filename else ""
+    """``reason: path: what to do`` (``No space left on device: OUT/data/x.parquet: free some space ...``)."""
+    what = exc.strerror or one_line(str(exc), 200) or type(exc).__name__
+    where = f": {exc.filename}" if exc.filename else ""
     hint = {
         28: "free some space or choose another folder",  # ENOSPC
         30: "choose a writable folder",  # EROFS
@@ -112,7 +115,7 @@ def _os_error(exc: OSError) -> str:
         20: "a part of the path is a file: choose another folder",  # ENOTDIR
         21: "pass a file, not a folder",  # EISDIR
     }.get(exc.errno or 0, "check the path and retry")
-    return f"cannot use{where}: {what}: {hint}"
+    return f"{what}{where}: {hint}"
 
 
 class Terminated(KeyboardInterrupt):
@@ -153,7 +156,9 @@ def handle_errors(func: F) -> F:
         except SynthfaceError as exc:
             fail(one_line(str(exc)))
         except KeyboardInterrupt as exc:
-            console.print("[yellow]interrupted[/]: work written so far is kept; run the same command again to resume")
+            console.print(
+                "[yellow]interrupted[/]: work written so far is kept; run the same command again to resume", markup=True
+            )
             raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
         except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, the traceback in a file
             fail_unexpected(exc)
@@ -225,12 +230,12 @@ class RichBar:
             return
         columns: list[Any] = [
             SpinnerColumn(),
-            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.description}", style="bold", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
+            TextColumn("{task.fields[info]}", markup=False),
         ]
         self._progress = RichProgress(*columns, console=console, transient=False, disable=not console.is_terminal)
         self._progress.start()

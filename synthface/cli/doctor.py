@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from synthface.cli.common import (
     EXIT_BROKEN_IMPORT,
@@ -102,7 +103,8 @@ def doctor(
     versions found, the likely cause and the command that fixes it.
 
     Exit codes: 0 all is well; 3 a package does not import; 4 a file the run named by --recipe,
-    --set, --model or --embedder loads is missing or incomplete.
+    --set, --model or --embedder loads is missing, incomplete or unusable (a truncated or changed
+    weights file, a path that is not an ONNX model, a recipe's gallery or style bank that is not there).
     """
     from synthface.broken_imports import check_imports, culprit
     from synthface.doctor import default_needs, report
@@ -126,40 +128,44 @@ def doctor(
         console.print(f"[bold]python[/] {data['python']}  [bold]torch[/] {t['torch']} ({t['build']} build)  "
                       f"[bold]CUDA[/] {'yes ' + str(t['cuda_version']) if t['cuda_available'] else 'no'}  "
                       f"[bold]default device[/] {t['default_device']}  [bold]CPU threads[/] {t['cpu_threads']}",
-                      highlight=False)  # fmt: skip
+                      markup=True)  # fmt: skip
         if t["build"] != "CPU-only" and not t["cuda_available"]:
             console.print(f"[yellow]note:[/] this torch is a {t['build']} build but no GPU is visible: on a CPU-only "
-                          "machine the CPU-only build is several GB smaller (README, 'CPU-only machines')", highlight=False)  # fmt: skip
+                          "machine the CPU-only build is several GB smaller (README, 'CPU-only machines')", markup=True)  # fmt: skip
         for d in t["devices"]:
             console.print(f"  cuda:{d['index']} {d['name']} {d['memory_gib']} GiB bf16={d['bf16']}")
     else:
-        console.print(f"[bold]python[/] {data['python']}  [bold]torch[/] does not import (below)", highlight=False)
+        console.print(f"[bold]python[/] {data['python']}  [bold]torch[/] does not import (below)", markup=True)
     missing = [k for k, v in data["packages"].items() if v == "not installed"]
     if missing:
-        console.print(f"[yellow]not installed:[/] {', '.join(missing)}")
+        console.print(f"[yellow]not installed:[/] {', '.join(missing)}", markup=True)
     if data["weights"] is None:
-        console.print("[yellow]weights not checked[/]: what a run loads can be listed once the packages below import")
+        console.print(
+            "[yellow]weights not checked[/]: what a run loads can be listed once the packages below import", markup=True
+        )
     else:
         _print_weights(data["weights"], recipe_path, sets, model, embedders)
     write_json(json_out, data)
     for b in broken:  # last, one line each: what does not import, versions, likely cause, the fix
-        console.print(f"[bold red]error:[/] {escape(b.line())}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(b.line())}", markup=True, soft_wrap=True)
     if broken:
         raise typer.Exit(EXIT_BROKEN_IMPORT)
-    absent = [w["name"] for w in data["weights"] or [] if not w["present"]]
+    absent = [w for w in data["weights"] or [] if not w["present"]]
     if named is not None and absent:
-        fail(f"{len(absent)} of the {len(named)} weights this run loads "
-             f"{'is' if len(absent) == 1 else 'are'} missing or incomplete: {', '.join(absent)}", code=EXIT_MISSING_FILES)  # fmt: skip
+        state = "missing, incomplete or unusable" if any(w["problem"] for w in absent) else "missing or incomplete"
+        fail(f"{len(absent)} of the {len(named)} weights this run loads {'is' if len(absent) == 1 else 'are'} "
+             f"{state}: {', '.join(w['name'] for w in absent)}", code=EXIT_MISSING_FILES)  # fmt: skip
 
 
 def _print_weights(weights: list[dict], recipe_path, sets, model, embedders) -> None:  # type: ignore[no-untyped-def]
-    """The weights table, and for what is missing the commands that fetch it."""
+    """The weights table, and for what is missing or unusable the commands that fetch or fix it."""
     table = Table(title="weights", show_lines=False)
     for col in ("weights", "used for", "status", "size"):
         table.add_column(col, overflow="fold")
     for w in weights:
-        status = "[green]present[/]" if w["present"] else ("[red]incomplete[/]" if w["missing"] else "[red]missing[/]")
-        table.add_row(escape(w["name"]), escape(w["used_for"]), status, w["size"])
+        status = "[green]present[/]" if w["present"] else (
+            f"[red]unusable:[/] {escape(w['problem'])}" if w["problem"] else "[red]incomplete[/]" if w["missing"] else "[red]missing[/]")  # fmt: skip
+        table.add_row(w["name"], w["used_for"], Text.from_markup(status), w["size"])  # plain cells: no markup
     console.print(table)
     absent = [w for w in weights if not w["present"]]
     if absent:
@@ -167,11 +173,11 @@ def _print_weights(weights: list[dict], recipe_path, sets, model, embedders) -> 
             f" --model {model}" if model else "") + "".join(f" --embedder {e}" for e in embedders or [])  # fmt: skip
         one_step = f"synthface download{named}" if named else "synthface doctor --fetch"
         console.print(f"[bold]fetch what is missing[/] on a machine with network (the caches are then reused offline); "
-                      f"every download at once: [cyan]{one_step}[/]; one by one:", highlight=False, soft_wrap=True)  # fmt: skip
+                      f"every download at once: [cyan]{escape(one_step)}[/]; one by one:", markup=True, soft_wrap=True)  # fmt: skip
         for w in absent:
-            lacks = f" (lacks {', '.join(w['missing'])})" if w["missing"] else ""
+            lacks = f" ({w['problem']})" if w["problem"] else f" (lacks {', '.join(w['missing'])})" if w["missing"] else ""
             console.print(
-                f"  {escape(w['name'])}{escape(lacks)}:\n    [cyan]{escape(w['fetch'])}[/]", highlight=False, soft_wrap=True
+                f"  {escape(w['name'])}{escape(lacks)}:\n    [cyan]{escape(w['fetch'])}[/]", markup=True, soft_wrap=True
             )
 
 
@@ -198,11 +204,11 @@ def download(
         raise InputError("name what to fetch: --recipe R.yaml (a generate recipe), --model MODEL or --embedder NAME")
     left = _fetch(needs)
     for need in needs:
-        state = "present" if need.present else "needs a package"
+        state = "present" if need.present else (f"unusable: {need.problem}" if need.problem else "needs a package")
         console.print(f"{need.name}: {state} ({need.where})", markup=False, highlight=False, soft_wrap=True)
     write_json(json_out, {"weights": [n.to_dict() for n in needs], "missing": [n.name for n in left]})
     if left:
-        raise InputError(f"not fetchable here, install: {'; '.join(f'{n.name}: {n.fetch}' for n in left)}")
+        raise InputError(f"not fetchable here, install or fix: {'; '.join(f'{n.name}: {n.fetch}' for n in left)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -41,7 +41,9 @@ def export_cmd(
         str | None,
         typer.Option("--format", "-f", help="imagefolder | webdataset | recordio (recipe key: format).", show_default=False),
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier export in OUT.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier export in OUT (files you added to OUT stay).")
+    ] = False,
     allow_partial: AllowPartialOpt = False,
     recipe_path: RecipeOpt = None,
     sets: SetOpt = None,
@@ -54,10 +56,14 @@ def export_cmd(
     cfg = recipe(ExportRecipe, recipe_path, overrides)
     summary = export(src, cfg.format, out, overwrite=overwrite, shard_size=cfg.shard_size, progress=RichBar(),
                      allow_partial=allow_partial, config=cfg)  # fmt: skip
+    kept = (
+        f" (kept {count(summary['kept_user_files'], 'file')} the earlier export did not write)"
+        if summary["kept_user_files"]
+        else ""
+    )
     console.print(
         f"exported {count(summary['images'], 'image')} of {count(summary['identities'], 'identity', 'identities')} "
-        f"as {cfg.format} -> {out}",
-        highlight=False,
+        f"as {cfg.format} -> {out}{kept}"
     )
     write_json(json_out, summary)
 

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from synthface.cli.common import (
+    EXIT_BROKEN_IMPORT,
     JsonOpt,
     RecipeOpt,
     RichBar,
@@ -15,6 +16,7 @@ from synthface.cli.common import (
     console,
     count,
     example,
+    fail,
     handle_errors,
     recipe,
     sigterm_interrupts,
@@ -32,6 +34,18 @@ synthface generate --model MODEL --recipe R.yaml --out runs/10k --part "$SLURM_A
 synthface generate --model MODEL --recipe R.yaml --out runs/10k  # once every part is done: the final pass
 """
 )
+
+
+def run_size(config: GenerateRecipe, recipe_path: Path | None, sets: list[str] | None) -> str:
+    """The run's size in one line, so a run is never started without a word about what it makes."""
+    ids, per = config.identities.count, config.images_per_identity
+    renders = ""
+    if config.filter.enabled and config.filter.oversample > 1:
+        renders = (
+            f", up to {int(ids * per * config.filter.oversample):,} renders (filter.oversample {config.filter.oversample:g})"
+        )
+    source = "the default recipe (no --recipe, no --set)" if recipe_path is None and not sets else "the recipe"
+    return f"planned by {source}: {ids:,} identities x {per} images = {ids * per:,} images{renders}"
 
 
 def register(app: typer.Typer) -> None:
@@ -57,6 +71,7 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = None,
     ) -> None:
         """Generate a labeled synthetic face dataset: Parquet shards under OUT/data, resumable."""
+        from synthface.broken_imports import REQUIRED, check_imports
         from synthface.generator.distributed import process_state
         from synthface.generator.run import generate_dataset
 
@@ -69,6 +84,11 @@ def register(app: typer.Typer) -> None:
         state = process_state()
         main = state.is_main_process
         bar = RichBar() if main else None
+        broken = check_imports(REQUIRED)  # a broken install is the one line, before the run's plan
+        if broken:
+            fail(broken[0].pointer(), code=EXIT_BROKEN_IMPORT)
+        if main:
+            console.print(run_size(config, recipe_path, sets), soft_wrap=True)
         with sigterm_interrupts():
             summary = generate_dataset(config, out, overwrite=overwrite, progress=bar, state=state, part=part)
         if not main:
@@ -82,6 +102,12 @@ def register(app: typer.Typer) -> None:
             )
             write_json(json_out, summary)
             return
+        if summary["images"] == 0:
+            write_json(json_out, summary)
+            fail(
+                f"the run kept 0 images ({out}): the filter rejected every "
+                "identity; lower filter.threshold or filter.min_images, or raise images_per_identity"
+            )
         what = "resumed" if summary["resumed"] else "wrote"
         console.print(
             f"{what} {count(summary['images'], 'image')} of {count(summary['identities_kept'], 'identity', 'identities')} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +10,7 @@ import typer
 
 from synthface.cli.common import JsonOpt, RecipeOpt, RichBar, SetOpt, console, example, handle_errors, recipe, write_json
 from synthface.config import VerifyRecipe, write_resolved
+from synthface.dataset.locks import output_lock
 from synthface.output_folder import check_output_folder
 
 
@@ -56,13 +58,15 @@ def verify(
     cfg = recipe(VerifyRecipe, recipe_path, overrides)
     if out is not None:
         check_output_folder(out, "verify", "config.yaml", VerifyRecipe)
-    result = verify_embedder(pairs, images, cfg, progress=RichBar())
-    summary = result.summary()
-    if out is not None:
-        write_resolved(cfg, out, "config.yaml")
-        summary["roc_png"] = str(write_roc(result, out / "roc.png"))
-        summary["embeddings"] = str(save_embeddings(result, out / "embeddings.npz"))
-        write_json(str(out / "verify.json"), summary)
+    # --out is locked for the whole run: a second verify into it is refused, not overwritten
+    with output_lock(out) if out is not None else contextlib.nullcontext():
+        result = verify_embedder(pairs, images, cfg, progress=RichBar())
+        summary = result.summary()
+        if out is not None:
+            write_resolved(cfg, out, "config.yaml")
+            summary["roc_png"] = str(write_roc(result, out / "roc.png"))
+            summary["embeddings"] = str(save_embeddings(result, out / "embeddings.npz"))
+            write_json(str(out / "verify.json"), summary)
     far_key = next(k for k in summary if k.startswith("tar_at_far_"))
     console.print(
         f"{summary['benchmark']} / {summary['embedder']}: accuracy {summary['accuracy'] * 100:.2f}% "

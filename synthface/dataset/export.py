@@ -41,7 +41,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from synthface.dataset.shards import committed_shards
-from synthface.atomic import staged_folder
+from synthface.atomic import atomic_write_json, staged_folder
+from synthface.dataset.locks import LOCK_FILES, output_lock
 from synthface.errors import InputError
 from synthface.runtime import Progress, progress_or_null
 
@@ -50,6 +51,7 @@ MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
 EXT_OF = {b"\xff\xd8": "jpg", b"\x89P": "png", b"RI": "webp"}
 EXPORT_CONFIG = "export.config.yaml"
+EXPORT_FILES = "export.files.json"  # the files an export wrote: what --overwrite may delete
 
 
 def image_ext(data: bytes) -> str:
@@ -133,9 +135,41 @@ def _check_out(src: Path, out: Path, overwrite: bool) -> None:
         raise InputError(f"export OUT {out} overlaps the dataset {src}: choose a folder outside it")
     if out.exists() and not out.is_dir():
         raise InputError(f"export OUT {out} is a file: pass a new or empty folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    earlier = check_output_folder(out, "export", EXPORT_CONFIG, ExportRecipe, option="export OUT")
+    if earlier and not overwrite:
         raise InputError(f"export OUT {out} is not empty: pass --overwrite to replace an earlier export, or choose another OUT")
-    check_output_folder(out, "export", EXPORT_CONFIG, ExportRecipe, option="export OUT")
+
+
+def exported_files(out: Path) -> set[str] | None:
+    """The files an earlier export wrote in ``out`` (relative POSIX paths, from its EXPORT_FILES
+    record); None when there is no readable record (an export from before the record)."""
+    try:
+        files = json.loads((out / EXPORT_FILES).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return {str(f) for f in files} if isinstance(files, list) else None
+
+
+def users_files(out: Path) -> list[str]:
+    """Files in ``out`` that the earlier export's record does not name: the user's, kept by ``--overwrite``
+    (none for an export without a record: it is replaced whole, as before the record existed)."""
+    own = exported_files(out)
+    if own is None or not out.is_dir():
+        return []
+    own |= {EXPORT_FILES}
+    found = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() or p.is_symlink()]
+    return sorted(f for f in found if f not in own and not LOCK_FILES.match(Path(f).name))
+
+
+def _keep(out: Path, stage: Path, files: list[str]) -> None:
+    """Hard-link the user's ``files`` from ``out`` into the staged export (the originals stay until
+    the staged folder replaces ``out``, so a failure loses none of them)."""
+    for rel in files:
+        target = stage / rel
+        if target.exists() or target.is_symlink():
+            raise InputError(f"export OUT {out} holds your file {rel} where this export writes one: move it, then rerun")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(out / rel, target, follow_symlinks=False)
 
 
 def export(src: str | Path, fmt: str, out: str | Path, *, overwrite: bool = False, shard_size: int = 10000,
@@ -143,8 +177,10 @@ def export(src: str | Path, fmt: str, out: str | Path, *, overwrite: bool = Fals
     """Export ``src``'s committed shards to ``fmt`` in ``out``; returns a summary.
 
     The export is written to a temporary folder beside ``out`` and renamed into place when complete
-    (with ``overwrite``, replacing an earlier export whole); ``config`` (the resolved recipe) is
-    written with it as export.config.yaml. An incomplete dataset is refused unless ``allow_partial``.
+    (with ``overwrite``, replacing an earlier export: the files its record EXPORT_FILES names go,
+    any other file stays); ``config`` (the resolved recipe) is written with it as
+    export.config.yaml. ``out`` is locked for the whole export (another command writing it is
+    refused). An incomplete dataset is refused unless ``allow_partial``.
     """
     from synthface.config import write_resolved
 
@@ -156,19 +192,25 @@ def export(src: str | Path, fmt: str, out: str | Path, *, overwrite: bool = Fals
     shards = committed_shards(src, allow_partial=allow_partial)
     rows = iter_rows(src, shards=shards)
     _check_out(src, out, overwrite)
-    with staged_folder(out, replace=True) as tmp:
-        bar = progress_or_null(progress)
-        bar.start(exported_rows(shards), f"export images ({fmt})")
-        if fmt == "imagefolder":
-            info = _imagefolder(rows, tmp, bar, label_width(shards))
-        elif fmt == "webdataset":
-            info = _webdataset(rows, tmp, shard_size, bar)
-        else:
-            info = _recordio(rows, tmp, bar)
-        bar.finish()
-        if config is not None:
-            write_resolved(config, tmp, EXPORT_CONFIG)
-    return {"src": str(src), "format": fmt, "out": str(out), **info}
+    with output_lock(out):
+        _check_out(src, out, overwrite)  # again under the lock: another export may have finished meanwhile
+        kept = users_files(out)
+        with staged_folder(out, replace=True) as tmp:
+            bar = progress_or_null(progress)
+            bar.start(exported_rows(shards), f"export images ({fmt})")
+            if fmt == "imagefolder":
+                info = _imagefolder(rows, tmp, bar, label_width(shards))
+            elif fmt == "webdataset":
+                info = _webdataset(rows, tmp, shard_size, bar)
+            else:
+                info = _recordio(rows, tmp, bar)
+            bar.finish()
+            if config is not None:
+                write_resolved(config, tmp, EXPORT_CONFIG)
+            written = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+            atomic_write_json(tmp / EXPORT_FILES, {"files": written})
+            _keep(out, tmp, kept)
+    return {"src": str(src), "format": fmt, "out": str(out), **info, "kept_user_files": len(kept)}
 
 
 def exported_rows(shards: list[Path]) -> int:

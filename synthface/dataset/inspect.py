@@ -188,6 +188,11 @@ def inspect_dataset(
         raise InputError(f"dataset {src} not found: pass the --out directory of `synthface generate`")
     out = Path(out) if out is not None else src / "inspect"
     shards, rows = _read_shards(src, allow_partial)
+    if rows.num_rows == 0:
+        raise InputError(
+            f"dataset {src} holds 0 images (its run kept no identity): nothing to inspect; regenerate it "
+            "with a lower filter.threshold or more identities"
+        )
     config: dict[str, Any] = {}
     if (src / "config.yaml").is_file():
         from synthface.config import read_resolved
@@ -219,22 +224,36 @@ def inspect_dataset(
             raise InputError("--reference needs the embedder: drop --embedder none")
         if not Path(reference).exists():
             raise InputError(f"reference {reference} not found: pass a folder of aligned face images, one sub-folder per person")
+        if Path(reference).is_file() and Path(reference).suffix != ".rec":
+            raise InputError(
+                f"--reference {reference} is a file but not a RecordIO .rec: pass a folder of aligned face images "
+                "(one sub-folder per person), a synthface dataset or a train.rec"
+            )
         from synthface.dataset.reader import open_training_set
 
         ref_data = open_training_set(reference, size=None, min_images=1)
+        usable = min(len(ref_data), reference_images)
+        if usable <= max(k, 1):
+            raise InputError(
+                f"--reference {reference} gives {usable} image(s); the Frechet distance and k-NN precision/recall "
+                f"(k={k}) need more than {max(k, 1)}: pass a larger reference"
+            )
     det_name, det = get_detector(detector, device)
     inputs = _Inputs(config=config, name=name, emb_model=emb_model, real=real, gallery=gallery, ref_data=ref_data,
                      reference=str(reference) if reference else None, reference_images=reference_images, k=k,
                      det_name=det_name, det=det, max_identities=max_identities, sheet_identities=sheet_identities,
                      sheet_images=sheet_images, seed=seed)  # fmt: skip
-    with staged_folder(out) as stage:
-        report = _report(src, out, stage, shards, rows, inputs, progress_or_null(progress))
-    if card and not allow_partial:
-        from synthface.dataset.card import write_quality_section
+    from synthface.dataset.locks import output_lock
 
-        path = write_quality_section(src, report, out)
-        if path is not None:
-            report["files"]["card"] = str(path)
+    with output_lock(out):  # another command writing --out is refused, not overwritten
+        with staged_folder(out) as stage:
+            report = _report(src, out, stage, shards, rows, inputs, progress_or_null(progress))
+        if card and not allow_partial:
+            from synthface.dataset.card import write_quality_section
+
+            path = write_quality_section(src, report, out)
+            if path is not None:
+                report["files"]["card"] = str(path)
     return report
 
 

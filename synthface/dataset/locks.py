@@ -7,9 +7,11 @@ jobs of a ``generate --part`` array hold it shared, each with its own part lock 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from synthface.errors import InputError
 
@@ -36,13 +38,30 @@ class RunLock:
             raise InputError(
                 f"cannot create the lock file {self.path} ({exc.strerror}): choose a folder you can write to"
             ) from None
+        for _ in range(3):
+            try:
+                self._lock.acquire(timeout=0)
+            except Timeout:
+                raise InputError(
+                    f"another synthface run is writing to {self.directory} (lock {self.path} is held): "
+                    "wait for it to finish or choose another --out"
+                ) from None
+            if self._current():
+                return
+            # the folder was replaced whole (an export) between opening the lock file and locking it:
+            # the lock is on the old folder's file; take the new one's
+            self._lock.release()
+        raise InputError(f"{self.directory} keeps being replaced by another synthface run: wait for it to finish")
+
+    def _current(self) -> bool:
+        """True when the locked file is still the one at ``self.path``."""
+        fd = getattr(getattr(self._lock, "_context", None), "lock_file_fd", None)
+        if fd is None:
+            return True
         try:
-            self._lock.acquire(timeout=0)
-        except Timeout:
-            raise InputError(
-                f"another synthface run is writing to {self.directory} (lock {self.path} is held): "
-                "wait for it to finish or choose another --out"
-            ) from None
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except OSError:
+            return False
 
     def release(self) -> None:
         if self._lock.is_locked:
@@ -94,3 +113,38 @@ class PartLock:
     def release(self) -> None:
         while self.fds:
             os.close(self.fds.pop())
+
+
+LOCK_FILES = re.compile(r"^\.synthface(\.part-\d+-of-\d+)?\.lock$")
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[RunLock]:
+    """Hold ``out``'s :class:`RunLock` (the lock ``generate`` takes) for a command's whole run, so a
+    second command writing the same folder is refused instead of overwriting the first's files. A
+    folder the lock had to create is removed again when the run fails before writing anything else
+    into it (a failed start leaves no folder)."""
+    out = Path(out)
+    created = not out.exists()
+    lock = RunLock(out)
+    lock.acquire()
+    try:
+        yield lock
+    except BaseException:
+        lock.release()
+        if created:
+            remove_if_unused(out)
+        raise
+    lock.release()
+
+
+def remove_if_unused(out: Path) -> None:
+    """Remove ``out`` when it holds nothing but synthface's lock files."""
+    try:
+        entries = list(out.iterdir())
+        if all(LOCK_FILES.match(p.name) and p.is_file() for p in entries):
+            for path in entries:
+                path.unlink()
+            out.rmdir()
+    except OSError:
+        pass

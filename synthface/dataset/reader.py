@@ -27,7 +27,6 @@ Formats:
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import struct
@@ -48,17 +47,18 @@ IR_SIZE = struct.calcsize(IR_FORMAT)
 
 
 def decode_face(data: bytes | Path, size: int | None = None, what: str = "image") -> torch.Tensor:
-    """Decode encoded bytes or a file to a uint8 (3, H, W) RGB tensor, resized to (size, size) if given."""
+    """Decode encoded bytes or a file to a uint8 (3, H, W) RGB tensor, resized to (size, size) if given;
+    through the bounded loader (:func:`synthface.faces.align.load_image`: a pixel cap, JPEG draft downscaling)."""
     from PIL import Image
 
+    from synthface.faces.align import load_image
+
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data) as img:
-            img = img.convert("RGB")
-            if size is not None and img.size != (size, size):
-                img = img.resize((size, size), Image.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        array = load_image(bytes(data) if isinstance(data, memoryview) else data)
+    except InputError as exc:
         raise InputError(f"cannot decode {what}: {exc}; check the file is a valid JPEG/PNG image") from None
+    if size is not None and array.shape[:2] != (size, size):
+        array = np.asarray(Image.fromarray(array).resize((size, size), Image.BILINEAR), dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 

@@ -97,7 +97,9 @@ def load_image(source: str | Path | bytes) -> np.ndarray:
                 return np.array(rgb, dtype=np.uint8)
     except FileNotFoundError:
         raise InputError(f"image not found: {name}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:
+        raise InputError(f"image {name} has more than {MAX_PIXELS:,} pixels (a decompression bomb?): downscale it") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"cannot read image {name}: {type(exc).__name__}") from None
 
 

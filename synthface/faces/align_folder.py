@@ -52,14 +52,19 @@ def _atomic_save(array: np.ndarray, path: Path, fmt: str) -> None:
             img.save(handle, format="PNG", compress_level=1)
 
 
+def check_folders(src: Path, dst: Path) -> None:
+    """Refuse an output folder that is the input folder or inside it (touches nothing)."""
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise InputError("the output folder must not be the input folder or inside it")
+
+
 def align_folder(src: str | Path, dst: str | Path, recipe: AlignRecipe, progress: Progress | None = None) -> AlignSummary:
     """Detect the chosen face of every image under `src` and write its aligned crop under `dst`.
 
     Existing outputs are kept (a rerun resumes); files are written atomically.
     """
     src, dst = Path(src), Path(dst)
-    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
-        raise InputError("the output folder must not be the input folder or inside it")
+    check_folders(src, dst)
     files = list_images(src)
     if not files:
         raise InputError(f"no images found under {src} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -106,4 +111,10 @@ def align_folder(src: str | Path, dst: str | Path, recipe: AlignRecipe, progress
             summary.aligned += 1
         progress.advance(len(batch), aligned=summary.aligned, no_face=summary.no_face)
     progress.finish()
+    if summary.aligned == 0 and summary.skipped_existing == 0:
+        raise InputError(
+            f"no face was aligned in {src} (no face {summary.no_face}, too small {summary.too_small}, unreadable "
+            f"{summary.unreadable} of {summary.total}): check it holds photos of faces, or lower "
+            "--set detector_threshold=0.7 / --set min_face_size=12 for small or hard faces"
+        )
     return summary

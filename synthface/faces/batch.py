@@ -17,6 +17,7 @@ from synthface.runtime import Progress, progress_or_null
 
 OK, NO_FACE, UNREADABLE = "ok", "no_face", "unreadable"
 TOO_SMALL = "too small"  # the start of the error of an image under the detector's minimum face size
+MIN_ALIGNED_SIDE = 16  # an aligned crop smaller than this holds no face an embedder can read
 
 
 @dataclass
@@ -33,9 +34,11 @@ class EmbedResult:
         return np.array([s == OK for s in self.status], dtype=bool)
 
     def counts(self) -> dict[str, int]:
-        """Images per status, and ``too_small``: the no-face images under the detector's minimum face size."""
+        """Images per outcome, each counted once: ``ok``, ``unreadable``, ``too_small`` (status no_face,
+        under the detector's minimum face size) and ``no_face`` (the other no-face images)."""
         out = {k: sum(s == k for s in self.status) for k in (OK, NO_FACE, UNREADABLE)}
         out["too_small"] = sum(str(e).startswith(TOO_SMALL) for e in self.errors.values())
+        out[NO_FACE] -= out["too_small"]
         return out
 
 
@@ -100,6 +103,10 @@ def embed_files(
             for i, img in readable:
                 if img.shape[0] != img.shape[1]:
                     status[i], errors[i] = NO_FACE, f"aligned input is not square: {img.shape[1]}x{img.shape[0]}"
+                    continue
+                if img.shape[0] < MIN_ALIGNED_SIDE:
+                    status[i] = NO_FACE
+                    errors[i] = f"{TOO_SMALL}: {img.shape[1]}x{img.shape[0]} px, under {MIN_ALIGNED_SIDE} px for an aligned crop"
                     continue
                 idx.append(i)
                 imgs.append(img)

@@ -62,6 +62,13 @@ def embed_folder(src: str | Path, out: str | Path, recipe: EmbedRecipe, progress
     res = embed_files(
         files, embedder, detector, aligned=recipe.aligned, batch_size=recipe.batch_size, workers=2, progress=progress
     )
+    counts = res.counts()
+    if counts["ok"] == 0:
+        how = "check they are aligned crops" if recipe.aligned else "check it holds photos of faces"
+        raise InputError(
+            f"no face was embedded in {src} (no face {counts['no_face']}, too small {counts['too_small']}, unreadable "
+            f"{counts['unreadable']} of {len(files)}): {how}; nothing was written"
+        )
     rel = [str(f.relative_to(src)) for f in files]
     ids = [str(Path(r).parent) if Path(r).parent != Path(".") else Path(r).stem for r in rel]
     emb = np.nan_to_num(res.embeddings, nan=0.0)
@@ -71,7 +78,6 @@ def embed_folder(src: str | Path, out: str | Path, recipe: EmbedRecipe, progress
     table = table.replace_schema_metadata({b"synthface": json.dumps(meta).encode()})
     with atomic_file(out) as handle:
         pq.write_table(table, handle)
-    counts = res.counts()
     return {
         "src": str(src),
         "out": str(out),

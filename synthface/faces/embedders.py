@@ -113,7 +113,9 @@ class DlibEmbedder:
         bxs = np.asarray(boxes, np.float32) if boxes is not None else boxes_from_landmarks(lms)
         out = []
         for img, box in zip(images, bxs):
-            img = np.ascontiguousarray(img)  # dlib takes C-contiguous arrays only (a transposed view raises)
+            # dlib takes C-ordered arrays with plain strides only: a copy (ascontiguousarray keeps the
+            # negative stride of a flipped 1-pixel-wide view, which numpy counts as contiguous)
+            img = np.array(img, dtype=np.uint8, order="C", copy=True)
             x1, y1, x2, y2 = (int(round(float(v))) for v in box)
             rect = self._dlib.rectangle(x1, y1, x2, y2)
             shape = self._shape(img, rect)

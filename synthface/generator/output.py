@@ -34,6 +34,12 @@ CONFIG_FILE = "config.yaml"
 RUN_FILES = re.compile(r"config\.yaml|identities\.parquet|summary\.json|inputs\.json|README\.md")
 
 
+def has_run_records(out: Path) -> bool:
+    """True when ``out`` holds a generate run's own records besides its config: commit markers under
+    data/, or an inputs.json (what lets ``--overwrite`` replace a run whose config.yaml is damaged)."""
+    return bool(committed_markers(out / "data")) or "model_files" in (read_marker(out / INPUTS_FILE) or {})
+
+
 def reset(out: Path) -> None:
     """Delete this run's files: the shards and filter records its markers name, shard files of its
     naming, identities/summary/inputs/config and its own card. A user's files in --out stay."""

@@ -52,7 +52,14 @@ from synthface.generator.distributed import gather, on_main, process_state
 from synthface.generator.families import check_model, load_model
 from synthface.generator.fastpath import apply_fast_path
 from synthface.generator.planning import identity_guide_for, identity_plan, with_model_leakage_gallery
-from synthface.generator.output import CONFIG_FILE, IDENTITIES_FILE, SUMMARY_FILE, prepare_output, run_inputs
+from synthface.generator.output import (
+    CONFIG_FILE,
+    IDENTITIES_FILE,
+    SUMMARY_FILE,
+    has_run_records,
+    prepare_output,
+    run_inputs,
+)
 from synthface.generator.pipeline import GeneratorModel, sample_batch, to_uint8
 from synthface.generator.selection import make_selector
 from synthface.identities import IdentityPlan, plan_labels, read_plan_metadata
@@ -116,7 +123,7 @@ def generate_dataset(
     started = time.perf_counter()
     try:
         # every input is checked before --out is created or changed: the folder, the model, the plan
-        on_main(state, lambda: check_output_folder(out, "generate", CONFIG_FILE, GenerateRecipe))
+        on_main(state, lambda: check_output_folder(out, "generate", CONFIG_FILE, GenerateRecipe, records=has_run_records))
 
         def finished() -> dict[str, Any] | None:
             nonlocal lock

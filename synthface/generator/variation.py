@@ -93,6 +93,7 @@ class StyleBank:
     def __init__(self, folder: str | Path, size: int) -> None:
         from PIL import Image
 
+        from synthface.faces.align import load_image
         from synthface.files import list_images
 
         root = Path(folder).expanduser()
@@ -110,10 +111,10 @@ class StyleBank:
         images = []
         for path in files:
             try:
-                with Image.open(path) as im:
-                    images.append(np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), np.uint8))
-            except OSError as exc:
-                raise InputError(f"variation.style_bank: cannot read {path} ({exc}): remove or replace it") from None
+                rgb = Image.fromarray(load_image(path))  # bounded: a pixel cap, JPEG draft downscaling
+            except InputError as exc:
+                raise InputError(f"variation.style_bank: {exc}: remove or replace it") from None
+            images.append(np.asarray(rgb.resize((size, size), Image.Resampling.BICUBIC), np.uint8))
         self.root = root
         self.files = [p.relative_to(root).as_posix() for p in files]
         self.images = np.stack(images)

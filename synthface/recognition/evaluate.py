@@ -8,11 +8,13 @@ empty report. ``bench_only`` re-tests a trained ``recognizer.pt`` with no traini
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 from synthface.config import EvaluateRecipe, config_dict, config_hash, write_resolved
 from synthface.dataset.combined import check_parts
+from synthface.dataset.locks import output_lock
 from synthface.errors import InputError
 from synthface.output_folder import check_output_folder
 from synthface.runtime import Progress
@@ -49,6 +51,16 @@ def evaluate_training_sets(
     empty on every process but the main one."""
     from accelerate import PartialState
 
+    _check_inputs(trains, benches, people, bench_only)
+    check_output_folder(out, "evaluate", "config.yaml", EvaluateRecipe)
+    state = PartialState()
+    # process 0 holds --out's lock for the whole run (another command writing it is refused); a
+    # folder created for a run that fails before writing anything is removed again
+    with output_lock(out) if state.is_main_process else contextlib.nullcontext():
+        return _evaluate(config, trains, benches, people, out, resume, bench_only, progress, state)
+
+
+def _evaluate(config, trains, benches, people, out, resume, bench_only, progress, state):  # type: ignore[no-untyped-def]
     from synthface.dataset.combined import CombinedFaces, open_training_spec
     from synthface.dataset.reader import read_people
     from synthface.recognition.benchmarks import evaluate_benchmark, load_benchmark
@@ -56,9 +68,6 @@ def evaluate_training_sets(
     from synthface.recognition.train import input_size_of, load_recognizer, train_recognizer
     from synthface.runtime import resolve_device
 
-    _check_inputs(trains, benches, people, bench_only)
-    check_output_folder(out, "evaluate", "config.yaml", EvaluateRecipe)
-    state = PartialState()
     runs = out / "runs"
     if bench_only is None and not resume:
         busy = [n for n in trains if (runs / n / "checkpoint.pt").exists()]
@@ -75,9 +84,6 @@ def evaluate_training_sets(
         )
         for name, spec in (trains.items() if bench_only is None else ())
     }
-    if state.is_main_process:
-        write_resolved(config, out)
-
     device = resolve_device(config.train.device)
     b = config.bench
     loaded = {
@@ -94,6 +100,8 @@ def evaluate_training_sets(
         )
         for name, spec in benches.items()
     }
+    if state.is_main_process:  # once every input has loaded: a failed start leaves --out as it was
+        write_resolved(config, out)
 
     def test(backbone: Any, size: int) -> dict[str, Any]:
         return {

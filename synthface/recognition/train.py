@@ -22,6 +22,7 @@ Slightly longer than most modules: the trainer and its checkpoint format are one
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -166,8 +167,12 @@ class TrainResult:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    # serialised in memory first: torch's writer turns a full disk into a RuntimeError without the
+    # reason; a plain write raises the OSError (ENOSPC) that names it and, through atomic_file, the path
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_file(path) as handle:
-        torch.save(obj, handle)
+        handle.write(buffer.getbuffer())
 
 
 def save_recognizer(backbone: IResNet, recipe: EvaluateRecipe, path: Path, **meta: Any) -> Path:

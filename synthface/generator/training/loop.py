@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from synthface.atomic import writing_to
 from synthface.config import TrainRecipe, config_dict, config_hash, diff_keys, read_resolved, write_resolved
 from synthface.errors import ConfigError, InputError, WeightsError
 from synthface.runtime import Progress, progress_or_null
@@ -643,7 +644,8 @@ class Trainer:
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
+        with writing_to(tmp):
+            accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             info = {"step": step, "seconds": round(seconds, 2), "config_hash": chash}
@@ -753,7 +755,7 @@ class Trainer:
             shutil.rmtree(tmp)
         view = self._view(accelerator, denoiser, model)
         view.meta.extra = dict(model.meta.extra, train_steps=step)
-        with self._ema_weights(ema, params):
+        with self._ema_weights(ema, params), writing_to(tmp):
             view.save(tmp)
         from synthface.generator.native import GALLERY_FILE, seal
 

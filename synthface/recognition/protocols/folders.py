@@ -130,6 +130,9 @@ def folder_protocol(root: str | Path, n_folds: int = 10, pairs_per_fold: int | N
 # --------------------------------------------------------------------------- CSV
 
 
+MAX_FOLD = 9999  # a fold column's largest index
+
+
 def read_csv_pairs(path: str | Path, images_dir: str | Path | None = None, n_folds: int = 10):  # type: ignore[no-untyped-def]
     """A ``path_a,path_b,same[,fold]`` CSV (a PairsProtocol); paths relative to ``images_dir`` or the CSV's folder."""
     path = Path(path)
@@ -137,6 +140,10 @@ def read_csv_pairs(path: str | Path, images_dir: str | Path | None = None, n_fol
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
+            names = [name.strip() for name in reader.fieldnames or []]
+            doubled = sorted({name for name in names if names.count(name) > 1})
+            if doubled:
+                raise InputError(f"{path}:1: column {doubled[0]!r} appears twice in the header: keep one")
             columns = set(reader.fieldnames or [])
             if not {"path_a", "path_b", "same"} <= columns:
                 raise InputError(
@@ -150,7 +157,7 @@ def read_csv_pairs(path: str | Path, images_dir: str | Path | None = None, n_fol
     if not records:
         raise InputError(f"pairs CSV {path} holds no pairs")
     index: dict[Path, int] = {}
-    rows, same, folds = [], [], []
+    rows, same, folds, fold_lines = [], [], [], {}
     for line, rec in enumerate(records, start=2):
         flag = (rec.get("same") or "").strip().lower()
         if flag not in TRUE | FALSE:
@@ -160,14 +167,26 @@ def read_csv_pairs(path: str | Path, images_dir: str | Path | None = None, n_fol
         same.append(flag in TRUE)
         if "fold" in columns:
             try:
-                folds.append(int(rec["fold"]))
+                fold = int(rec["fold"])
             except (TypeError, ValueError):
                 raise InputError(f"{path}:{line}: fold must be an integer, got {rec.get('fold')!r}") from None
+            if not 0 <= fold <= MAX_FOLD:
+                raise InputError(f"{path}:{line}: fold must be 0 to {MAX_FOLD}, got {fold}")
+            folds.append(fold)
+            fold_lines.setdefault(fold, line)
     missing = [p for p in index if not p.is_file()]
     if missing:
         raise InputError(f"{len(missing)} of {len(index)} images named in {path} are missing (first: {missing[0]}): "
                          f"paths are relative to {base}")  # fmt: skip
     issame = np.asarray(same, bool)
     fold_arr = np.asarray(folds, np.int64) if folds else split_folds(len(rows), n_folds, issame)
+    for fold, line in sorted(fold_lines.items(), key=lambda item: item[1]):
+        labels = set(issame[fold_arr == fold].tolist())
+        if len(labels) == 1:
+            kind = "same" if labels == {True} else "different"
+            raise InputError(
+                f"{path}:{line}: fold {fold} holds only {kind} pairs: every fold needs same and different pairs "
+                "(drop the fold column to have the folds dealt with both)"
+            )
     return PairsProtocol(name=path.stem, images=list(index), pairs=np.asarray(rows, np.int64), issame=issame,
                          folds=fold_arr, source=path)  # fmt: skip

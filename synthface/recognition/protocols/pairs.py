@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,13 +55,13 @@ class PairsProtocol:
 
 
 def decode_image(data: Path | bytes, what: str = "image") -> np.ndarray:
-    """Decode a file or encoded bytes (JPEG/PNG/...) to an HxWx3 uint8 RGB array."""
-    from PIL import Image
+    """Decode a file or encoded bytes (JPEG/PNG/...) to an HxWx3 uint8 RGB array through the bounded
+    loader (:func:`synthface.faces.align.load_image`: a pixel cap, JPEG draft downscaling)."""
+    from synthface.faces.align import load_image
 
     try:
-        with Image.open(data if isinstance(data, Path) else io.BytesIO(data)) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        return load_image(data)
+    except InputError as exc:
         raise InputError(f"cannot decode {what}: {exc}; check the file is a valid JPEG/PNG image") from None
 
 
