@@ -141,7 +141,7 @@ def model_files(model: Path) -> list[Path]:
 
 def model_sha256(model: Path) -> str:
     """One digest of a model: sha256 over each file's path (relative to the model) and its own sha256, in path order."""
-    from synthface.dataset.writer import file_sha256
+    from synthface.fingerprint import file_sha256
 
     digest = hashlib.sha256()
     for path in model_files(model):

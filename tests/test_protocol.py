@@ -226,7 +226,7 @@ def test_optional_steps_are_refused_when_off_and_bad_scale_settings_before_runni
 
 
 def test_report_has_the_scale_fields(protocol, tmp_path, monkeypatch):
-    from synthface.dataset.writer import file_sha256
+    from synthface.fingerprint import file_sha256
 
     cfg, model = pretrained(tmp_path, "w.bin")
     cfg["mixed"], cfg["scale"] = True, {"identities": [2], "images_per_identity": [1, 3]}

@@ -16,7 +16,7 @@ from conftest import TAEF2, taef2_missing
 from synthface.errors import WeightsError
 from synthface.generator import generate, load_model, sample_batch
 from synthface.generator.native import build_native, load_native
-from synthface.dataset.writer import file_sha256
+from synthface.fingerprint import file_sha256
 from synthface.generator.taef2 import (
     DECODER_FILE,
     ENCODER_FILE,

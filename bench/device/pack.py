@@ -55,7 +55,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from synthface.dataset.writer import file_sha256 as sha256  # noqa: E402
+from synthface.fingerprint import file_sha256 as sha256  # noqa: E402
 from synthface.errors import SynthfaceError  # noqa: E402
 from synthface.files import images_in  # noqa: E402
 

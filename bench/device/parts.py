@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from synthface.dataset.writer import file_sha256  # noqa: E402
+from synthface.fingerprint import file_sha256  # noqa: E402
 
 FORMAT = "synthface-model-parts"
 CARD = "card.json"
@@ -234,6 +234,10 @@ def restore_model(
         target = model_dir / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
+    if (model_dir / "synthface.json").is_file():  # the restored weights are bf16-rounded: a new model, sealed anew
+        from synthface.generator.native import seal
+
+        seal(model_dir)
     return model_dir
 
 

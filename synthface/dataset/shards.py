@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from synthface.dataset.writer import SHARD_FILES, file_sha256, marker_path, read_marker
+from synthface.dataset.writer import SHARD_FILES, marker_path, read_marker
+from synthface.fingerprint import file_sha256
 from synthface.errors import InputError
 
 

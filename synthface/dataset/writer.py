@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from synthface.atomic import atomic_write_bytes, atomic_write_json
 from synthface.dataset.plan import Shard
 from synthface.errors import InputError
+from synthface.fingerprint import file_sha256
 
 MARKER_FORMAT = 1
 # a generate run's record of what it loaded: model file fingerprints and the identity plan's digest ("identities")
@@ -233,14 +234,6 @@ def read_marker(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shard_done(data_dir: Path, shard: Shard, config_hash: str, verify: bool = True) -> dict[str, Any] | None:

@@ -29,7 +29,7 @@ from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from synthface.dataset.writer import file_sha256
+from synthface.fingerprint import file_sha256
 from synthface.errors import InputError, WeightsError
 
 ENCODER_FILE = "taef2_encoder.pth"
