@@ -59,10 +59,18 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="the folder to write (must not exist)")
     ap.add_argument("--vae-licence", type=Path, help="licence file of the VAE, copied to vae/LICENSE")
     ap.add_argument("--seal", type=Path, help="only seal this folder again (after editing its model card)")
+    ap.add_argument(
+        "--trained-on", help="what synthface.json's trained_on says (the training run records the path it was given)"
+    )
     ap.add_argument("--max-mb", type=float, default=64.0, help="refuse a folder larger than this (decimal MB)")
     args = ap.parse_args()
     if args.seal:
-        folder = seal(args.seal)
+        folder = args.seal
+        if args.trained_on:
+            meta = NativeMeta.read(folder)
+            meta.extra["trained_on"] = args.trained_on
+            meta.write(folder)
+        folder = seal(folder)
     else:
         if not args.model or not args.out:
             raise SystemExit("pass --model RUN/model --out models/NAME (or --seal models/NAME)")
@@ -71,6 +79,8 @@ def main() -> None:
         model = load_native(args.model)
         tmp = args.out.with_name(args.out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
+        if args.trained_on:
+            model.meta.extra["trained_on"] = args.trained_on
         model.save(tmp, weights_dtype=torch.float16)
         if (args.model / GALLERY_FILE).is_file():
             half_gallery(args.model / GALLERY_FILE, tmp / GALLERY_FILE)
