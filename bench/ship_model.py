@@ -59,9 +59,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="the folder to write (must not exist)")
     ap.add_argument("--vae-licence", type=Path, help="licence file of the VAE, copied to vae/LICENSE")
     ap.add_argument("--seal", type=Path, help="only seal this folder again (after editing its model card)")
-    ap.add_argument(
-        "--trained-on", help="what synthface.json's trained_on says (the training run records the path it was given)"
-    )
+    ap.add_argument("--trained-on", help="what synthface.json's trained_on says (the training run records the path it was given)")
     ap.add_argument("--max-mb", type=float, default=64.0, help="refuse a folder larger than this (decimal MB)")
     args = ap.parse_args()
     if args.seal:
