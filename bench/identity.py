@@ -108,7 +108,10 @@ def main() -> None:
     ap.add_argument("--aligned", required=True, help="LFW aligned by `synthface align` (loose or tight crops)")
     ap.add_argument("--aligned-scale", type=float, default=0.6, help="template scale of --aligned (1 = tight)")
     ap.add_argument("--gallery", help="training embeddings Parquet (RUN_DIR/cache/faces-*.parquet) for new identities")
-    ap.add_argument("--train-json", help="RUN_DIR/train.json: its train_seconds become train_cpu_minutes")
+    ap.add_argument(
+        "--train-json",
+        help="RUN_DIR/train.json: its train_cpu_seconds (else train_seconds x --train-threads) -> train_cpu_minutes",
+    )
     ap.add_argument("--train-threads", type=int, default=2, help="threads the training used (CPU-minutes = wall x threads)")
     ap.add_argument("--split", default=str(ROOT / "bench/data/lfw_split.json"))
     ap.add_argument("--people", type=int, default=50)
@@ -117,6 +120,13 @@ def main() -> None:
     ap.add_argument("--separation", type=float, default=0.3)
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--identity-scale", type=float, action="append", help="identity guidance scales (0 always runs)")
+    ap.add_argument(
+        "--guide",
+        choices=["pixel", "head"],
+        default="pixel",
+        help="identity guidance through the conditioning embedder on the decoded image (pixel) or the model's "
+        "noise-aware latent identity head (head: MODEL/identity_head)",
+    )
     ap.add_argument("--guided-people", type=int, default=None, help="people (a) rendered with identity guidance (default all)")
     ap.add_argument("--scheduler", default="ddim")
     ap.add_argument("--steps", type=int, default=25)
@@ -203,7 +213,7 @@ def main() -> None:
     for s in scales:
         options = dict(scheduler=args.scheduler, steps=args.steps, guidance_scale=args.guidance)
         if s > 0:
-            options.update(identity_scale=s, identity_guide=identity_guide_for(model, args.device))
+            options.update(identity_scale=s, identity_guide=identity_guide_for(model, args.device, kind=args.guide))
         n_people = len(names) if s == 0 or args.guided_people is None else min(args.guided_people, len(names))
         cond = np.repeat(id_cond[:n_people], k, axis=0)
         labels = np.repeat(np.arange(n_people), k)
@@ -240,7 +250,10 @@ def main() -> None:
     train_minutes = None
     if args.train_json and Path(args.train_json).is_file():
         info = json.loads(Path(args.train_json).read_text())
-        train_minutes = round(float(info["train_seconds"]) / 60 * args.train_threads, 1)
+        cpu_seconds = info.get("train_cpu_seconds")
+        train_minutes = round(
+            float(cpu_seconds) / 60 if cpu_seconds else float(info["train_seconds"]) / 60 * args.train_threads, 1
+        )
     summary = {
         "model": args.model,
         "embedder": model.embedder,
@@ -264,6 +277,7 @@ def main() -> None:
             "per_person": k,
             "new_identities": args.new_identities,
             "guidance_scale": args.guidance,
+            "identity_guide": args.guide,
             "scheduler": args.scheduler,
             "steps": args.steps,
             "aligned": args.aligned,

@@ -396,6 +396,17 @@ class GeneratorTrainSection(Section):
     device: str = "auto"
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; null: torch's default")
     max_minutes: float | None = Field(None, gt=0, description="stop (checkpoint + export) after this much training time")
+    max_cpu_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="stop (checkpoint + export) after this much CPU time of the training process (all its threads, "
+        "summed over resumes): equal compute on a shared machine",
+    )
+    init_from: str | None = Field(
+        None,
+        description="a native model folder (`synthface train` output or a shipped model) whose UNet and projector "
+        "start the run (fine-tuning); same architecture as `model`; null: fresh weights",
+    )
     identity_loss: IdentityLossSection = IdentityLossSection()
     identity_head: IdentityHeadSection = IdentityHeadSection()
 

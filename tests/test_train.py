@@ -387,3 +387,70 @@ def test_latent_model_trains_on_cached_latents_and_exports_its_vae(faces_dir, ca
     assert summary["steps"] == 2 and list((cache_dir).glob("latents-*.npy"))
     model = load_model(tmp_path / "run" / "model")
     assert model.vae is not None and model.latent_shape == (4, 8, 8)
+
+
+# --------------------------------------------------------------------------- fine-tuning and the CPU budget
+
+
+def test_init_from_starts_from_that_models_weights_and_records_it(faces_dir, cache_dir, tmp_path):
+    from synthface.generator.native import NativeMeta, load_native
+
+    first = tmp_path / "first"
+    train_generator(tiny_recipe(cache_dir, "train.ema_decay=0"), faces_dir, first, embedder=CountingEmbedder())
+    source = load_native(first / "model")
+
+    config = tiny_recipe(cache_dir, f"train.init_from={first / 'model'}")
+    trainer = Trainer(config, faces_dir, tmp_path / "second", embedder=CountingEmbedder())
+    faces = trainer.prepare_data(torch.device("cpu"))
+    fresh = trainer.make_model(faces, None)
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.unet.state_dict().values(), source.unet.state_dict().values()))
+    start = trainer._init_weights(fresh)
+    for part in ("unet", "projector"):
+        for key, value in getattr(source, part).state_dict().items():
+            torch.testing.assert_close(getattr(fresh, part).state_dict()[key], value, rtol=0, atol=0)
+    assert start["path"] == str(first / "model") and len(start["unet_sha256"]) == 64
+
+    # a fine-tuned run begins at the source's loss, not a fresh model's, and its model names its start
+    x0 = torch.from_numpy(faces.crops[:8]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    cond = torch.from_numpy(faces.conditions("identity")[:8])
+    assert _fixed_batch_loss(fresh, x0, cond) == pytest.approx(_fixed_batch_loss(source, x0, cond), rel=1e-6)
+    train_generator(config, faces_dir, tmp_path / "second", embedder=CountingEmbedder())
+    assert NativeMeta.read(tmp_path / "second" / "model").extra["init_from"]["unet_sha256"] == start["unet_sha256"]
+
+
+def test_init_from_a_missing_or_different_model_is_a_one_line_error(faces_dir, cache_dir, tmp_path):
+    with pytest.raises(InputError, match="is not a folder"):
+        train_generator(
+            tiny_recipe(cache_dir, f"train.init_from={tmp_path / 'nowhere'}"),
+            faces_dir,
+            tmp_path / "a",
+            embedder=CountingEmbedder(),
+        )
+    first = tmp_path / "first"
+    train_generator(tiny_recipe(cache_dir, "train.max_steps=1"), faces_dir, first, embedder=CountingEmbedder())
+    wider = tiny_recipe(cache_dir, f"train.init_from={first / 'model'}", "model.block_out_channels=[16,48]")
+    with pytest.raises(ConfigError, match="does not match the recipe's model section"):
+        train_generator(wider, faces_dir, tmp_path / "b", embedder=CountingEmbedder())
+    assert not (tmp_path / "b" / "model").exists()
+
+
+def test_max_cpu_minutes_stops_the_run_and_adds_up_over_resumes(faces_dir, cache_dir, tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    summary = train_generator(
+        tiny_recipe(cache_dir, "train.max_steps=3", "train.max_cpu_minutes=1e-6"), faces_dir, run, embedder=CountingEmbedder()
+    )
+    assert summary["stopped_by_time_limit"] and summary["steps"] == 1
+    assert summary["train_cpu_seconds"] > 0 and (run / "model").is_dir()
+    spent = json.loads((checkpoints(run)[-1] / "trainer.json").read_text())["cpu_seconds"]
+    assert spent > 0
+    # a larger budget continues the run; its CPU time counts from what was spent before
+    more = train_generator(
+        tiny_recipe(cache_dir, "train.max_steps=3", "train.max_cpu_minutes=100"),
+        faces_dir,
+        run,
+        embedder=CountingEmbedder(),
+        resume=True,
+    )
+    assert more["start_step"] == 1 and more["steps"] == 3 and more["train_cpu_seconds"] > spent

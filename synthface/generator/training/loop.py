@@ -62,6 +62,7 @@ RESUMABLE_CHANGES = {
     "train.guidance_scale",
     "train.threads",
     "train.max_minutes",
+    "train.max_cpu_minutes",
     "train.max_steps",  # may only grow: extending a run (the cosine lr schedule stretches to the new length)
     "train.device",
     "data.workers",
@@ -452,6 +453,8 @@ class Trainer:
             template_scale = faces.template_scale
             model = self.make_model(faces, vae)
             model.meta.extra = {"crop": c.model.crop, "trained_on": str(self.data_src), "condition": c.data.condition}
+            if t.init_from:
+                model.meta.extra["init_from"] = self._init_weights(model)
             denoiser = Denoiser(model.unet, model.projector)
             denoiser.train()
             noise_sched = DDPMScheduler.from_config(model.scheduler_config)
@@ -470,13 +473,14 @@ class Trainer:
             params = list(accelerator.unwrap_model(denoiser).parameters())
 
             log = LossLog(self.run_dir / "loss.csv", extra=("identity_loss",) if t.identity_loss.weight > 0 else ())
-            start_step, seconds_before = 0, 0.0
+            start_step, seconds_before, cpu_before = 0, 0.0, 0.0
             found = checkpoints(self.run_dir)
             if self.resume and found:
                 latest = found[-1]
                 accelerator.load_state(str(latest))
                 info = json.loads((latest / TRAINER_FILE).read_text(encoding="utf-8"))
                 start_step, seconds_before = int(info["step"]), float(info.get("seconds", 0.0))
+                cpu_before = float(info.get("cpu_seconds", 0.0))
                 if main:
                     log.truncate(start_step)
                 summary["resumed_from"] = str(latest)
@@ -523,8 +527,12 @@ class Trainer:
                 self.progress.advance(start_step)
             window: list[float] = []
             last_loss = float("nan")
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             step = start_step
+
+            def cpu_spent() -> float:
+                return cpu_before + time.process_time() - cpu0
+
             sampled_at = -1
             id_window: list[float] = []
             last_id = float("nan")
@@ -590,12 +598,14 @@ class Trainer:
                     sampled_at = step
                     accelerator.wait_for_everyone()
                 if step % t.checkpoint_every == 0 and step < t.max_steps:
-                    self._checkpoint(accelerator, step, seconds_before + time.perf_counter() - t0, config_hash(c))
+                    self._checkpoint(accelerator, step, seconds_before + time.perf_counter() - t0, config_hash(c), cpu_spent())
                 if stop_at_step is not None and step >= stop_at_step:
                     summary.update({"steps": step, "stopped_at": step, "final_loss": last_loss})
                     self.progress.finish()
                     return summary
                 if t.max_minutes is not None and main and seconds_before + time.perf_counter() - t0 > 60 * t.max_minutes:
+                    accelerator.set_trigger()
+                if t.max_cpu_minutes is not None and main and cpu_spent() > 60 * t.max_cpu_minutes:
                     accelerator.set_trigger()
                 if accelerator.check_trigger():
                     summary["stopped_by_time_limit"] = True
@@ -604,7 +614,7 @@ class Trainer:
             train_seconds = seconds_before + time.perf_counter() - t0
             latest = checkpoints(self.run_dir)
             if not latest or latest[-1].name != f"{CHECKPOINT_PREFIX}{step:07d}":
-                self._checkpoint(accelerator, step, train_seconds, config_hash(c))
+                self._checkpoint(accelerator, step, train_seconds, config_hash(c), cpu_spent())
             model_dir = None
             if main:
                 if sampled_at != step:
@@ -619,6 +629,7 @@ class Trainer:
                     "start_step": start_step,
                     "final_loss": last_loss if step > start_step else (rows[-1]["loss"] if rows else None),
                     "train_seconds": round(train_seconds, 1),
+                    "train_cpu_seconds": round(cpu_spent(), 1),
                     "wall_seconds": round(time.perf_counter() - wall0, 1),
                     "model": str(model_dir) if model_dir else str(self.run_dir / "model"),
                     "loss_csv": str(log.path),
@@ -635,7 +646,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- pieces
 
-    def _checkpoint(self, accelerator: Any, step: int, seconds: float, chash: str) -> None:
+    def _checkpoint(self, accelerator: Any, step: int, seconds: float, chash: str, cpu_seconds: float = 0.0) -> None:
         root = self.run_dir / "checkpoints"
         final = root / f"{CHECKPOINT_PREFIX}{step:07d}"
         tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step:07d}"
@@ -648,7 +659,7 @@ class Trainer:
             accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            info = {"step": step, "seconds": round(seconds, 2), "config_hash": chash}
+            info = {"step": step, "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2), "config_hash": chash}
             (tmp / TRAINER_FILE).write_text(json.dumps(info) + "\n", encoding="utf-8")
             if final.exists():
                 shutil.rmtree(final)
@@ -665,6 +676,40 @@ class Trainer:
             yield
         finally:
             ema.restore(params)
+
+    def _init_weights(self, model: Any) -> dict[str, Any]:
+        """``train.init_from``: copy that model's UNet, projector and conditioning centre into ``model``.
+
+        Returns what the exported model records of its start (the folder as given and its UNet's sha256).
+        A resumed run loads its checkpoint over these weights afterwards.
+        """
+        from synthface.generator.native import load_native
+
+        src = Path(self.config.train.init_from or "")
+        if not src.is_dir():
+            raise InputError(
+                f"train.init_from {src} is not a folder: name a native model folder (a run's RUN_DIR/model or a models/ folder)"
+            )
+        init = load_native(src)  # fp32: a shipped fp16 model is upcast
+        if init.meta.embedder != self.config.embedder or init.meta.latent != self.config.model.latent:
+            raise ConfigError(
+                f"train.init_from {src} is a {'latent' if init.meta.latent else 'pixel'} {init.meta.embedder} model but the "
+                f"recipe trains a {'latent' if self.config.model.latent else 'pixel'} {self.config.embedder} one: use its recipe"
+            )
+        for part in ("unet", "projector"):
+            try:
+                getattr(model, part).load_state_dict(getattr(init, part).state_dict(), strict=True)
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[0][:160]
+                raise ConfigError(
+                    f"train.init_from {src}: its {part} does not match the recipe's model section ({first}); "
+                    "train with the model section it was made with"
+                ) from None
+        mean = init.meta.condition_mean  # the weights learned this centring of the condition: keep it
+        model.meta.condition_mean = mean
+        model.condition_mean = torch.tensor(mean, dtype=torch.float32) if mean is not None else None
+        unet_file = (init.meta.files or {}).get("unet/diffusion_pytorch_model.safetensors") or {}
+        return {"path": str(self.config.train.init_from), "unet_sha256": unet_file.get("sha256")}
 
     def _check_head(self) -> None:
         """Before anything is written: ``train.identity_loss.through=head`` needs its head."""
