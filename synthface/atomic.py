@@ -4,6 +4,10 @@ A reader never sees a half-written file, and a process killed at any instant lea
 file or the new one, plus at most a temp file ``.NAME.XXXXXXXX.tmp`` that :func:`clean_temp` removes.
 An output of several files (a report, an export) is written through :func:`staged_folder`: all of
 them appear, or none.
+
+This module is the one place in the package that writes files (tools/check_writes.py enforces it):
+text, bytes, JSON, NumPy and torch files, copies, whole folders, and the one kind of write that is
+not a replace, :func:`append_text` (a log that grows line by line).
 """
 
 from __future__ import annotations
@@ -126,6 +130,72 @@ def atomic_write_json(path: str | Path, data: dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+def atomic_save_npy(path: str | Path, array: Any) -> None:
+    """``np.save`` of ``array`` to ``path`` atomically."""
+    import numpy as np
+
+    with atomic_file(path) as handle:
+        np.save(handle, array)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` of ``obj`` to ``path`` atomically.
+
+    Serialised in memory first: torch's writer turns a full disk into a RuntimeError without the
+    reason; a plain write raises the OSError (ENOSPC) that names it and, through atomic_file, the path.
+    """
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_file(path) as handle:
+        handle.write(buffer.getbuffer())
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """A copy of the file ``src`` at ``dst``, written atomically (the copy is complete or absent)."""
+    with open(src, "rb") as source, atomic_file(dst) as handle:
+        shutil.copyfileobj(source, handle, 1 << 20)
+
+
+def copy_folder(src: str | Path, dst: str | Path) -> None:
+    """A copy of the folder ``src`` in place of ``dst``, whole (see :func:`staged_folder` with ``replace``)."""
+    with staged_folder(Path(dst), replace=True) as stage:
+        shutil.copytree(src, stage, dirs_exist_ok=True)
+
+
+def append_text(path: str | Path, text: str) -> None:
+    """Append ``text`` to ``path`` (created with its parents), flushed and fsynced.
+
+    The one write that is not a replace: a log that grows as a run goes. A kill can leave a torn
+    last line; readers of such logs stop at it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def move_into_place(src: str | Path, dst: str | Path) -> None:
+    """Rename the complete file ``src`` to ``dst`` (same folder), fsynced before and after.
+
+    For writers that must produce a file under their own temp name (an external tool, a library
+    that takes a path); everything else uses :func:`atomic_file`.
+    """
+    src, dst = Path(src), Path(dst)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(src, dst)
+    fsync_dir(dst.parent)
+
+
 @contextlib.contextmanager
 def staged_folder(out: Path, *, replace: bool = False) -> Iterator[Path]:
     """A temp folder beside ``out`` to write into; what it holds reaches ``out`` only when the block
@@ -143,7 +213,7 @@ def staged_folder(out: Path, *, replace: bool = False) -> Iterator[Path]:
         os.chmod(stage, _DIR_MODE)  # mkdtemp makes 0700; the folder may become the output itself
         yield stage
         if replace:
-            _replace_folder(stage, out)
+            replace_folder(stage, out)
         else:
             out.mkdir(parents=True, exist_ok=True)
             for item in sorted(stage.iterdir()):
@@ -152,15 +222,41 @@ def staged_folder(out: Path, *, replace: bool = False) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _replace_folder(new: Path, out: Path) -> None:
-    """Put the complete folder ``new`` in place of ``out`` (both in the same folder)."""
+def replace_folder(new: Path, out: Path) -> None:
+    """Put the complete folder ``new`` in place of ``out`` (both in the same folder), whole.
+
+    Where the kernel can swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``) ``out``
+    is never absent; elsewhere an earlier ``out`` is moved aside and the new one renamed in at once
+    after it. The earlier folder is removed afterwards.
+    """
+    new, out = Path(new), Path(out)
+    fsync_dir(new)
+    if out.exists() and _exchange(new, out):
+        shutil.rmtree(new, ignore_errors=True)  # ``new`` now names the earlier folder
+        fsync_dir(out.parent)
+        return
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
         os.replace(out, old)
     os.replace(new, out)
+    fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the paths ``a`` and ``b`` atomically; False where the platform cannot."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 # what atomic_write_bytes leaves behind when killed: ".NAME." + mkstemp's 8 random characters + ".tmp"
