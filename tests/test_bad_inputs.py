@@ -628,7 +628,7 @@ def test_a_full_disk_names_the_file_and_the_reason(tmp_path, monkeypatch):
 
     from synthface import atomic
     from synthface.cli.common import _os_error
-    from synthface.recognition.train import _atomic_save
+    from synthface.atomic import atomic_torch_save as _atomic_save
 
     real = atomic.os.fdopen
 

@@ -14,13 +14,13 @@ from synthface.dataset.reader import open_training_set
 from synthface.errors import ConfigError, InputError
 from synthface.recognition.benchmarks import embed_crops
 from synthface.recognition.train import (
-    ProcessEpochSampler,
     build_transform,
     load_recognizer,
     lr_factor,
     train_recognizer,
 )
 from synthface.recognition.protocols import PairsProtocol
+from synthface.training import ProcessEpochSampler
 from synthface.recognition.verification import evaluate_embeddings
 
 TINY = [
@@ -173,3 +173,16 @@ def test_augment_switches():
     assert torch.allclose(plain, image.float() / 127.5 - 1, atol=1e-6)
     full = build_transform(recipe("train.augment=[flip, randaugment, random_erasing]"))
     assert full(image).shape == (3, 32, 32)
+
+
+def test_train_threads_are_restored_after_the_run(folder, tmp_path):
+    ds = open_training_set(folder, size=32)
+    torch.set_num_threads(2)
+    try:
+        train_recognizer(ds, recipe("train.max_steps=2", "train.threads=1", "train.checkpoint_every=1"), tmp_path / "run")
+        assert torch.get_num_threads() == 2  # train.threads held for the run only
+        with pytest.raises(InputError, match="already holds a training run"):
+            train_recognizer(ds, recipe("train.threads=1"), tmp_path / "run")
+        assert torch.get_num_threads() == 2  # and after a refused run too
+    finally:
+        torch.set_num_threads(1)

@@ -17,12 +17,13 @@ Outputs in the run folder: ``checkpoint.pt`` (everything needed to resume, writt
 every ``train.checkpoint_every`` steps and at the end), ``recognizer.pt`` (the final
 backbone and what it needs to embed images) and ``history.json`` (training curve).
 
-Slightly longer than most modules: the trainer and its checkpoint format are one piece of state.
+The run is set up once (:class:`RecognizerRun`: models, optimizer, sampler, resumed position), then
+trained step by step; the epoch order, precision rule, resume check and thread count are those of
+:mod:`synthface.training`, shared with the generator's trainer.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,15 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
-from synthface.atomic import atomic_file
-from synthface.config import EvaluateRecipe, config_dict, config_hash, diff_keys
+from synthface.atomic import atomic_torch_save, atomic_write_text
+from synthface.config import EvaluateRecipe, config_dict, config_hash
 from synthface.dataset.reader import FaceImages, InMemoryFaces, Transformed, predecode
 from synthface.errors import ConfigError, InputError
 from synthface.recognition.backbones import IResNet, default_input_size, get_backbone
 from synthface.recognition.losses import MarginHead, get_head
 from synthface.runtime import Progress, progress_or_null
+from synthface.training import ProcessEpochSampler, check_resume, recipe_changes, resolve_precision, torch_threads
 
 RECOGNIZER_FORMAT = "synthface-recognizer/1"
 CHECKPOINT = "checkpoint.pt"
@@ -74,17 +76,6 @@ def build_transform(recipe: EvaluateRecipe):
     return v2.Compose(ops)
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """Accelerate's mixed_precision for a recipe value: auto = bf16/fp16 on CUDA, none on CPU."""
-    if device.type != "cuda":
-        if name == "fp16":
-            raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU: use auto, no or bf16 on CPU")
-        return "bf16" if name == "bf16" else "no"
-    if name == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return name
-
-
 def lr_factor(step: int, total: int, steps_per_epoch: int, recipe: EvaluateRecipe) -> float:
     """Learning-rate multiplier at ``step``: linear warmup, then step / poly / constant."""
     t = recipe.train
@@ -98,37 +89,6 @@ def lr_factor(step: int, total: int, steps_per_epoch: int, recipe: EvaluateRecip
         span = max(1, total - warmup)
         return max(0.0, 1.0 - (step - warmup) / span) ** t.poly_power
     return 1.0
-
-
-class ProcessEpochSampler(Sampler[int]):
-    """This process's share of a seeded per-epoch permutation, from a given global step on.
-
-    Global step s takes positions [s*B, (s+1)*B) of the permutation (B = global batch);
-    process r of W takes the r-th slice of b = B/W of them. Same seed, same batches,
-    whatever the number of processes or where a run was resumed.
-    """
-
-    def __init__(self, n: int, seed: int, per_process: int, rank: int = 0, world: int = 1) -> None:
-        self.n, self.seed, self.b, self.rank, self.world = n, seed, per_process, rank, world
-        self.epoch, self.skip = 0, 0
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.n // (self.b * self.world)
-
-    def set_epoch(self, epoch: int, skip_steps: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip_steps
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(self.n, generator=g)
-        big = self.b * self.world
-        for s in range(self.skip, self.steps_per_epoch):
-            start = s * big + self.rank * self.b
-            yield from perm[start : start + self.b].tolist()
-
-    def __len__(self) -> int:
-        return (self.steps_per_epoch - self.skip) * self.b
 
 
 # --------------------------------------------------------------------------- results
@@ -166,15 +126,6 @@ class TrainResult:
 # --------------------------------------------------------------------------- save / load
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    # serialised in memory first: torch's writer turns a full disk into a RuntimeError without the
-    # reason; a plain write raises the OSError (ENOSPC) that names it and, through atomic_file, the path
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    with atomic_file(path) as handle:
-        handle.write(buffer.getbuffer())
-
-
 def save_recognizer(backbone: IResNet, recipe: EvaluateRecipe, path: Path, **meta: Any) -> Path:
     r = recipe.recognizer
     payload = {
@@ -188,7 +139,7 @@ def save_recognizer(backbone: IResNet, recipe: EvaluateRecipe, path: Path, **met
         "meta": meta,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save(payload, path)
+    atomic_torch_save(payload, path)
     return path
 
 
@@ -261,6 +212,36 @@ def _read_history(run_dir: Path) -> list[dict]:
         return []
 
 
+@dataclass
+class RecognizerRun:
+    """Everything one recognizer training run holds: set up by :func:`_setup`, advanced by :func:`_train`."""
+
+    recipe: EvaluateRecipe
+    dataset: FaceImages
+    run_dir: Path
+    name: str
+    accelerator: Any
+    precision: str
+    ident: dict[str, Any]
+    backbone: Any
+    head: Any
+    optimizer: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    sampler: ProcessEpochSampler
+    total: int
+    step: int = 0
+    elapsed: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.steps_per_epoch
+
+
 def train_recognizer(
     dataset: FaceImages,
     recipe: EvaluateRecipe,
@@ -274,63 +255,74 @@ def train_recognizer(
 
     ``dataset`` must have been opened at ``input_size_of(recipe)``. With
     ``train.max_steps = 0`` the untrained (randomly initialised, seeded) backbone is
-    saved: the baseline every trained recognizer must beat.
+    saved: the baseline every trained recognizer must beat. torch's thread count is
+    ``train.threads`` during the run and what it was before after it.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from synthface.runtime import resolve_device
-
     bar = progress_or_null(progress)
-    run_dir = Path(run_dir)
-    t, r = recipe.train, recipe.recognizer
+    with torch_threads(recipe.train.threads):
+        run = _setup(dataset, recipe, Path(run_dir), name, resume)
+        data_mode, prepare_s = "none (no training steps)", 0.0
+        if run.step < run.total:
+            data_mode, prepare_s = _train(run, bar)
+        _save_checkpoint(run)
+        run.accelerator.wait_for_everyone()
+        return _finish(run, data_mode, prepare_s)
+
+
+def _check_inputs(dataset: FaceImages, recipe: EvaluateRecipe, name: str) -> None:
+    t = recipe.train
     if t.max_steps is not None and t.max_steps < 0:
         raise ConfigError(f"train.max_steps must be >= 0 or null, got {t.max_steps}")
     size = input_size_of(recipe)
     if dataset.size != size:
         raise ConfigError(f"the training set was opened at {dataset.size} px but the recipe wants {size} px")
-    if t.threads:
-        torch.set_num_threads(t.threads)
+
+
+def _saved_state(run_dir: Path, ident: dict[str, Any], recipe: EvaluateRecipe, resume: bool) -> dict | None:
+    """The checkpoint to continue from (None: a fresh run); refuses one of another recipe or data set."""
+    ckpt_path = run_dir / CHECKPOINT
+    if not check_resume(run_dir, ckpt_path.exists(), resume):
+        return None
+    state = _torch_load(ckpt_path, "checkpoint")
+    if state.get("ident") != ident:
+        old = state.get("ident", {})
+        keys = [k for k in ident if old.get(k) != ident[k]]
+        if "config" in keys and isinstance(state.get("config"), dict):
+            keys = ["recipe keys " + ", ".join(recipe_changes(state["config"], config_dict(recipe)))] + [
+                k for k in keys if k != "config"
+            ]
+        raise ConfigError(
+            f"cannot resume {run_dir}: {'; '.join(keys)} differ from the saved run; "
+            "rerun with the same recipe and data, or use a new --out"
+        )
+    return state
+
+
+def _setup(dataset: FaceImages, recipe: EvaluateRecipe, run_dir: Path, name: str, resume: bool) -> RecognizerRun:
+    """Validate, start Accelerate, build (or restore) the models, optimizer and sampler."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from synthface.runtime import resolve_device
+
+    t, r = recipe.train, recipe.recognizer
+    _check_inputs(dataset, recipe, name)
     device = resolve_device(t.device)
-    precision = resolve_precision(t.mixed_precision, device)
+    precision = resolve_precision(t.mixed_precision, device.type)
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=precision)
-    device = accelerator.device
     world, rank = accelerator.num_processes, accelerator.process_index
     if t.batch_size % world:
         raise ConfigError(f"train.batch_size {t.batch_size} must divide evenly over {world} processes")
-    per_process = t.batch_size // world
     if len(dataset) < t.batch_size:
         raise InputError(
             f"training set '{name}' has {len(dataset)} images, fewer than one batch of {t.batch_size}: lower train.batch_size"
         )
-
-    ident = {
-        "config": config_hash(recipe),
-        "images": len(dataset),
-        "identities": dataset.num_classes,
-    }
-    ckpt_path = run_dir / CHECKPOINT
-    final_path = run_dir / RECOGNIZER
-    state: dict | None = None
-    if ckpt_path.exists():
-        if not resume:
-            raise InputError(f"{run_dir} already holds a training run: pass --resume to continue it or choose a new --out")
-        state = _torch_load(ckpt_path, "checkpoint")
-        if state.get("ident") != ident:
-            old = state.get("ident", {})
-            keys = [k for k in ident if old.get(k) != ident[k]]
-            if "config" in keys and isinstance(state.get("config"), dict):
-                keys = ["recipe keys " + ", ".join(diff_keys(state["config"], config_dict(recipe)))] + [
-                    k for k in keys if k != "config"
-                ]
-            raise ConfigError(
-                f"cannot resume {run_dir}: {'; '.join(keys)} differ from the saved run; "
-                "rerun with the same recipe and data, or use a new --out"
-            )
+    ident = {"config": config_hash(recipe), "images": len(dataset), "identities": dataset.num_classes}
+    state = _saved_state(run_dir, ident, recipe, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
 
     set_seed(recipe.seed)
-    backbone = get_backbone(r.backbone, r.embedding_dim, size, r.dropout)
+    backbone = get_backbone(r.backbone, r.embedding_dim, input_size_of(recipe), r.dropout)
     head: MarginHead = get_head(
         r.loss,
         dataset.num_classes,
@@ -343,137 +335,162 @@ def train_recognizer(
     )
     params = [p for p in list(backbone.parameters()) + list(head.parameters()) if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    sampler = ProcessEpochSampler(len(dataset), recipe.seed, per_process, rank, world)
-    steps_per_epoch = sampler.steps_per_epoch
-    total = t.max_steps if t.max_steps is not None else t.epochs * steps_per_epoch
+    sampler = ProcessEpochSampler(len(dataset), recipe.seed, t.batch_size // world, rank, world)
+    total = t.max_steps if t.max_steps is not None else t.epochs * sampler.steps_per_epoch
 
-    step, history, elapsed = 0, _read_history(run_dir), 0.0
+    step, history, elapsed = 0, [], 0.0
     if state is not None:
         backbone.load_state_dict(state["backbone"])
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
-        history = [h for h in history if h["step"] <= step]
+        history = [h for h in _read_history(run_dir) if h["step"] <= step]
         torch.set_rng_state(state["rng"])
-    else:
-        history = []
     backbone, head, optimizer = accelerator.prepare(backbone, head, optimizer)
+    return RecognizerRun(
+        recipe, dataset, run_dir, name, accelerator, precision, ident, backbone, head, optimizer, params, sampler, total,
+        step, elapsed, history,
+    )  # fmt: skip
 
-    def save_checkpoint() -> None:
-        if not accelerator.is_main_process:
-            return
-        _atomic_save(
-            {
-                "ident": ident,
-                "config": config_dict(recipe),
-                "backbone": accelerator.unwrap_model(backbone).state_dict(),
-                "head": accelerator.unwrap_model(head).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "elapsed_s": elapsed,
-                "rng": torch.get_rng_state(),
-            },
-            ckpt_path,
-        )
-        text = json.dumps({"name": name, "history": history}, indent=1)
-        (run_dir / HISTORY).write_text(text + "\n", encoding="utf-8")
 
-    data_mode, prepare_s = "none (no training steps)", 0.0
-    if step < total:
-        t_prep = time.perf_counter()
-        loader, data_mode = _data_loader(dataset, recipe, device, sampler, bar)
-        prepare_s = time.perf_counter() - t_prep
-        backbone.train()
-        head.train()
-        bar.start(total, f"train {name}")
-        if step:
-            bar.advance(step)
-        window = {"loss": 0.0, "correct": 0, "seen": 0, "steps": 0, "t0": time.perf_counter()}
-        run_t0 = time.perf_counter() - elapsed
-        while step < total:
-            epoch, in_epoch = divmod(step, steps_per_epoch)
-            sampler.set_epoch(epoch, in_epoch)
-            for images, labels in loader:
-                factor = lr_factor(step, total, steps_per_epoch, recipe)
-                for group in optimizer.param_groups:
-                    group["lr"] = t.lr * factor
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                with accelerator.autocast():
-                    embeddings = backbone(images)
-                loss, cos = head(embeddings.float(), labels)
-                if not torch.isfinite(loss):
-                    raise InputError(
-                        f"training '{name}' diverged at step {step} (loss {loss.item()}): lower train.lr or the margin"
-                    )
-                accelerator.backward(loss)
-                if t.clip_grad_norm:
-                    accelerator.clip_grad_norm_(params, t.clip_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                window["loss"] += float(loss.detach())
-                window["correct"] += int((cos.argmax(dim=1) == labels).sum())
-                window["seen"] += len(labels)
-                window["steps"] += 1
-                if step % t.log_every == 0 or step == total:
-                    now = time.perf_counter()
-                    elapsed = now - run_t0
-                    row = {
-                        "step": step,
-                        "epoch": round(step / steps_per_epoch, 4),
-                        "loss": window["loss"] / window["steps"],
-                        "accuracy": window["correct"] / window["seen"],
-                        "lr": t.lr * factor,
-                        "images_per_s": window["seen"] * world / max(now - window["t0"], 1e-9),
-                        "elapsed_s": round(elapsed, 3),
-                    }
-                    history.append(row)
-                    window = {"loss": 0.0, "correct": 0, "seen": 0, "steps": 0, "t0": now}
-                bar.advance(
-                    1,
-                    loss=float(loss.detach()),
-                    acc=history[-1]["accuracy"] if history else 0.0,
-                    img_s=history[-1]["images_per_s"] if history else 0.0,
-                )
-                if step % t.checkpoint_every == 0 or step == total:
-                    elapsed = time.perf_counter() - run_t0
-                    save_checkpoint()
-                if step >= total:
-                    break
-        bar.finish()
-        elapsed = time.perf_counter() - run_t0
-    save_checkpoint()
-    accelerator.wait_for_everyone()
+def _save_checkpoint(run: RecognizerRun) -> None:
+    """checkpoint.pt (everything to resume from) and history.json, by the main process."""
+    if not run.accelerator.is_main_process:
+        return
+    unwrap = run.accelerator.unwrap_model
+    atomic_torch_save(
+        {
+            "ident": run.ident,
+            "config": config_dict(run.recipe),
+            "backbone": unwrap(run.backbone).state_dict(),
+            "head": unwrap(run.head).state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "step": run.step,
+            "elapsed_s": run.elapsed,
+            "rng": torch.get_rng_state(),
+        },
+        run.run_dir / CHECKPOINT,
+    )
+    text = json.dumps({"name": run.name, "history": run.history}, indent=1)
+    atomic_write_text(run.run_dir / HISTORY, text + "\n")
 
-    images_seen = step * t.batch_size
-    last = history[-1] if history else {}
+
+class _Window:
+    """Running sums of the steps since the last training-curve point."""
+
+    def __init__(self) -> None:
+        self.loss, self.correct, self.seen, self.steps, self.t0 = 0.0, 0, 0, 0, time.perf_counter()
+
+    def add(self, loss: float, correct: int, seen: int) -> None:
+        self.loss += loss
+        self.correct += correct
+        self.seen += seen
+        self.steps += 1
+
+
+def _train(run: RecognizerRun, bar: Any) -> tuple[str, float]:
+    """Train from ``run.step`` to ``run.total``; returns (how the data is loaded, seconds to prepare it)."""
+    t = run.recipe.train
+    t_prep = time.perf_counter()
+    loader, data_mode = _data_loader(run.dataset, run.recipe, run.device, run.sampler, bar)
+    prepare_s = time.perf_counter() - t_prep
+    run.backbone.train()
+    run.head.train()
+    bar.start(run.total, f"train {run.name}")
+    if run.step:
+        bar.advance(run.step)
+    window = _Window()
+    run_t0 = time.perf_counter() - run.elapsed
+    while run.step < run.total:
+        epoch, in_epoch = divmod(run.step, run.steps_per_epoch)
+        run.sampler.set_epoch(epoch, in_epoch)
+        for images, labels in loader:
+            factor = lr_factor(run.step, run.total, run.steps_per_epoch, run.recipe)
+            loss, correct = _step(run, images, labels, t.lr * factor)
+            window.add(loss, correct, len(labels))
+            if run.step % t.log_every == 0 or run.step == run.total:
+                run.elapsed = time.perf_counter() - run_t0
+                run.history.append(_curve_point(run, window, t.lr * factor))
+                window = _Window()
+            last = run.history[-1] if run.history else {}
+            bar.advance(1, loss=loss, acc=last.get("accuracy", 0.0), img_s=last.get("images_per_s", 0.0))
+            if run.step % t.checkpoint_every == 0 or run.step == run.total:
+                run.elapsed = time.perf_counter() - run_t0
+                _save_checkpoint(run)
+            if run.step >= run.total:
+                break
+    bar.finish()
+    run.elapsed = time.perf_counter() - run_t0
+    return data_mode, prepare_s
+
+
+def _step(run: RecognizerRun, images: torch.Tensor, labels: torch.Tensor, lr: float) -> tuple[float, int]:
+    """One optimizer step at learning rate ``lr``; returns (loss, correctly classified images)."""
+    t = run.recipe.train
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    images = images.to(run.device, non_blocking=True)
+    labels = labels.to(run.device, non_blocking=True)
+    with run.accelerator.autocast():
+        embeddings = run.backbone(images)
+    loss, cos = run.head(embeddings.float(), labels)
+    if not torch.isfinite(loss):
+        raise InputError(f"training '{run.name}' diverged at step {run.step} (loss {loss.item()}): lower train.lr or the margin")
+    run.accelerator.backward(loss)
+    if t.clip_grad_norm:
+        run.accelerator.clip_grad_norm_(run.params, t.clip_grad_norm)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    return float(loss.detach()), int((cos.argmax(dim=1) == labels).sum())
+
+
+def _curve_point(run: RecognizerRun, window: _Window, lr: float) -> dict[str, Any]:
+    """A history row: step, epoch, the window's mean loss and accuracy, lr, throughput, elapsed time."""
+    now = time.perf_counter()
+    return {
+        "step": run.step,
+        "epoch": round(run.step / run.steps_per_epoch, 4),
+        "loss": window.loss / window.steps,
+        "accuracy": window.correct / window.seen,
+        "lr": lr,
+        "images_per_s": window.seen * run.accelerator.num_processes / max(now - window.t0, 1e-9),
+        "elapsed_s": round(run.elapsed, 3),
+    }
+
+
+def _finish(run: RecognizerRun, data_mode: str, prepare_s: float) -> TrainResult:
+    """Save recognizer.pt (main process) and describe the run."""
+    t, dataset = run.recipe.train, run.dataset
+    last = run.history[-1] if run.history else {}
     meta = {
-        "name": name,
-        "steps": step,
+        "name": run.name,
+        "steps": run.step,
         "identities": dataset.num_classes,
         "images": len(dataset),
-        "wall_s": round(elapsed, 3),
+        "wall_s": round(run.elapsed, 3),
     }
-    if accelerator.is_main_process:
-        save_recognizer(accelerator.unwrap_model(backbone), recipe, final_path, **meta)
-    accelerator.wait_for_everyone()
+    final_path = run.run_dir / RECOGNIZER
+    if run.accelerator.is_main_process:
+        save_recognizer(run.accelerator.unwrap_model(run.backbone), run.recipe, final_path, **meta)
+    run.accelerator.wait_for_everyone()
+    images_seen = run.step * t.batch_size
     return TrainResult(
-        name=name,
-        run_dir=run_dir,
+        name=run.name,
+        run_dir=run.run_dir,
         recognizer=final_path,
-        steps=step,
-        total_steps=total,
-        epochs=round(step / steps_per_epoch, 3),
+        steps=run.step,
+        total_steps=run.total,
+        epochs=round(run.step / run.steps_per_epoch, 3),
         images=len(dataset),
         identities=dataset.num_classes,
-        wall_s=round(elapsed, 3),
-        images_per_s=round(images_seen / elapsed, 2) if elapsed > 0 else 0.0,
+        wall_s=round(run.elapsed, 3),
+        images_per_s=round(images_seen / run.elapsed, 2) if run.elapsed > 0 else 0.0,
         final_loss=last.get("loss"),
         final_accuracy=last.get("accuracy"),
         data_mode=data_mode,
         prepare_s=round(prepare_s, 3),
-        device=str(device),
-        mixed_precision=precision,
-        history=history,
+        device=str(run.device),
+        mixed_precision=run.precision,
+        history=run.history,
     )
