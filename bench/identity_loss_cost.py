@@ -75,7 +75,7 @@ def main() -> None:
     from synthface.generator.native import build_native, default_scheduler_config
     from synthface.generator.taef2 import load_taef2
     from synthface.generator.training.identity_loss import IdentityLoss
-    from synthface.generator.training.loop import Denoiser, loss_weights, training_target
+    from synthface.generator.training.objective import Denoiser, loss_weights, training_target
 
     torch.set_num_threads(1)
     config = load_recipe(TrainRecipe, args.recipe, [f"train.identity_loss.fraction={args.fraction}",

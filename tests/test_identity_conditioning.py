@@ -15,7 +15,7 @@ from synthface.generator import generate, load_model, sample_batch
 from synthface.generator.native import NativeMeta, default_scheduler_config, prepare_condition, uses_class_embedding
 from synthface.testing import tiny_native
 from synthface.generator.training import train_generator
-from synthface.generator.training.loop import loss_weights, training_target
+from synthface.generator.training.objective import loss_weights, training_target
 
 DIM = 16
 

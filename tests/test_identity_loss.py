@@ -149,7 +149,7 @@ def test_sections_at_their_defaults_leave_the_recipe_and_its_hash_alone():
 def test_x0_estimate_inverts_the_training_target(pred_type):
     from diffusers import DDPMScheduler
 
-    from synthface.generator.training.loop import training_target
+    from synthface.generator.training.objective import training_target
 
     sched = DDPMScheduler.from_config(default_scheduler_config(True, pred_type))
     x0, noise = torch.randn(4, 32, 2, 2), torch.randn(4, 32, 2, 2)

@@ -28,7 +28,7 @@ from synthface.generator.taef2 import (
     vae_downscale_factor,
 )
 from synthface.testing import TinyEmbedder, tiny_native
-from synthface.generator.training.loop import load_vae
+from synthface.generator.training.latents import load_vae
 
 TAEF2_DIR = TAEF2
 EMBED_DIM = 128

@@ -18,9 +18,11 @@ from synthface.cli.app import app
 from synthface.config import TrainRecipe, load_recipe
 from synthface.errors import ConfigError, InputError
 from synthface.testing import TinyEmbedder
-from synthface.generator.training import EpochSampler, checkpoints, load_faces, train_generator
+from synthface.generator.training import checkpoints, load_faces, train_generator
 from synthface.generator.training.data import crop_box, model_crop
-from synthface.generator.training.loop import Trainer, drop_mask, step_generator
+from synthface.generator.training.loop import Trainer
+from synthface.generator.training.objective import drop_mask, step_generator
+from synthface.training import EpochSampler
 
 IDENTITIES, PER_ID = 4, 4
 

@@ -81,7 +81,7 @@ def train_rate(model_dir: Path, recipe: TrainRecipe, device: torch.device, secon
     from diffusers.training_utils import EMAModel
 
     from synthface.generator.families import load_model
-    from synthface.generator.training.loop import Denoiser, loss_weights, training_target
+    from synthface.generator.training.objective import Denoiser, loss_weights, training_target
 
     t = recipe.train
     model = load_model(model_dir, device=device)

@@ -30,6 +30,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from synthface.atomic import atomic_write_text
+from synthface.config import NativeModelSection
 from synthface.errors import ConfigError, InputError
 from synthface.fingerprint import file_sha256, regular_files
 from synthface.generator.families import Family, register_family
@@ -129,7 +131,7 @@ class NativeMeta:
 
     def write(self, path: Path) -> None:
         data = {k: v for k, v in asdict(self).items() if k != "extra"} | dict(self.extra)
-        (path / META_FILE).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        atomic_write_text(path / META_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def prepare_condition(embeddings: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
@@ -349,26 +351,28 @@ def default_scheduler_config(
 def build_native(
     embedder: str,
     embedding_dim: int,
-    image_size: int,
-    block_out_channels: Sequence[int] = (64, 128, 256),
-    id_tokens: int = 4,
-    token_dim: int | None = None,
-    layers_per_block: int = 2,
-    attention_head_dim: int = 8,
-    norm_num_groups: int = 32,
+    section: NativeModelSection | None = None,
+    *,
     vae: AutoencoderKL | None = None,
     template_scale: float | None = 0.6,
     seed: int = 0,
-    class_embedding: bool = False,
     condition_mean: Sequence[float] | None = None,
     scheduler_config: dict[str, Any] | None = None,
+    **architecture: Any,
 ) -> NativeGenerator:
     """A freshly initialised native model (random weights from ``seed``), pixel space unless ``vae``.
 
+    Its architecture is the recipe's model section (``section``; its defaults when None) with
+    ``architecture`` (keys of that section: image_size, block_out_channels, id_tokens, token_dim,
+    layers_per_block, attention_head_dim, norm_num_groups, class_embedding) put over it.
     ``class_embedding`` also adds the (prepared) identity to the UNet's time embedding;
     ``condition_mean`` centres the conditioning (see :func:`prepare_condition`).
     """
-    token_dim = int(token_dim or block_out_channels[-1])
+    m = _model_section(section, architecture)
+    image_size, block_out_channels, id_tokens = m.image_size, m.block_out_channels, m.id_tokens
+    layers_per_block, attention_head_dim, norm_num_groups = m.layers_per_block, m.attention_head_dim, m.norm_num_groups
+    class_embedding = m.class_embedding
+    token_dim = int(m.token_dim or block_out_channels[-1])
     if vae is not None:
         factor = vae_downscale_factor(vae)
         if image_size % factor:
@@ -402,6 +406,13 @@ def build_native(
     )
     sched = scheduler_config if scheduler_config is not None else default_scheduler_config(vae is not None)
     return NativeGenerator(unet, projector, meta, sched, vae).eval()
+
+
+def _model_section(section: NativeModelSection | None, architecture: dict[str, Any]) -> NativeModelSection:
+    """``section`` (the defaults when None) with the ``architecture`` keys put over it, validated."""
+    base = section if section is not None else NativeModelSection()
+    given = {k: list(v) if isinstance(v, tuple) else v for k, v in architecture.items()}
+    return NativeModelSection.model_validate(base.model_dump() | given)
 
 
 def is_native(path: Path) -> bool:

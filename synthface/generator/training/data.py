@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from synthface.atomic import atomic_file
+from synthface.atomic import atomic_file, atomic_save_npy
 from synthface.embeddings import fixed_list, fixed_list_array, l2n
 from synthface.errors import ConfigError, InputError
 from synthface.faces.align import template_for
@@ -218,11 +218,6 @@ def cache_key(
     return digest.hexdigest()[:20]
 
 
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_file(path) as handle:
-        np.save(handle, array)
-
-
 def _write_table(
     path: Path, keys: list[str], identities: list[str], status: list[str], emb: np.ndarray, embedder: str | None = None
 ) -> None:
@@ -392,7 +387,7 @@ def load_faces(
         )
         keys, identities = items.keys, items.identities
         cache.mkdir(parents=True, exist_ok=True)
-        _atomic_save_npy(crops_path, crops)
+        atomic_save_npy(crops_path, crops)
         _write_table(table_path, keys, identities, status, emb, embedder_name)  # last: its presence marks the cache complete
     ok = np.array([s == OK for s in status], dtype=bool)
     counts = {s: int(sum(x == s for x in status)) for s in (OK, UNREADABLE, NO_FACE, BAD_SHAPE)}

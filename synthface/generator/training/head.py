@@ -17,7 +17,6 @@ whole, and a copy into ``RUN_DIR/model/identity_head/`` when the run has exporte
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthface.atomic import staged_folder
+from synthface.atomic import atomic_write_text, copy_folder, staged_folder
 from synthface.config import TrainRecipe
 from synthface.errors import InputError
 from synthface.generator.identity_head import ACCURACY_FILE, HEAD_DIR, IdentityHead
-from synthface.generator.training.loop import Trainer, step_generator
+from synthface.generator.training.loop import Trainer
+from synthface.generator.training.objective import step_generator
 from synthface.runtime import Progress
+from synthface.training import torch_threads
 
 HEAD_SEED_OFFSET = 7_777  # the head's random draws never coincide with the generator run's
 
@@ -93,13 +94,10 @@ def train_identity_head(
     c, h = config, config.train.identity_head
     run_dir = Path(run_dir)
     trainer = Trainer(config, data, run_dir, progress=progress, embedder=embedder)
-    threads = torch.get_num_threads()
-    if c.train.threads:
-        torch.set_num_threads(c.train.threads)
     cpu = c.train.device == "cpu" or (c.train.device == "auto" and not torch.cuda.is_available())
     device = torch.device("cpu") if cpu else torch.device(c.train.device if c.train.device != "auto" else "cuda")
     wall0 = time.perf_counter()
-    try:
+    with torch_threads(c.train.threads):
         with RunLock(run_dir):
             faces = trainer.prepare_data(device)
             vae, latents, gain = trainer.prepare_latents(faces, device)
@@ -171,13 +169,10 @@ def train_identity_head(
             out = run_dir / HEAD_DIR
             with staged_folder(out, replace=True) as stage:
                 head.save_pretrained(stage, safe_serialization=True)
-                (stage / ACCURACY_FILE).write_text(json.dumps(accuracy, indent=2) + "\n", encoding="utf-8")
+                atomic_write_text(stage / ACCURACY_FILE, json.dumps(accuracy, indent=2) + "\n")
             model_dir = run_dir / "model"
             if model_dir.is_dir():
-                with staged_folder(model_dir / HEAD_DIR, replace=True) as stage:
-                    shutil.copytree(out, stage, dirs_exist_ok=True)
-    finally:
-        torch.set_num_threads(threads)
+                copy_folder(out, model_dir / HEAD_DIR)
     return {"head": str(out), "model_head": str(model_dir / HEAD_DIR) if model_dir.is_dir() else None} | accuracy
 
 

@@ -15,12 +15,14 @@ It draws no random numbers, so the rest of a step is the step it would be withou
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from synthface.config import IdentityLossSection
+from synthface.config import IdentityLossSection, TrainRecipe
+from synthface.errors import ConfigError
 from synthface.generator.guidance import embed_x0, to_eps_x0
 from synthface.generator.identity_head import IdentityHead
 
@@ -63,3 +65,32 @@ class IdentityLoss:
             emb = embed_x0(self.model, self.guide, x0)
         cos = F.cosine_similarity(emb, targets[idx].to(emb.device, emb.dtype), dim=-1)
         return (1.0 - cos).mean(), len(idx)
+
+
+def check_identity_head(config: TrainRecipe, where: Path) -> None:
+    """Before anything is written: ``train.identity_loss.through=head`` needs its head."""
+    section = config.train.identity_loss
+    if section.weight > 0 and section.through == "head" and not (where / "config.json").is_file():
+        raise ConfigError(
+            f"train.identity_loss.through=head needs a trained identity head in {where}: run `synthface train-head` "
+            "with the same --data, --recipe and --out first (or name one with train.identity_loss.head)"
+        )
+
+
+def identity_loss_for(
+    config: TrainRecipe, where: Path, model: Any, noise_sched: Any, device: torch.device, embedder: Any = None
+) -> IdentityLoss | None:
+    """The identity term of ``train.identity_loss`` (None when its weight is 0), its guide frozen on ``device``."""
+    section = config.train.identity_loss
+    if section.weight <= 0:
+        return None
+    if section.through == "head":
+        from synthface.generator.identity_head import check_head, load_identity_head
+
+        guide = load_identity_head(where, device)
+        check_head(guide, model, str(where))
+    else:
+        from synthface.generator.planning import identity_guide_for
+
+        guide = identity_guide_for(model, device, embedder=embedder).to(device)
+    return IdentityLoss(section, noise_sched, model, guide)

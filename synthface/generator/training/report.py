@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from synthface.atomic import atomic_file, atomic_write_text
+from synthface.atomic import append_text, atomic_file, atomic_write_text
 from synthface.figures import save_figure
 
 LOSS_FIELDS = ["step", "loss", "lr", "epoch", "seconds"]
@@ -49,14 +48,13 @@ class LossLog:
 
     def append(self, step: int, loss: float, lr: float, epoch: float, seconds: float, **extra: float) -> None:
         new = not self.path.is_file()
-        with self.path.open("a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, self.fields)
-            if new:
-                writer.writeheader()
-            row = {"step": step, "loss": f"{loss:.6g}", "lr": f"{lr:.6g}", "epoch": f"{epoch:.4f}", "seconds": f"{seconds:.1f}"}
-            writer.writerow(row | {k: f"{float(v):.6g}" for k, v in extra.items()})
-            f.flush()
-            os.fsync(f.fileno())
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, self.fields)
+        if new:
+            writer.writeheader()
+        row = {"step": step, "loss": f"{loss:.6g}", "lr": f"{lr:.6g}", "epoch": f"{epoch:.4f}", "seconds": f"{seconds:.1f}"}
+        writer.writerow(row | {k: f"{float(v):.6g}" for k, v in extra.items()})
+        append_text(self.path, text.getvalue())
 
 
 def _num(v: float) -> str:
