@@ -28,6 +28,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from synthface.atomic import atomic_write_text
 from synthface.config import R, load_recipe
 from synthface.errors import SynthfaceError
 
@@ -97,7 +98,7 @@ def log_traceback(exc: BaseException) -> Path | None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / name
-            path.write_text(f"synthface {' '.join(sys.argv[1:])}\n{text}", encoding="utf-8")
+            atomic_write_text(path, f"synthface {' '.join(sys.argv[1:])}\n{text}")
             return path
         except OSError:
             continue
@@ -197,9 +198,7 @@ def write_json(target: str | None, summary: dict[str, Any]) -> None:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
         return
-    path = Path(target)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n", encoding="utf-8")
+    atomic_write_text(Path(target), text + "\n")
 
 
 def _duration(seconds: float) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 from synthface.dataset import quality as q
 from synthface.dataset.html_report import REPORT_HTML, SheetImage, SheetRow, write_html
 from synthface.dataset.quality import quantiles
-from synthface.atomic import staged_folder
+from synthface.atomic import atomic_write_text, staged_folder
 from synthface.embeddings import l2n
 from synthface.dataset.quality_report import (
     QUALITY_DEFINITIONS,
@@ -457,5 +457,5 @@ def _report(src: Path, out: Path, stage: Path, shards: list[Path], rows: Any, in
     report["files"]["html"] = str(out / REPORT_HTML)
     report["files"]["report"] = str(out / REPORT_FILE)
     write_html(stage / REPORT_HTML, report, sheet, figures)
-    (stage / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    atomic_write_text(stage / REPORT_FILE, json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
     return report
