@@ -78,12 +78,7 @@ def inspect_cmd(
     )
     cfg = recipe(InspectRecipe, recipe_path, overrides)
     target = out or (src / "inspect")
-    report = inspect_dataset(
-        src, target, embedder=cfg.embedder, max_identities=cfg.max_identities, sheet_identities=cfg.sheet_identities,
-        sheet_images=cfg.sheet_images, gallery=cfg.gallery, reference=cfg.reference, reference_images=cfg.reference_images,
-        k=cfg.k, detector=cfg.detector, card=cfg.card, seed=cfg.seed, device=cfg.device, progress=RichBar(),
-        allow_partial=allow_partial,
-    )  # fmt: skip
+    report = inspect_dataset(src, target, cfg, progress=RichBar(), allow_partial=allow_partial)
     write_resolved(cfg, target, "inspect.config.yaml")
     acc = report.get("acceptance", {}).get("rate")
     cons = report["quality"].get("consistency", {}).get("cos_to_centre", {}).get("mean")

@@ -29,6 +29,7 @@ from synthface.dataset import quality as q
 from synthface.dataset.html_report import REPORT_HTML, SheetImage, SheetRow, write_html
 from synthface.dataset.quality import quantiles
 from synthface.atomic import atomic_write_text, staged_folder
+from synthface.config import InspectRecipe
 from synthface.embeddings import l2n
 from synthface.dataset.quality_report import (
     QUALITY_DEFINITIONS,
@@ -152,21 +153,13 @@ def default_embedder(config: dict[str, Any]) -> str:
 def inspect_dataset(
     src: str | Path,
     out: str | Path | None = None,
+    recipe: InspectRecipe | None = None,
     *,
-    embedder: str | None = None,
-    max_identities: int = 100,
-    sheet_identities: int = 16,
-    sheet_images: int = 8,
-    gallery: str | None = None,
-    reference: str | Path | None = None,
-    reference_images: int = 2000,
-    k: int = 3,
-    detector: Any = "mtcnn",
-    card: bool = True,
-    seed: int = 0,
-    device: str = "auto",
+    embedder: Any = None,
+    detector: Any = None,
     progress: Progress | None = None,
     allow_partial: bool = False,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Write the report (JSON, PNGs, report.html) of the dataset in ``src`` to ``out`` (default SRC/inspect); returns it.
 
@@ -182,7 +175,17 @@ def inspect_dataset(
     ``allow_partial`` (then the report covers the committed shards). The embedder, the gallery, the
     reference folder and the detector are loaded before anything is written, and the files move into
     ``out`` only once all of them are written: a failure leaves no partial report.
+
+    The settings are ``recipe`` (an :class:`InspectRecipe`; its defaults when None) with ``settings``
+    (keys of it: ``k=2``, ``device="cpu"`` ...) put over it; ``embedder`` and ``detector`` may also be
+    objects (an embedder, a detector) that take the recipe's place.
     """
+    cfg = _settings(recipe, settings)
+    embedder = embedder if embedder is not None else cfg.embedder
+    detector = detector if detector is not None else cfg.detector
+    gallery, reference, reference_images, k = cfg.gallery, cfg.reference, cfg.reference_images, cfg.k
+    max_identities, sheet_identities, sheet_images = cfg.max_identities, cfg.sheet_identities, cfg.sheet_images
+    card, seed, device = cfg.card, cfg.seed, cfg.device
     src = Path(src)
     if not src.is_dir():
         raise InputError(f"dataset {src} not found: pass the --out directory of `synthface generate`")
@@ -255,6 +258,13 @@ def inspect_dataset(
             if path is not None:
                 report["files"]["card"] = str(path)
     return report
+
+
+def _settings(recipe: InspectRecipe | None, settings: dict[str, Any]) -> InspectRecipe:
+    """``recipe`` (the defaults when None) with ``settings`` put over it, validated as a recipe is."""
+    base = recipe if recipe is not None else InspectRecipe()
+    given = {key: str(value) if isinstance(value, Path) else value for key, value in settings.items()}
+    return InspectRecipe.model_validate(base.model_dump() | given)
 
 
 @dataclass
