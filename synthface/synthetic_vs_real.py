@@ -41,6 +41,7 @@ from typing import Callable
 
 import yaml
 
+from synthface.atomic import atomic_write_text
 from synthface.errors import ConfigError, SynthfaceError
 from synthface.protocol_scale import (
     SCALE_DIR,
@@ -256,11 +257,7 @@ def read_record(work: Path, name: str) -> dict | None:
 
 
 def write_record(work: Path, name: str, record: dict) -> None:
-    path = work / "steps" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_text(work / "steps" / f"{name}.json", json.dumps(record, indent=2) + "\n")  # fsynced, then renamed
 
 
 def read_attempts(work: Path, name: str, fp: str) -> list[float]:
@@ -273,9 +270,7 @@ def read_attempts(work: Path, name: str, fp: str) -> list[float]:
 
 
 def write_attempts(work: Path, name: str, fp: str, attempts: list[float]) -> None:
-    path = work / "steps" / f"{name}.attempts.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"fingerprint": fp, "seconds": attempts}) + "\n")
+    atomic_write_text(work / "steps" / f"{name}.attempts.json", json.dumps({"fingerprint": fp, "seconds": attempts}) + "\n")
 
 
 # --------------------------------------------------------------------------- report
@@ -345,7 +340,7 @@ def make_report(cfg: dict, work: Path, records: dict[str, dict], root: Path) -> 
     if "evaluate-scale" in active:
         summary["curve"] = scale_curve(work, bench, tar)
         plot_scale_curve(summary["curve"], tar, work / "scale_curve.png")
-    (work / "report.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write_text(work / "report.json", json.dumps(summary, indent=2, default=str) + "\n")
 
     def row(name: str, d: dict) -> str:
         return (f"| {name} | {100 * d['accuracy']:.2f} ± {100 * d['accuracy_std']:.2f} | {100 * d[tar]:.1f} | "
@@ -390,7 +385,7 @@ def make_report(cfg: dict, work: Path, records: dict[str, dict], root: Path) -> 
         "`real_contact_sheet.png`; ROC curves and training curves: `eval-real/`, `eval-synthetic/`.", "",
         "## Step wall times (s)", "", *(f"- {n}: {v:.0f}" for n, v in steps_time.items() if v), "",
     ]  # fmt: skip
-    (work / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(work / "report.md", "\n".join(lines) + "\n")
 
 
 # --------------------------------------------------------------------------- running
@@ -470,5 +465,5 @@ def run_recipe(recipe: Path, work: Path, only: list[str] | None, log: Callable[[
         raise ProtocolError(not_found(lfw_root(cfg, root), "LFW photos") + " (or set `lfw:` in the protocol recipe)")
     work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    (work / "protocol.yaml").write_text(recipe.read_text())
+    atomic_write_text(work / "protocol.yaml", recipe.read_text())
     return run(cfg, work, only, log, root)

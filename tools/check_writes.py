@@ -32,7 +32,6 @@ KNOWN: dict[str, str] = {
     "synthface/recipe_reference.py": "writes docs/recipes.md, a tracked source file, for maintainers (not a run output)",
     "synthface/generator/arc2face_testing.py": "builds throw-away tiny test models in a temp folder (tests only)",
     "synthface/needs.py": "resumable download: appends to a .part file and renames it; to move onto atomic.py",
-    "synthface/synthetic_vs_real.py": "protocol driver's work files; to move onto atomic.py",
     "synthface/dataset/export.py": "WebDataset/RecordIO writers stream to temp files and rename; to move onto atomic.py",
     "synthface/dataset/html_report.py": "inspect's HTML report; to move onto atomic.py",
 }
