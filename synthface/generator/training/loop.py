@@ -278,20 +278,10 @@ class Trainer:
         accelerator.register_for_checkpointing(lr_sched, ema, sampler)
         log = LossLog(self.run_dir / "loss.csv", extra=("identity_loss",) if t.identity_loss.weight > 0 else ())
         state = TrainState(
-            accelerator,
-            model,
-            denoiser,
-            optimizer,
-            lr_sched,
-            ema,
-            sampler,
-            noise_sched,
-            faces,
-            latents,
-            latent_gain,
-            log,
-            summary,
-        )
+            accelerator=accelerator, model=model, denoiser=denoiser, optimizer=optimizer, lr_sched=lr_sched, ema=ema,
+            sampler=sampler, noise_sched=noise_sched, faces=faces, latents=latents, latent_gain=latent_gain, log=log,
+            summary=summary,
+        )  # fmt: skip
         state.params = list(accelerator.unwrap_model(denoiser).parameters())
         self._resume(state)
 
