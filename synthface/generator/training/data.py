@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from synthface.atomic import atomic_file, atomic_save_npy
+from synthface.config import TrainDataSection
 from synthface.embeddings import fixed_list, fixed_list_array, l2n
 from synthface.errors import ConfigError, InputError
 from synthface.faces.align import template_for
@@ -339,6 +340,9 @@ def _prepare(
     return status, emb, stacked
 
 
+_DATA = TrainDataSection()  # the recipe's data section: load_faces' defaults are its defaults
+
+
 def load_faces(
     src: str | Path,
     embedder_name: str,
@@ -346,13 +350,13 @@ def load_faces(
     image_size: int,
     crop: str,
     model_scale: float,
-    form: str = "auto",
-    data_scale: float = 0.6,
+    form: str = _DATA.form,
+    data_scale: float = _DATA.template_scale,
     people: Sequence[str] | None = None,
-    min_images: int = 1,
+    min_images: int = _DATA.min_images,
     cache_dir: str | Path,
-    batch_size: int = 32,
-    workers: int = 2,
+    batch_size: int = _DATA.batch_size,
+    workers: int = _DATA.workers,
     device: str = "auto",
     embedder: Any = None,
     progress: Progress | None = None,
