@@ -187,6 +187,10 @@ class Trainer:
         named = self.config.train.identity_loss.head
         return Path(named) if named else self.run_dir / HEAD_DIR
 
+    def _init_weights(self, model: Any) -> dict[str, Any]:
+        """``train.init_from`` copied into ``model``; what the export records of it (:func:`.init.init_weights`)."""
+        return init_weights(model, self.config)
+
     def make_model(self, faces: FaceData, vae: Any) -> Any:
         """A freshly initialised native model (seeded by the recipe's seed) for these faces."""
         from synthface.generator.native import build_native
@@ -265,7 +269,7 @@ class Trainer:
         model = self.make_model(faces, vae)
         model.meta.extra = {"crop": c.model.crop, "trained_on": str(self.data_src), "condition": c.data.condition}
         if t.init_from:
-            model.meta.extra["init_from"] = init_weights(model, c)
+            model.meta.extra["init_from"] = self._init_weights(model)
         denoiser = Denoiser(model.unet, model.projector)
         denoiser.train()
         noise_sched = DDPMScheduler.from_config(model.scheduler_config)
