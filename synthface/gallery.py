@@ -206,7 +206,7 @@ class FaceEmbedding:
             boxes = np.stack([faces[k].box for k in idx]) if idx else None
         else:
             idx = list(range(len(images)))
-            lms = np.stack([template_landmarks(img.shape[0], 1, self.template_scale)[0] for img in images])
+            lms = np.stack([template_landmarks(img.shape[0], 1, self.template_scale)[0] for img in images])  # type: ignore[arg-type]
             boxes = None
         if idx:
             out[idx] = self.embedder.embed([images[k] for k in idx], lms, boxes)

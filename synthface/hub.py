@@ -140,7 +140,7 @@ def _bytes_to(bar: Progress) -> Any:
     """A tqdm class for huggingface_hub's transfer that reports bytes to ``bar`` and prints nothing."""
     from tqdm.auto import tqdm
 
-    class Bytes(tqdm):  # type: ignore[misc]
+    class Bytes(tqdm):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)

@@ -23,6 +23,27 @@ def make_tiny_model(path: Path, **kwargs: Any) -> Path:
     return tiny_native_model(path, **kwargs)
 
 
+CLASS_EMBEDDING_DIM = 16
+
+
+def shared_direction_embeddings(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` unit embeddings (16-d) that share a direction, as real faces do (mean pairwise cosine ~0.8)."""
+    e = np.random.default_rng(seed).standard_normal((n, CLASS_EMBEDDING_DIM)).astype(np.float32) + 2.0
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def class_embedding_model(**options: Any) -> Any:
+    """A tiny in-memory native model (16 px) on the class-embedding path: centred condition, v-prediction with a
+    zero-terminal-SNR schedule; ``options`` override build_native's."""
+    from synthface.generator.native import default_scheduler_config
+    from synthface.testing import tiny_native
+
+    mean = shared_direction_embeddings(50, seed=9).mean(axis=0)
+    sched = default_scheduler_config(False, "v_prediction", "squaredcos_cap_v2", True, "trailing")
+    options = {"class_embedding": True, "condition_mean": mean, "scheduler_config": sched} | options
+    return tiny_native(embedding_dim=CLASS_EMBEDDING_DIM, image_size=IMAGE_SIZE, **options)
+
+
 # 4 identities x 2 images, 2 shards, 2 steps, 16 px PNG, no filter (the --set form of tiny_recipe)
 TINY_SETS = [
     "identities.count=4",

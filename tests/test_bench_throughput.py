@@ -51,6 +51,7 @@ def test_scaling_launches_one_and_two_processes(tmp_path) -> None:
     assert all(r["images"] == 8 and r["efficiency"] > 0 for r in runs)
 
 
+@pytest.mark.timeout(2400)  # the script's own limit is 1800 s
 @pytest.mark.slow
 def test_device_throughput_script_rehearses_on_the_cpu(tmp_path) -> None:
     """bench/device/throughput.sh --dry-run: the device call's script end to end at toy sizes."""

@@ -225,6 +225,7 @@ def test_collect_keeps_the_tar_under_its_limit(tmp_path):
 # --------------------------------------------------------------------------- the whole run, rehearsed
 
 
+@pytest.mark.timeout(16000)  # run.sh's own limit is 15000 s
 @pytest.mark.slow
 def test_run_sh_dry_run_returns_what_the_device_tool_brings_back(tmp_path):
     _need_pack_inputs()

@@ -19,7 +19,7 @@ import pytest
 
 from helpers_generate import make_tiny_model, read_rows
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # several launched runs, each allowed 600 s
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = [

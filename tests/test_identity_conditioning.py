@@ -13,23 +13,12 @@ from PIL import Image
 from synthface.errors import ConfigError, InputError
 from synthface.generator import generate, load_model, sample_batch
 from synthface.generator.native import NativeMeta, default_scheduler_config, prepare_condition, uses_class_embedding
-from synthface.testing import tiny_native
 from synthface.generator.training import train_generator
 from synthface.generator.training.objective import loss_weights, training_target
 
-DIM = 16
-
-
-def _embeddings(n: int, seed: int = 0) -> np.ndarray:
-    e = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32) + 2.0  # a shared direction, like real faces
-    return e / np.linalg.norm(e, axis=1, keepdims=True)
-
-
-def _model(**options):
-    mean = _embeddings(50, seed=9).mean(axis=0)
-    sched = default_scheduler_config(False, "v_prediction", "squaredcos_cap_v2", True, "trailing")
-    options = {"class_embedding": True, "condition_mean": mean, "scheduler_config": sched} | options
-    return tiny_native(embedding_dim=DIM, image_size=16, **options)
+from helpers_generate import CLASS_EMBEDDING_DIM as DIM
+from helpers_generate import class_embedding_model as _model
+from helpers_generate import shared_direction_embeddings as _embeddings
 
 
 def test_prepare_condition_centres_and_scales():
@@ -47,19 +36,6 @@ def test_prepare_condition_centres_and_scales():
 
     assert cos(e) > 0.5 and abs(float(cos(out))) < 0.3
     assert torch.equal(prepare_condition(e, None), e)
-
-
-@pytest.mark.parametrize("scheduler", ["ddim", "ddpm"])
-def test_class_embedding_model_is_batch_invariant(scheduler):
-    model = _model()
-    assert uses_class_embedding(model.unet)
-    emb, seeds = _embeddings(5, 1), np.array([3, 4, 5, 6, 7])
-    options = dict(scheduler=scheduler, steps=3, guidance_scale=2.0)
-    whole = sample_batch(model, emb, seeds, **options)
-    assert torch.isfinite(whole).all()
-    for batch in (1, 2):
-        parts = torch.cat([sample_batch(model, emb[i : i + batch], seeds[i : i + batch], **options) for i in range(0, 5, batch)])
-        assert torch.equal(parts, whole), f"batch size {batch} changed the images"
 
 
 def test_identity_reaches_the_unet_through_the_class_embedding():

@@ -157,6 +157,7 @@ def _generate(model: Path, out: Path) -> list[str]:
     ]
 
 
+@pytest.mark.timeout(1800)  # a signalled run (120 s) then its resume (600 s)
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_stops_the_run_cleanly_and_resume_ends_in_the_same_files(model_dir, tmp_path, sig, code) -> None:

@@ -292,7 +292,7 @@ def count(n: int, word: str, plural: str | None = None) -> str:
 def _flags_show_no_type() -> None:
     """typer's rich help gives every option a type column, on/off flags too (``--version <bool>``),
     which reads as if the flag took a value; a flag shows none."""
-    option = getattr(typer.core, "TyperOption", None)
+    option: Any = getattr(typer.core, "TyperOption", None)
     show = getattr(option, "display_type_rich", None)
     if show is None or getattr(show, "_synthface", False):
         return

@@ -198,7 +198,7 @@ def warp_faces(
 
     lms = np.asarray(landmarks, np.float64)
     if torch.is_tensor(images):
-        x = images
+        x: torch.Tensor = images
     else:
         x = torch.from_numpy(np.ascontiguousarray(np.stack(list(images)) if not isinstance(images, np.ndarray) else images))
     if x.ndim != 4 or x.shape[-1] != 3 or len(lms) != x.shape[0]:

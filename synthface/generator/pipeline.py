@@ -337,7 +337,7 @@ def sample_batch(
             if target is not None and (a := alpha_bar(sched, t)) > MIN_GUIDED_ALPHA_BAR:
                 with clock("identity_guidance"):
                     eps, _ = to_eps_x0(pred_type, out, x, a)
-                    grad = guide_gradient(model, identity_guide, x, eps, a, t, target)  # type: ignore[arg-type]
+                    grad = guide_gradient(model, identity_guide, x, eps, a, t, target)
                     eps = eps - identity_scale * math.sqrt(1.0 - a) * grad
                     out = from_eps(pred_type, eps, x, a)
             with clock("scheduler"):

@@ -155,7 +155,7 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
         return DecoderOutput(sample=image) if return_dict else (image,)
 
     def forward(self, sample: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple[torch.Tensor]:
-        return self.decode(self.encode(sample).latent_dist.mean, return_dict=return_dict)
+        return self.decode(self.encode(sample, return_dict=False)[0].mean, return_dict=return_dict)
 
 
 def vae_downscale_factor(vae: Any) -> int:
