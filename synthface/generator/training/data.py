@@ -218,9 +218,13 @@ def cache_key(
     return digest.hexdigest()[:20]
 
 
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    """Save ``array`` as ``path`` (.npy) so a crash leaves the old file or the new one."""
     with atomic_file(path) as handle:
         np.save(handle, array)
+
+
+_atomic_save_npy = atomic_save_npy  # the former private name, until training/loop.py imports atomic_save_npy
 
 
 def _write_table(
@@ -392,7 +396,7 @@ def load_faces(
         )
         keys, identities = items.keys, items.identities
         cache.mkdir(parents=True, exist_ok=True)
-        _atomic_save_npy(crops_path, crops)
+        atomic_save_npy(crops_path, crops)
         _write_table(table_path, keys, identities, status, emb, embedder_name)  # last: its presence marks the cache complete
     ok = np.array([s == OK for s in status], dtype=bool)
     counts = {s: int(sum(x == s for x in status)) for s in (OK, UNREADABLE, NO_FACE, BAD_SHAPE)}
