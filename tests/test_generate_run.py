@@ -44,7 +44,9 @@ def test_an_active_section_draws_as_before_and_names_each_images_values():
 def _table(variations: list) -> pa.Table:
     rows = ShardRows(with_variation=variations[0] is not None)
     for k, variation in enumerate(variations):
-        rows.add(image=b"x", path=f"{k}.png", label=0, identity=0, sample=k, seed=k, variation=variation)
+        rows.add(
+            image=b"x", path=f"{k}.png", label=0, identity=0, sample=k, seed=k, id_score=0.5, det_score=0.9, variation=variation
+        )
     return rows.table()
 
 
