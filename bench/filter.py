@@ -34,7 +34,8 @@ sys.path.insert(0, str(BENCH))
 from generate import bench_model  # noqa: E402
 
 from synthface.config import load_recipe, GenerateRecipe  # noqa: E402
-from synthface.filtering import FaceScorer, FilterSettings  # noqa: E402
+from synthface.filter_settings import FilterSettings  # noqa: E402
+from synthface.filtering import FaceScorer  # noqa: E402
 from synthface.generator.run import generate_dataset  # noqa: E402
 
 

@@ -36,7 +36,9 @@ sys.path.insert(0, str(REPO))
 
 from synthface.faces.align import load_image  # noqa: E402
 from synthface.lfw import IMAGES, lfw_dir  # noqa: E402
-from synthface.filtering import KEPT, FaceScorer, FilterSelector, FilterSettings, Scored, default_threshold  # noqa: E402
+from synthface.faces.embedders import default_threshold  # noqa: E402
+from synthface.filter_settings import FilterSettings  # noqa: E402
+from synthface.filtering import KEPT, FaceScorer, FilterSelector, Scored  # noqa: E402
 from synthface.selection import Candidate  # noqa: E402
 
 

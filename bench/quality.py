@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from synthface.dataset import quality  # noqa: E402
 from synthface.dataset.reader import open_training_set  # noqa: E402
 from synthface.faces.embedders import embed_aligned, get_embedder  # noqa: E402
-from synthface.filtering import DEFAULT_THRESHOLDS  # noqa: E402
+from synthface.faces.embedders import DEFAULT_THRESHOLDS  # noqa: E402
 
 
 def load_set(path: str, max_identities: int, per_identity: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:

@@ -53,7 +53,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from synthface.generator.pipeline import GeneratorModel, sample_batch  # noqa: E402
+from synthface.generator.model import GeneratorModel  # noqa: E402
+from synthface.generator.pipeline import sample_batch  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DDIM = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "clip_sample": False,

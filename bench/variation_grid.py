@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import quality as quality_bench  # noqa: E402  (bench/quality.py: the same figures as BENCHMARKS "quality")
 
 from synthface.faces.embedders import get_embedder  # noqa: E402
-from synthface.filtering import DEFAULT_THRESHOLDS  # noqa: E402
+from synthface.faces.embedders import DEFAULT_THRESHOLDS  # noqa: E402
 
 # name -> (variation --set values); the first cell is the reference point (no variation)
 CELLS: dict[str, list[str]] = {
@@ -77,7 +77,7 @@ def candidate_scores(data: Path) -> dict:
     the per-shard filter records: how consistent the renders are before the filter picks."""
     import pyarrow.parquet as pq
 
-    from synthface.dataset.filter_records import FILTER_DIR
+    from synthface.dataset.layout import FILTER_DIR
     from synthface.dataset.quality import quantiles
 
     scores = [s for f in sorted((data / FILTER_DIR).glob("*.parquet")) for row in pq.read_table(f, columns=["id_scores"]).column(0).to_pylist() for s in row]  # fmt: skip

@@ -27,7 +27,6 @@ The records' on-disk reading is in :mod:`synthface.dataset.filter_records`.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,9 +35,9 @@ import numpy as np
 import pyarrow as pa
 
 from synthface.errors import ConfigError, SynthfaceError
-from synthface.dataset.filter_records import FILTER_DIR
+from synthface.dataset.layout import DATA_DIR, FILTER_DIR
 from synthface.embeddings import fixed_list_array, l2n
-from synthface.faces.embedders import DEFAULT_THRESHOLDS, FALLBACK_THRESHOLD, default_threshold  # noqa: F401 (public here too)
+from synthface.filter_settings import FilterSettings
 from synthface.filtering_final import FinalReport, finalize
 from synthface.selection import Candidate, Selected, Selector
 
@@ -97,63 +96,6 @@ def choose_best(passed: np.ndarray, scores: np.ndarray, samples: np.ndarray, kee
     idx = np.flatnonzero(passed)
     order = np.lexsort((samples[idx], -scores[idx]))
     return np.sort(idx[order[:keep]])
-
-
-# --------------------------------------------------------------------------- settings
-
-
-@dataclass
-class FilterSettings:
-    embedder: str
-    threshold: float
-    detector_threshold: float
-    oversample: float
-    min_images: int
-    images_per_identity: int
-    anchor: str  # identity | centre
-    merge_threshold: float
-    leakage: float
-    gallery: str | None
-    image_size: int
-    batch_size: int = 64
-
-    @classmethod
-    def from_recipe(cls, recipe: Any, conditioning_embedder: str | None) -> "FilterSettings":
-        f = recipe.filter
-        threshold = f.threshold if f.threshold is not None else default_threshold(f.embedder)
-        same = conditioning_embedder is not None and f.embedder == conditioning_embedder
-        anchor = f.anchor if f.anchor != "auto" else ("identity" if same else "centre")
-        if anchor == "identity" and not same:
-            raise ConfigError(
-                f"filter.anchor=identity needs the filter embedder to be the conditioning embedder "
-                f"('{conditioning_embedder}', not '{f.embedder}'): set filter.anchor=centre or "
-                f"filter.embedder={conditioning_embedder}"
-            )
-        if f.leakage is not None:
-            leakage = f.leakage
-        else:
-            leakage = recipe.identities.leakage if same else threshold
-        m = recipe.images_per_identity
-        return cls(
-            embedder=f.embedder,
-            threshold=float(threshold),
-            detector_threshold=float(f.detector_threshold),
-            oversample=float(f.oversample),
-            min_images=min(int(f.min_images), m),
-            images_per_identity=m,
-            anchor=anchor,
-            merge_threshold=float(f.merge_threshold if f.merge_threshold is not None else threshold),
-            leakage=float(leakage),
-            gallery=f.gallery or recipe.identities.gallery,
-            image_size=int(recipe.output.image_size),
-            batch_size=int(f.batch_size),
-        )
-
-    def candidates(self, images_per_identity: int) -> int:
-        return int(math.ceil(round(self.oversample * images_per_identity, 9)))
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 # --------------------------------------------------------------------------- per identity
@@ -346,7 +288,7 @@ class FilterSelector(Selector):
         """The final pass, once every shard is committed (else None: the run then reports the missing ones)."""
         from synthface.dataset.writer import shard_done
 
-        data_dir = Path(out) / "data"
+        data_dir = Path(out) / DATA_DIR
         if not all(shard_done(data_dir, s, config_hash) is not None for s in shards):
             return None
         return finalize(Path(out), plan, shards, config_hash, self.settings, self.scorer)

@@ -20,19 +20,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from synthface.dataset.layout import DATA_DIR
 from synthface.dataset.filter_records import leakage_summary, read_records
 from synthface.dataset.writer import relabel_shards
 from synthface.embeddings import fixed_list
 from synthface.errors import SynthfaceError
+from synthface.filter_settings import FilterSettings
 from synthface.identities import plan_labels
 
-if TYPE_CHECKING:
-    from synthface.filtering import FaceScorer, FilterSettings
+
+class FaceTools(Protocol):
+    """What the final pass uses of the filter's face tools (:class:`synthface.filtering.FaceScorer`):
+    the leakage gallery is embedded with the filter's own embedder and detector."""
+
+    settings: FilterSettings
+
+    @property
+    def embedder(self) -> Any: ...
+
+    @property
+    def detector(self) -> Any: ...
 
 
 @dataclass
@@ -89,7 +101,7 @@ def sequential_separation(centres: np.ndarray, active: np.ndarray, limit: float,
     return kept, nearest, near_cos
 
 
-def load_leakage_gallery(path: str, scorer: FaceScorer) -> Any:
+def load_leakage_gallery(path: str, scorer: FaceTools) -> Any:
     """The real gallery in the filter embedder's space: a `synthface embed` Parquet of that embedder, or a folder."""
     from synthface.gallery import LEAKAGE_GALLERY, FaceEmbedding, load_gallery
 
@@ -100,7 +112,7 @@ def load_leakage_gallery(path: str, scorer: FaceScorer) -> Any:
 
 
 def finalize(out: Path, plan: Any, shards: Sequence[Any], config_hash: str, settings: FilterSettings,
-             scorer: FaceScorer | None = None) -> FinalReport:  # fmt: skip
+             scorer: FaceTools | None = None) -> FinalReport:  # fmt: skip
     """Separation, leakage and contiguous labels over every committed shard (see the module docstring)."""
     n = len(plan)
     records = read_records(out)
@@ -162,7 +174,7 @@ def finalize(out: Path, plan: Any, shards: Sequence[Any], config_hash: str, sett
         )
     kept = active & sep_kept
     labels = plan_labels(kept)
-    rewritten = relabel_shards(Path(out) / "data", shards, labels, config_hash)
+    rewritten = relabel_shards(Path(out) / DATA_DIR, shards, labels, config_hash)
     columns = {
         "filter_candidates": pa.array(candidates),
         "filter_passed": pa.array(passed),

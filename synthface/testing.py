@@ -128,6 +128,3 @@ def register_tiny_embedder(name: str = "tiny", dim: int = 128, seed: int = 0) ->
     embedder = TinyEmbedder(dim=dim, seed=seed, name=name)
     register_embedder(name, lambda device="auto", weights=None: embedder)
     return embedder
-
-
-from synthface.generator.arc2face_testing import tiny_arc2face_model  # noqa: E402,F401

@@ -17,14 +17,14 @@ from synthface.filtering import (
     KEPT,
     LOW_IDENTITY,
     SURPLUS,
-    FilterSettings,
     Scored,
     choose_best,
-    default_threshold,
     judge,
     robust_centre,
 )
 from synthface.dataset.filter_records import read_records
+from synthface.faces.embedders import default_threshold
+from synthface.filter_settings import FilterSettings
 from synthface.embeddings import fixed_list
 
 SETS = ("filter.threshold=0.15", "filter.merge_threshold=0.2")
@@ -188,8 +188,7 @@ def _table_rows(out: Path) -> list[dict]:
 
 def test_resume_after_kills_equals_uninterrupted(tmp_path: Path, filtered: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import synthface.dataset.writer as writer
-    import synthface.generator.run as run
-    from synthface.generator.run import generate_dataset
+    from synthface.generator.run import RunHooks, generate_dataset
 
     register_proj()
     model = filtered.parent / "model"
@@ -197,19 +196,15 @@ def test_resume_after_kills_equals_uninterrupted(tmp_path: Path, filtered: Path,
     out = tmp_path / "out"
 
     # 1) killed after the first shard is committed
-    real_write = run.write_shard
     calls = {"n": 0}
 
-    def dying_write(*args, **kwargs):
+    def dying_write(shard):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(run, "write_shard", dying_write)
     with pytest.raises(KeyboardInterrupt):
-        generate_dataset(recipe, out)
-    monkeypatch.setattr(run, "write_shard", real_write)
+        generate_dataset(recipe, out, hooks=RunHooks(before_write=dying_write))
 
     # 2) killed during the relabel pass: a shard's Parquet replaced, its marker not yet
     real_json = writer.atomic_write_json

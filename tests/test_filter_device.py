@@ -18,8 +18,9 @@ import torch  # noqa: E402
 
 from synthface.faces.align import FaceDetector, load_image, warp_face, warp_faces  # noqa: E402
 from synthface.faces.sface import SFaceEmbedder, sface_backend  # noqa: E402
-from synthface.filtering import FaceScorer, FilterSelector, FilterSettings  # noqa: E402
-from synthface.generator.run import Candidate  # noqa: E402
+from synthface.filter_settings import FilterSettings  # noqa: E402
+from synthface.filtering import FaceScorer, FilterSelector  # noqa: E402
+from synthface.selection import Candidate  # noqa: E402
 
 # one person's photos (the identity) and other people's (who must be rejected)
 PERSON = ("George_W_Bush", 8)

@@ -155,7 +155,7 @@ def test_variation_is_recorded_per_image_and_reproducible(model_dir, tmp_path):
 
 def test_default_variation_keeps_the_hash_of_runs_started_before_it(model_dir, tmp_path):
     from synthface.config import config_dict, config_hash
-    from synthface.generator.run import resume_guard
+    from synthface.config import resume_guard
 
     recipe = tiny_recipe(model_dir)
     old = config_dict(recipe)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-CARD_FILE = "README.md"
+from synthface.dataset.layout import CARD_FILE, DATA_DIR
 
 # Licences of the face tools synthface uses by name (what their upstream projects state).
 EMBEDDER_LICENCES: dict[str, dict[str, str]] = {
@@ -280,7 +280,7 @@ def _with_quality(text: str, section: str | None) -> str:
 def write_quality_section(src: str | Path, report: dict[str, Any], report_dir: str | Path) -> Path | None:
     """Put (or replace) the Quality section of SRC/README.md; None (nothing written) when there is no
     card or it is not synthface's."""
-    from synthface.dataset.writer import atomic_write_bytes
+    from synthface.atomic import atomic_write_bytes
 
     path = Path(src) / CARD_FILE
     if not path.is_file() or not is_own_card(path):
@@ -315,7 +315,7 @@ def write_card(out: str | Path, recipe: Any, model: Any, summary: dict[str, Any]
 
     import pyarrow.parquet as pq
 
-    markers = [marker or {} for _, marker in shard_markers(Path(out) / "data")]
+    markers = [marker or {} for _, marker in shard_markers(Path(out) / DATA_DIR)]
     files = [f"data/{m['file']}" for m in markers if m.get("rows") and m.get("file")]
     data_files = files if len(files) < len(markers) else None
     identity_of: dict[int, int] = {}

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from synthface.dataset.reader import FaceImages, ImageFolderFaces, ShardFaces, open_training_set, training_set_format
-from synthface.dataset.writer import INPUTS_FILE, read_marker
+from synthface.dataset.layout import INPUTS_FILE
+from synthface.dataset.writer import read_marker
 from synthface.errors import InputError
 
 

@@ -15,9 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from synthface.dataset.layout import FILTER_DIR
 from synthface.errors import InputError
-
-FILTER_DIR = "filter"
 
 
 def read_records(out: Path) -> pa.Table | None:

@@ -45,6 +45,7 @@ from synthface.dataset.quality_report import (
     reference_figures,
     variation_figures,
 )
+from synthface.dataset.layout import CONFIG_FILE, IDENTITIES_FILE, SUMMARY_FILE
 from synthface.dataset.writer import VARIATION_COLUMNS
 from synthface.errors import InputError
 from synthface.figures import hist_png
@@ -197,13 +198,13 @@ def inspect_dataset(
             "with a lower filter.threshold or more identities"
         )
     config: dict[str, Any] = {}
-    if (src / "config.yaml").is_file():
+    if (src / CONFIG_FILE).is_file():
         from synthface.config import read_resolved
 
         try:
-            config = read_resolved(src / "config.yaml")
+            config = read_resolved(src / CONFIG_FILE)
         except Exception:  # noqa: BLE001 - yaml and decoding errors alike
-            raise InputError(f"{src}/config.yaml is unreadable: regenerate the dataset or restore the file") from None
+            raise InputError(f"{src}/{CONFIG_FILE} is unreadable: regenerate the dataset or restore the file") from None
     name = embedder or default_embedder(config)
     emb_model = None
     if name != "none":
@@ -320,7 +321,7 @@ def _report(src: Path, out: Path, stage: Path, shards: list[Path], rows: Any, in
     if drawn is not None:
         report["variation"] = drawn
     figures: dict[str, Path] = {}
-    ident_path = src / "identities.parquet"
+    ident_path = src / IDENTITIES_FILE
     try:
         identities = pq.read_table(ident_path) if ident_path.is_file() else None
     except Exception:  # noqa: BLE001 - pyarrow raises many types on a bad file
@@ -447,8 +448,8 @@ def _report(src: Path, out: Path, stage: Path, shards: list[Path], rows: Any, in
         # the identities the dataset has: a planned identity the filter dropped is not in it
         in_dataset = np.asarray(identities.column("kept").to_numpy(zero_copy_only=False), bool)
         cos = np.asarray(identities.column("leakage_cosine").to_numpy(zero_copy_only=False), np.float64)[in_dataset]
-        thr = (json.loads((src / "summary.json").read_text()).get("filter", {}).get("leakage", {}).get("threshold")
-               if (src / "summary.json").is_file() else None)  # fmt: skip
+        thr = (json.loads((src / SUMMARY_FILE).read_text()).get("filter", {}).get("leakage", {}).get("threshold")
+               if (src / SUMMARY_FILE).is_file() else None)  # fmt: skip
         if np.isfinite(cos).any():
             leak = {"source": "generate", **leakage_summary(cos, float(thr) if thr is not None else 1.0), "threshold": thr}
     if inp.real is not None and centres is not None:

@@ -114,6 +114,13 @@ class PartLock:
         while self.fds:
             os.close(self.fds.pop())
 
+    def __enter__(self) -> "PartLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
 
 LOCK_FILES = re.compile(r"^\.synthface(\.part-\d+-of-\d+)?\.lock$")
 

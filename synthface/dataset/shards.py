@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from synthface.dataset.layout import CONFIG_FILE, DATA_DIR, IDENTITIES_FILE, SUMMARY_FILE
 from synthface.dataset.writer import SHARD_FILES, marker_path, read_marker
 from synthface.fingerprint import file_sha256
 from synthface.errors import InputError
@@ -28,7 +29,7 @@ class IncompleteDatasetError(InputError):
 
 def data_folder(directory: str | Path) -> Path:
     directory = Path(directory)
-    return directory / "data" if (directory / "data").is_dir() else directory
+    return directory / DATA_DIR if (directory / DATA_DIR).is_dir() else directory
 
 
 def committed_markers(data_dir: Path) -> list[dict[str, Any]]:
@@ -107,21 +108,21 @@ def _check_finished(directory: Path, markers: list[dict[str, Any]]) -> None:
     from synthface.identities import read_plan
     from synthface.output_folder import written_by
 
-    if not written_by(directory / "config.yaml", GenerateRecipe):
+    if not written_by(directory / CONFIG_FILE, GenerateRecipe):
         return  # shards without a generate run around them (copied, or another tool's)
     finish = "run `synthface generate` with the same arguments to finish it"
     try:
-        summary = json.loads((directory / "summary.json").read_text(encoding="utf-8"))
+        summary = json.loads((directory / SUMMARY_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise IncompleteDatasetError(
-            f"{directory} is unfinished (no summary.json: its final pass has not run): {finish}"
+            f"{directory} is unfinished (no {SUMMARY_FILE}: its final pass has not run): {finish}"
         ) from None
     except (OSError, ValueError):
-        raise IncompleteDatasetError(f"{directory}/summary.json is unreadable: {finish}") from None
+        raise IncompleteDatasetError(f"{directory}/{SUMMARY_FILE} is unreadable: {finish}") from None
     rows = sum(int(m.get("rows", 0)) for m in markers)
     if not isinstance(summary, dict) or summary.get("shards") != len(markers) or summary.get("images") != rows:
         raise IncompleteDatasetError(
-            f"{directory}/summary.json does not match its shards ({len(markers)} shards, {rows} images committed): {finish}"
+            f"{directory}/{SUMMARY_FILE} does not match its shards ({len(markers)} shards, {rows} images committed): {finish}"
         )
-    if read_plan(directory / "identities.parquet") is None:
-        raise IncompleteDatasetError(f"{directory}/identities.parquet is missing or damaged: {finish}")
+    if read_plan(directory / IDENTITIES_FILE) is None:
+        raise IncompleteDatasetError(f"{directory}/{IDENTITIES_FILE} is missing or damaged: {finish}")

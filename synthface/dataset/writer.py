@@ -28,8 +28,6 @@ from synthface.errors import InputError
 from synthface.fingerprint import file_sha256
 
 MARKER_FORMAT = 1
-# a generate run's record of what it loaded: model file fingerprints and the identity plan's digest ("identities")
-INPUTS_FILE = "inputs.json"
 IMAGE_EXT = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 
 # The `huggingface` schema metadata: `datasets` reads it to decode the image column as PIL images.

@@ -12,7 +12,7 @@ import numpy as np
 from synthface.embeddings import l2n
 from synthface.errors import InputError
 from synthface.faces.align import FaceDetector, flip_inputs, load_image, template_landmarks
-from synthface.faces.embedders import Embedder
+from synthface.faces.protocol import Embedder
 from synthface.runtime import Progress, progress_or_null
 
 OK, NO_FACE, UNREADABLE = "ok", "no_face", "unreadable"

@@ -1,4 +1,4 @@
-"""The Embedder protocol and registry: each embedder warps the original image to its own crop.
+"""The embedders and their registry (the protocol they follow: synthface.faces.protocol); each warps the original image to its own crop.
 
 Names: ``facenet-vggface2``, ``facenet-casia`` (facenet-pytorch InceptionResnetV1), ``dlib`` (the dlib
 ResNet in face-recognition-models), ``sface`` (OpenCV Zoo's SFace MobileFaceNet, 128-d, shipped in
@@ -10,37 +10,20 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from synthface.embeddings import l2n
 from synthface.errors import InputError, WeightsError
 from synthface.faces.align import ARCFACE_TEMPLATE, template_landmarks, warp_face
+from synthface.faces.protocol import Embedder, check_inputs
 
 
 # What a failed download suggests instead: the embedders whose weights ship with the install.
 OFFLINE_HINT = (
     "offline, use an embedder that ships with the install: --embedder dlib (or sface; filter.embedder=dlib in a generate recipe)"
 )
-
-
-@runtime_checkable
-class Embedder(Protocol):
-    name: str
-    dim: int
-
-    def embed(self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray: ...
-
-
-def _check_inputs(images: Sequence[np.ndarray], landmarks: np.ndarray) -> np.ndarray:
-    lms = np.asarray(landmarks, dtype=np.float32)
-    if lms.ndim != 3 or lms.shape[1:] != (5, 2) or len(lms) != len(images):
-        raise InputError(f"landmarks must have shape ({len(images)}, 5, 2), got {tuple(lms.shape)}")
-    for img in images:
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise InputError("embedders take HxWx3 uint8 RGB images")
-    return lms
 
 
 def boxes_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
@@ -109,7 +92,7 @@ class DlibEmbedder:
         self._net = dlib.face_recognition_model_v1(str(files["resnet"]))
 
     def chips(self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None) -> list:
-        lms = _check_inputs(images, landmarks)
+        lms = check_inputs(images, landmarks)
         bxs = np.asarray(boxes, np.float32) if boxes is not None else boxes_from_landmarks(lms)
         out = []
         for img, box in zip(images, bxs):
@@ -206,7 +189,7 @@ class FacenetEmbedder:
     def embed(self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
         import torch
 
-        lms = _check_inputs(images, landmarks)
+        lms = check_inputs(images, landmarks)
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
         bxs = np.asarray(boxes, np.float32) if boxes is not None else boxes_from_landmarks(lms)
@@ -312,7 +295,7 @@ class OnnxEmbedder:
         return int(self._session.run(None, {self._input: x})[0].shape[-1])
 
     def embed(self, images: Sequence[np.ndarray], landmarks: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
-        lms = _check_inputs(images, landmarks)
+        lms = check_inputs(images, landmarks)
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
         crops = np.stack([warp_face(img, lm, size=self.crop_size) for img, lm in zip(images, lms)])

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from synthface.embeddings import l2n
 from synthface.errors import InputError, WeightsError
 from synthface.faces.align import ARCFACE_TEMPLATE, similarity_transform, template_for, warp_face
-from synthface.faces.embedders import _check_inputs
+from synthface.faces.protocol import check_inputs
 from synthface.faces.sface_model import INSTALL_HINT, convert_to_torch, repaired_sface_path
 
 CROP_SIZE = 112
@@ -110,7 +110,7 @@ class SFaceEmbedder:
 
     def crops(self, images: Sequence[np.ndarray], landmarks: np.ndarray) -> np.ndarray:
         """(B, 112, 112, 3) uint8 RGB crops on the ArcFace template."""
-        lms = _check_inputs(images, landmarks)
+        lms = check_inputs(images, landmarks)
         if len(images) == 0:
             return np.zeros((0, self.crop_size, self.crop_size, 3), np.uint8)
         return np.stack([warp_face(img, lm, size=self.crop_size) for img, lm in zip(images, lms)])
@@ -147,7 +147,7 @@ class SFaceEmbedder:
             return self.embed_crops(self.crops(images, landmarks))
         from synthface.faces.align import warp_faces
 
-        lms = _check_inputs(images, landmarks)
+        lms = check_inputs(images, landmarks)
         out = np.zeros((len(images), self.dim), np.float32)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, img in enumerate(images):

@@ -1,7 +1,8 @@
 """Identity-conditioned diffusion generators: the shared sampling loop, model families, dataset runs."""
 
 from synthface.generator.families import check_model, load_model, register_family
-from synthface.generator.pipeline import GeneratorModel, generate, sample_batch
+from synthface.generator.model import GeneratorModel
+from synthface.generator.pipeline import generate, sample_batch
 
 __all__ = [
     "GeneratorModel",

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from synthface.errors import ConfigError, InputError, WeightsError
 from synthface.generator.families import Family, register_family
 from synthface.hub import HubFiles, locate, status as hub_status
-from synthface.generator.pipeline import GeneratorModel
+from synthface.generator.model import GeneratorModel
 
 REPO = "FoivosPar/Arc2Face"
 BASE_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"

@@ -6,7 +6,7 @@ Arc2Face borrows (``vae/``, ``tokenizer/`` with vocab.json + merges.txt, ``sched
 files and formats of the real repositories, so it loads through the same ``from_pretrained`` code
 as the Hub model::
 
-    python -c "from synthface.testing import tiny_arc2face_model; tiny_arc2face_model('tiny-a2f')"
+    python -c "from synthface.generator.arc2face_testing import tiny_arc2face_model; tiny_arc2face_model('tiny-a2f')"
     synthface generate --model tiny-a2f --recipe recipes/arc2face-quickstart.yaml --out runs/a2f \\
         --set filter.enabled=false --set sampling.dtype=fp32
 

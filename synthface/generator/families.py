@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from synthface.errors import InputError, ModelMismatchError
-from synthface.generator.pipeline import GeneratorModel
+from synthface.generator.model import GeneratorModel
 from synthface.hub import HubFiles, locate, status as hub_status
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from synthface.errors import ConfigError
-from synthface.generator.pipeline import GeneratorModel
+from synthface.generator.model import GeneratorModel
 
 
 def apply_fast_path(

@@ -18,7 +18,7 @@ from synthface.errors import ConfigError
 from synthface.generator.identity_head import IdentityHead
 
 if TYPE_CHECKING:
-    from synthface.generator.pipeline import GeneratorModel
+    from synthface.generator.model import GeneratorModel
 
 MIN_GUIDED_ALPHA_BAR = 1e-4  # identity guidance skips steps noisier than this (zero-terminal-SNR schedules start at 0)
 

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from synthface.errors import InputError, ModelMismatchError
 
 if TYPE_CHECKING:
-    from synthface.generator.pipeline import GeneratorModel
+    from synthface.generator.model import GeneratorModel
 
 HEAD_DIR = "identity_head"
 ACCURACY_FILE = "accuracy.json"

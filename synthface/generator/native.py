@@ -35,7 +35,7 @@ from synthface.config import NativeModelSection
 from synthface.errors import ConfigError, InputError
 from synthface.fingerprint import file_sha256, regular_files
 from synthface.generator.families import Family, register_family
-from synthface.generator.pipeline import GeneratorModel
+from synthface.generator.model import GeneratorModel
 from synthface.generator.taef2 import vae_class, vae_downscale_factor
 
 FORMAT = "synthface-native"

@@ -1,4 +1,4 @@
-"""The output folder of a ``generate`` run: lock it, check what is there against this run, reset or resume.
+"""The output folder of a ``generate`` run: check what is there against this run, reset or resume.
 
 A folder holds one run: its config.yaml (the recipe, see :func:`synthface.config.resume_guard`
 for the keys a resumed run may change), inputs.json (fingerprints of the model files and the
@@ -10,43 +10,43 @@ deletes the run's own files and leaves a user's alone.
 from __future__ import annotations
 
 import os
-import re
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from synthface.config import GenerateRecipe, diff_keys, read_resolved, resume_guard, write_resolved
-from synthface.dataset.locks import PartLock, RunLock
 from synthface.atomic import atomic_write_json, clean_temp
 from synthface.dataset.shards import committed_markers
-from synthface.dataset.writer import INPUTS_FILE, SHARD_FILES, read_marker
+from synthface.dataset.layout import (
+    CARD_FILE,
+    CONFIG_FILE,
+    DATA_DIR,
+    FILTER_DIR,
+    IDENTITIES_FILE,
+    INPUTS_FILE,
+    RUN_FILES,
+    SUMMARY_FILE,
+)
+from synthface.dataset.writer import SHARD_FILES, read_marker
 from synthface.errors import ConfigError
 
 if TYPE_CHECKING:
-    from synthface.generator.pipeline import GeneratorModel
+    from synthface.generator.model import GeneratorModel
     from synthface.identities import IdentityPlan
-
-IDENTITIES_FILE = "identities.parquet"
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "config.yaml"
-
-# the files of a run in --out and in data/ (clean_temp removes only temp files of these)
-RUN_FILES = re.compile(r"config\.yaml|identities\.parquet|summary\.json|inputs\.json|README\.md")
 
 
 def has_run_records(out: Path) -> bool:
     """True when ``out`` holds a generate run's own records besides its config: commit markers under
     data/, or an inputs.json (what lets ``--overwrite`` replace a run whose config.yaml is damaged)."""
-    return bool(committed_markers(out / "data")) or "model_files" in (read_marker(out / INPUTS_FILE) or {})
+    return bool(committed_markers(out / DATA_DIR)) or "model_files" in (read_marker(out / INPUTS_FILE) or {})
 
 
 def reset(out: Path) -> None:
     """Delete this run's files: the shards and filter records its markers name, shard files of its
     naming, identities/summary/inputs/config and its own card. A user's files in --out stay."""
-    from synthface.dataset.card import CARD_FILE, is_own_card
-    from synthface.dataset.filter_records import FILTER_DIR
+    from synthface.dataset.card import is_own_card
 
-    data_dir, filter_dir = out / "data", out / FILTER_DIR
+    data_dir, filter_dir = out / DATA_DIR, out / FILTER_DIR
     doomed: list[Path] = []
     for info in committed_markers(data_dir):
         record = info.get("filter") if isinstance(info.get("filter"), dict) else {}
@@ -72,20 +72,19 @@ def prepare_output(
     recipe: GenerateRecipe,
     guard: dict[str, Any],
     overwrite: bool,
-    lock: RunLock | PartLock,
     part: bool,
     inputs: dict[str, Any],
 ) -> bool:
-    """Lock ``out``, check (or reset) what is there, write config.yaml and inputs.json. Returns True
-    when resuming. Called only once the model and the identity plan have loaded.
+    """Check (or reset) what is in ``out``, write config.yaml and inputs.json. Returns True when
+    resuming. Called with ``out``'s lock held (:class:`~synthface.dataset.locks.RunLock`, or
+    :class:`~synthface.dataset.locks.PartLock` for a part job), once the model and the identity plan have loaded.
 
     A folder whose config differs is re-configured when it holds no committed shard (a run that
     failed before rendering), else refused. A part job leaves everything else alone (other parts
     are writing): it writes config.yaml and inputs.json only if absent (else checks them), and
     cleans no temp files (the final plain run does).
     """
-    lock.acquire()
-    data_dir = out / "data"
+    data_dir = out / DATA_DIR
     config_path = out / CONFIG_FILE
     # look for shards before config.yaml: a concurrent part job writes config.yaml before its first shard
     has_shards = bool(committed_markers(data_dir))

@@ -14,8 +14,9 @@ import numpy as np
 
 from synthface.config import GenerateRecipe
 from synthface.errors import ConfigError
-from synthface.generator.output import IDENTITIES_FILE
-from synthface.generator.pipeline import GeneratorModel, generate
+from synthface.dataset.layout import IDENTITIES_FILE
+from synthface.generator.model import GeneratorModel
+from synthface.generator.pipeline import generate
 from synthface.gallery import FaceEmbedding
 from synthface.identities import IdentityPlan, plan_identities, read_plan, read_plan_metadata
 

@@ -1,17 +1,21 @@
 """A whole `synthface generate` run: plan identities, render each shard, select, write; resumable.
 
-Stages per shard: render (the sampling loop, batch by batch) -> select (per identity: the seam
-where filtering plugs in; with filtering off every sample is kept as generated) -> encode + write
-(Parquet shard, then its commit marker). Under ``accelerate launch`` every process runs this
-function: process 0 locks the output directory, checks/writes config.yaml and computes the
-identity plan, the others receive its verdict and plan through a broadcast, each process writes
-its own shards (s % W == rank), and after a barrier process 0 writes identities.parquet and
-summary.json.
+:class:`GenerateRun` runs the stages, one method each: plan (the output folder, the model, the
+identity plan) -> sample (the sampling loop, batch by batch) -> select (per identity: the seam
+where filtering plugs in; with filtering off every sample is kept as generated) -> write (encode,
+Parquet shard, then its commit marker) -> finish. Under ``accelerate launch`` every process runs
+it: process 0 locks the output directory, checks/writes config.yaml and computes the identity
+plan, the others receive its verdict and plan through a broadcast, each process writes its own
+shards (shard % W == rank), and after a barrier process 0 writes identities.parquet and
+summary.json. Every process returns a :class:`~synthface.generator.records.RunSummary`.
 
-The stages live in their own modules: the select stage in :mod:`synthface.generator.selection`,
-the output folder (lock, config guard, inputs check, reset) in :mod:`synthface.generator.output`,
-the identity plan in :mod:`synthface.generator.planning`, process coordination in
-:mod:`synthface.generator.distributed`; this module runs them.
+The stages' parts live in their own modules: the sampling loop of a shard in
+:mod:`synthface.generator.render`, the select stage in :mod:`synthface.generator.selection`, the
+output folder (config guard, inputs check, reset) in :mod:`synthface.generator.output`, the
+identity plan in :mod:`synthface.generator.planning`, the records (part, summary.json) in
+:mod:`synthface.generator.records`, process coordination in :mod:`synthface.generator.distributed`;
+this module runs them. :class:`RunHooks` are the points where a caller (a test injecting a
+crash) may act inside a run.
 
 Parts (``part="I/N"``, e.g. the jobs of a Slurm array): a part job renders only the shards s with
 s % N == I (its processes split them as above) and skips the final pass; part jobs share --out (see
@@ -26,45 +30,31 @@ image, so a resumed run may change them).
 from __future__ import annotations
 
 import re
-import threading
 import time
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
-from synthface.config import GenerateRecipe, RESUME_FREE_KEYS, config_dict, config_hash, resume_guard
+from synthface.atomic import atomic_write_bytes, atomic_write_json
+from synthface.config import GenerateRecipe, config_dict, config_hash, resume_guard
+from synthface.dataset.card import write_card
+from synthface.dataset.layout import CONFIG_FILE, DATA_DIR, IDENTITIES_FILE, SUMMARY_FILE
 from synthface.dataset.locks import PartLock, RunLock
-from synthface.dataset.plan import Job, Shard, make_shards, shard_jobs, shards_for_process
-from synthface.dataset.writer import (
-    IMAGE_EXT,
-    ShardRows,
-    atomic_write_bytes,
-    atomic_write_json,
-    encode_image,
-    read_marker,
-    shard_done,
-    table_bytes,
-    write_shard,
-)
-from synthface.errors import InputError, SynthfaceError
+from synthface.dataset.plan import Shard, make_shards, shard_jobs, shards_for_process
+from synthface.dataset.writer import IMAGE_EXT, ShardRows, encode_image, shard_done, table_bytes, write_shard
+from synthface.errors import InputError
 from synthface.generator.distributed import gather, on_main, process_state
 from synthface.generator.families import check_model, load_model
 from synthface.generator.fastpath import apply_fast_path
+from synthface.generator.output import has_run_records, prepare_output, run_inputs
+from synthface.generator.overlap import make_stage
+from synthface.generator.records import RunSummary, dataset_record, finished_summary, part_record
+from synthface.generator.render import ShardRenderer, StageClock
 from synthface.generator.planning import identity_guide_for, identity_plan, with_model_leakage_gallery
-from synthface.generator.output import (
-    CONFIG_FILE,
-    IDENTITIES_FILE,
-    SUMMARY_FILE,
-    has_run_records,
-    prepare_output,
-    run_inputs,
-)
-from synthface.generator.pipeline import GeneratorModel, sample_batch, to_uint8
 from synthface.generator.selection import make_selector
-from synthface.identities import IdentityPlan, plan_labels, read_plan_metadata
-from synthface.generator.overlap import Stage, make_stage
-from synthface.generator.variation import StyleBank, draw
+from synthface.generator.variation import StyleBank
+from synthface.identities import IdentityPlan, plan_labels
 from synthface.output_folder import check_output_folder
 from synthface.runtime import Progress, progress_or_null, resolve_dtype
 from synthface.selection import Candidate, Selector
@@ -83,6 +73,21 @@ def parse_part(text: str) -> tuple[int, int]:
     return index, parts
 
 
+def _no_fault(shard: Shard) -> None:
+    return None
+
+
+@dataclass
+class RunHooks:
+    """Points inside a run where a caller may act; a hook that raises stops the run there, as a crash
+    or a kill would (the resume tests inject their faults this way).
+
+    ``before_write(shard)`` runs before each shard this process writes (its Parquet file, then its marker).
+    """
+
+    before_write: Callable[[Shard], None] = _no_fault
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -96,8 +101,10 @@ def generate_dataset(
     profile: bool = False,
     state: Any = None,
     part: str | None = None,
+    hooks: RunHooks | None = None,
 ) -> dict[str, Any]:
-    """Generate (or resume) the dataset of ``recipe`` into ``out``; returns the run summary.
+    """Generate (or resume) the dataset of ``recipe`` into ``out``; returns the run summary
+    (:meth:`RunSummary.as_dict`).
 
     Every process of an ``accelerate launch`` calls this; only process 0's summary covers the
     whole dataset. ``profile`` adds per-stage timings of the sampling loop (condition, unet,
@@ -105,341 +112,229 @@ def generate_dataset(
     ``part="I/N"`` renders only the shards s with s % N == I and skips the final pass; process 0
     then returns a part summary (``part``, ``part_shards``: that many committed, ``shards``, ...).
     """
-    index, parts = parse_part(part) if part is not None else (0, 1)
-    if part is not None and overwrite:
-        raise InputError(
-            "--overwrite cannot be combined with --part (it would delete the other parts' shards): "
-            "delete --out, or run once with --overwrite and no --part"
-        )
-    state = state or process_state()
-    out = Path(out)
-    progress = progress_or_null(progress)
-    resolved = config_dict(recipe)
-    guard = resume_guard(resolved)
-    guard_hash = config_hash(guard)
-    data_dir = out / "data"
-    lock: RunLock | PartLock | None = None
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    try:
-        # every input is checked before --out is created or changed: the folder, the model, the plan
-        on_main(state, lambda: check_output_folder(out, "generate", CONFIG_FILE, GenerateRecipe, records=has_run_records))
-
-        def finished() -> dict[str, Any] | None:
-            nonlocal lock
-            done = None if overwrite or part is not None else finished_summary(out, recipe, guard_hash)
-            if done is None:
-                return None
-            lock = RunLock(out)  # no other run may be writing the folder whose summary is rewritten
-            lock.acquire()
-            done.update({"resumed": True, "shards_written": 0, "shards_skipped": done["shards"], "images_rendered": 0,
-                         "images_per_second": None, "seconds": time.perf_counter() - started})  # fmt: skip
-            if isinstance(done.get("filter"), dict):
-                done["filter"]["shards_relabelled"] = 0  # the final pass did not run again
-            atomic_write_json(out / SUMMARY_FILE, done)
-            return done
-
-        done = on_main(state, finished)  # every shard and the final pass are there: nothing to render, no model to load
-        if done is not None:
-            return done if state.is_main_process else {"rank": state.process_index, "shards_written": 0}
-        device = state.device
-        dtype = resolve_dtype(recipe.sampling.dtype, device)
-        tick = time.perf_counter()
-        model = load_model(recipe.model, device, dtype, options={"arc2face": recipe.arc2face.model_dump()})
-        check_model(model, embedder=recipe.identities.embedder)
-        s = recipe.sampling
-        apply_fast_path(model, channels_last=s.channels_last, compile=s.compile, vae_tiling=s.vae_tiling)
-        timings["load"] = time.perf_counter() - tick
-        tick = time.perf_counter()
-        plan: IdentityPlan = on_main(state, lambda: identity_plan(recipe, model, out, guard_hash, device, not overwrite))
-        check_model(model, dim=plan.dim)
-        timings["plan"] = time.perf_counter() - tick
-        guide = identity_guide
-        if recipe.sampling.identity_scale > 0 and guide is None:
-            guide = identity_guide_for(model, device, recipe.sampling.identity_guide)
-        # the recipe as written stays the run's config (resume compares it); only the filter sees the model's gallery
-        selector = make_selector(with_model_leakage_gallery(recipe, model), model, plan)
-        bank = StyleBank(recipe.variation.style_bank, model.image_size) if recipe.variation.style_bank else None
-
-        def prepare() -> bool:
-            nonlocal lock
-            lock = RunLock(out) if part is None else PartLock(out, index, parts)
-            resuming = prepare_output(out, recipe, guard, overwrite, lock, part is not None, run_inputs(recipe, model, plan))
-            if part is None:
-                atomic_write_bytes(out / IDENTITIES_FILE, table_bytes(plan.to_table({"config_hash": guard_hash})))
-            return resuming
-
-        resuming = on_main(state, prepare)
-
-        shards = make_shards(len(plan), recipe.shard_identities)
-        ours = shards_for_process(shards, index, parts)  # this part's shards: all of them without --part
-        mine = ours[state.process_index :: state.num_processes]
-        tick = time.perf_counter()
-        todo = [s for s in mine if shard_done(data_dir, s, guard_hash) is None]
-        timings["verify"] = time.perf_counter() - tick
-        per_identity = selector.candidates_per_identity(recipe.images_per_identity)
-        writer = _ShardRenderer(recipe, model, plan, selector, guide, timings if profile else None, bank)
-        total = sum(int(plan.kept[s.start : s.stop].sum()) for s in todo) * per_identity
-        progress.start(total, "generating")
-        rendered = 0
-        render_start = time.perf_counter()
-
-        def advance(n: int) -> None:
-            nonlocal rendered
-            rendered += n
-            elapsed = max(time.perf_counter() - render_start, 1e-9)
-            if recipe.filter.enabled:  # with the filter off every image is kept: no count to show
-                progress.advance(n, ips=rendered / elapsed, accepted=writer.kept)
-            else:
-                progress.advance(n, ips=rendered / elapsed)
-
-        def commit(shard: Shard, rows: ShardRows) -> None:
-            tick = time.perf_counter()
-            # a selector's per-shard record (filtering) is written before the shard and noted in its marker
-            write_shard(data_dir, shard, rows, guard_hash, selector.shard_extra(out, shard))
-            writer.add("write", time.perf_counter() - tick)
-            writer.rows_written += len(rows)
-
-        # sampling here; selection, encoding and writing in order, behind it when sampling.overlap is on (overlap.py)
-        with make_stage(recipe.sampling.overlap) as stage:
-            for shard in todo:
-                stage.submit(commit, shard, writer.render(shard_jobs(shard, plan, recipe.seed, per_identity), advance, stage))
-        render_seconds = time.perf_counter() - render_start
-        progress.finish()
-        for key, value in writer.timings.items():
-            timings[key] = timings.get(key, 0.0) + value
-        mine_stats = {
-            "rank": state.process_index,
-            "shards_written": len(todo),
-            "shards_skipped": len(mine) - len(todo),
-            "images_rendered": rendered,
-            "rows_written": writer.rows_written,
-            "seconds": render_seconds,
-            "timings": timings,
-        }
-        state.wait_for_everyone()
-        per_process = gather(state, mine_stats)
-        summary: dict[str, Any] = {}
-        if state.is_main_process and part is not None:
-            summary = _part_summary(out, f"{index}/{parts}", ours, shards, guard_hash, per_process)
-        elif state.is_main_process:
-            summary = _finish(out, recipe, model, plan, shards, guard_hash, per_process, resuming, started, selector)
-        state.wait_for_everyone()
-        return summary if state.is_main_process else mine_stats
-    finally:
-        if lock is not None:
-            lock.release()
+    run = GenerateRun(
+        recipe, out, overwrite=overwrite, progress=progress, identity_guide=identity_guide,
+        profile=profile, state=state, part=part, hooks=hooks,
+    )  # fmt: skip
+    return run.run().as_dict()
 
 
-def finished_summary(out: Path, recipe: GenerateRecipe, guard_hash: str) -> dict[str, Any] | None:
-    """The summary of a finished run of this config in ``out`` (every shard committed, identities and
-    card written), or None when anything is left to do."""
-    summary = read_marker(out / SUMMARY_FILE)
-    if summary is None or summary.get("config_hash") != guard_hash or "identities_planned" not in summary:
-        return None
-    from synthface.dataset.card import CARD_FILE
+class GenerateRun:
+    """One process's share of a ``generate`` run, one method per stage (docs/design.md, "A generate run").
 
-    if not (out / CARD_FILE).is_file() or read_plan_metadata(out / IDENTITIES_FILE).get("config_hash") != guard_hash:
-        return None
-    shards = make_shards(int(summary["identities_planned"]), recipe.shard_identities)
-    if len(shards) != summary.get("shards") or any(shard_done(out / "data", s, guard_hash) is None for s in shards):
-        return None
-    return summary
-
-
-class _ShardRenderer:
-    """Renders a shard's jobs batch by batch, selects per identity, encodes the kept images."""
+    :meth:`plan` (the output folder, the model, the identity plan), :meth:`sample` (the sampling
+    loop over this process's shards; it hands each identity's candidates to :meth:`select` and each
+    shard's rows to :meth:`write`) and :meth:`finish` (after a barrier: the part record, or on a
+    plain run the final pass, identities.parquet, summary.json and the card). :meth:`run` runs them
+    with the output folder's lock held for the whole run.
+    """
 
     def __init__(
         self,
         recipe: GenerateRecipe,
-        model: GeneratorModel,
-        plan: IdentityPlan,
-        selector: Selector,
-        guide: Any,
-        profile: dict[str, float] | None,
-        bank: StyleBank | None = None,
+        out: str | Path,
+        *,
+        overwrite: bool = False,
+        progress: Progress | None = None,
+        identity_guide: Any = None,
+        profile: bool = False,
+        state: Any = None,
+        part: str | None = None,
+        hooks: RunHooks | None = None,
     ) -> None:
-        self.recipe, self.model, self.selector, self.guide, self.bank = recipe, model, selector, guide, bank
-        self.embeddings = plan.embeddings
-        # With every identity kept, label == plan rank among kept identities. A filter that drops
-        # identities after rendering records them per shard (marker "identities_kept"); making the
-        # labels contiguous again is then a relabel pass over the markers once all shards exist.
-        self.labels = plan_labels(plan.kept)
-        self.profile = profile
-        self.timings: dict[str, float] = {}
-        self.fmt = recipe.output.image_format
+        self.index, self.parts = parse_part(part) if part is not None else (0, 1)
+        if part is not None and overwrite:
+            raise InputError(
+                "--overwrite cannot be combined with --part (it would delete the other parts' shards): "
+                "delete --out, or run once with --overwrite and no --part"
+            )
+        self.recipe, self.out, self.overwrite, self.part = recipe, Path(out), overwrite, part
+        self.state = state or process_state()
+        self.progress = progress_or_null(progress)
+        self.identity_guide, self.profile = identity_guide, profile
+        self.hooks = hooks or RunHooks()
+        self.guard = resume_guard(config_dict(recipe))
+        self.guard_hash = config_hash(self.guard)
+        self.data_dir = self.out / DATA_DIR
+        self.timings: dict[str, float] = {}  # load, plan, verify (+ the sampling loop's parts with profile)
+        self.stage_seconds = StageClock()  # render, select, encode, write: from the sampling and the writing thread
+        self.started = time.perf_counter()
         self.kept = 0  # images selected so far (the progress display)
+        self.rendered = 0
         self.rows_written = 0
-        self._lock = threading.Lock()  # timings are added from the sampling and the writing thread
+        self._held = ExitStack()
 
-    def add(self, part: str, seconds: float) -> None:
-        with self._lock:
-            self.timings[part] = self.timings.get(part, 0.0) + seconds
+    # ----------------------------------------------------------------------- the stages in order
 
-    def render(self, jobs: list[Job], advance: Callable[[int], None], stage: Stage) -> ShardRows:
-        """Sample the shard's jobs batch by batch; each batch's selection and encoding go to ``stage``.
+    def run(self) -> RunSummary:
+        """Every stage; a finished run of this config is only reported again (no model is loaded)."""
+        with self._held:
+            # every input is checked before --out is created or changed: the folder, the model, the plan
+            on_main(self.state, self.check_folder)
+            finished = on_main(self.state, self.finished)  # every shard and the final pass are there
+            if finished is not None:
+                return finished if self.state.is_main_process else RunSummary(rank=self.state.process_index)
+            self.plan()
+            return self.finish(self.sample())
 
-        Returns the shard's rows, complete once ``stage`` has run every task submitted here."""
-        s, v = self.recipe.sampling, self.recipe.variation
-        rows = ShardRows(with_full=self.recipe.output.store_full_resolution, with_variation=v.active)
-        pending: dict[int, list[Candidate]] = {}
-        remaining: dict[int, int] = {}
-        for job in jobs:
-            remaining[job.identity] = remaining.get(job.identity, 0) + 1
-        for start in range(0, len(jobs), s.batch_size):
-            batch = jobs[start : start + s.batch_size]
-            ids = [j.identity for j in batch]
-            seeds = [j.seed for j in batch]
-            tick = time.perf_counter()
-            draws = (
-                draw(v, self.embeddings[ids], seeds, s.guidance_scale, len(self.bank) if self.bank else 0) if v.active else None
-            )
-            images = to_uint8(
-                sample_batch(
-                    self.model,
-                    self.embeddings[ids] if draws is None else draws.embeddings,
-                    seeds,
-                    scheduler=s.scheduler,
-                    steps=s.steps,
-                    guidance_scale=s.guidance_scale if draws is None else draws.guidance,
-                    identity_scale=s.identity_scale,
-                    identity_guide=self.guide,
-                    init_images=None if draws is None or self.bank is None else self.bank.batch(draws.style),
-                    strength=v.style_strength,
-                    timings=self.profile,
-                )
-            )
-            self.add("render", time.perf_counter() - tick)
-            stage.submit(self._collect, batch, images, draws, pending, remaining, rows)
-            advance(len(batch))
-        return rows
+    def plan(self) -> None:
+        """Load the model, plan (or reuse) the identities, then lock the folder and check, reset or resume it."""
+        recipe, state = self.recipe, self.state
+        tick = time.perf_counter()
+        device = state.device
+        model = load_model(
+            recipe.model, device, resolve_dtype(recipe.sampling.dtype, device), options={"arc2face": recipe.arc2face.model_dump()}
+        )
+        check_model(model, embedder=recipe.identities.embedder)
+        sampling = recipe.sampling
+        apply_fast_path(model, channels_last=sampling.channels_last, compile=sampling.compile, vae_tiling=sampling.vae_tiling)
+        self.timings["load"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        identities: IdentityPlan = on_main(
+            state, lambda: identity_plan(recipe, model, self.out, self.guard_hash, device, not self.overwrite)
+        )
+        check_model(model, dim=identities.dim)
+        self.timings["plan"] = time.perf_counter() - tick
+        guide = self.identity_guide
+        if sampling.identity_scale > 0 and guide is None:
+            guide = identity_guide_for(model, device, sampling.identity_guide)
+        # the recipe as written stays the run's config (resume compares it); only the filter sees the model's gallery
+        self.selector: Selector = make_selector(with_model_leakage_gallery(recipe, model), model, identities)
+        bank = StyleBank(recipe.variation.style_bank, model.image_size) if recipe.variation.style_bank else None
+        self.model, self.identities = model, identities
+        self.resuming: bool = on_main(state, self.prepare_folder)
+        self.renderer = ShardRenderer(
+            recipe, model, identities, guide, self.stage_seconds, self.timings if self.profile else None, bank
+        )
+        self.labels = plan_labels(identities.kept)
+        self.shards = make_shards(len(identities), recipe.shard_identities)
+        self.ours = shards_for_process(self.shards, self.index, self.parts)  # this part's shards: all of them without --part
+        self.mine = self.ours[state.process_index :: state.num_processes]
+        tick = time.perf_counter()
+        self.todo = [shard for shard in self.mine if shard_done(self.data_dir, shard, self.guard_hash) is None]
+        self.timings["verify"] = time.perf_counter() - tick
 
-    def _collect(self, batch: list[Job], images: np.ndarray, draws: Any, pending: dict[int, list[Candidate]],
-                 remaining: dict[int, int], rows: ShardRows) -> None:  # fmt: skip
-        """One batch's candidates; each identity whose candidates are all rendered is selected and encoded."""
-        for k, (job, image) in enumerate(zip(batch, images)):
-            drawn = None if draws is None else (float(draws.cosine[k]), float(draws.guidance[k]), int(draws.style[k]))
-            pending.setdefault(job.identity, []).append(Candidate(job.identity, job.sample, job.seed, image, drawn))
-            remaining[job.identity] -= 1
-            if remaining[job.identity] == 0:
-                self._emit(job.identity, pending.pop(job.identity), rows)
+    def sample(self) -> RunSummary:
+        """Render this process's shards left to do; selection, encoding and writing follow in order,
+        behind the sampler when ``sampling.overlap`` is on (overlap.py). Returns this process's counts."""
+        per_identity = self.selector.candidates_per_identity(self.recipe.images_per_identity)
+        kept = self.identities.kept
+        total = sum(int(kept[shard.start : shard.stop].sum()) for shard in self.todo) * per_identity
+        self.progress.start(total, "generating")
+        self.render_start = time.perf_counter()
+        with make_stage(self.recipe.sampling.overlap) as stage:
+            for shard in self.todo:
+                jobs = shard_jobs(shard, self.identities, self.recipe.seed, per_identity)
+                rows = self.renderer.render(jobs, stage, select=self.select, advance=self.advance)
+                stage.submit(self.write, shard, rows)
+        render_seconds = time.perf_counter() - self.render_start
+        self.progress.finish()
+        for key, value in self.stage_seconds.items():
+            self.timings[key] = self.timings.get(key, 0.0) + value
+        return RunSummary(
+            rank=self.state.process_index,
+            shards_written=len(self.todo),
+            shards_skipped=len(self.mine) - len(self.todo),
+            images_rendered=self.rendered,
+            rows_written=self.rows_written,
+            seconds=render_seconds,
+            timings=self.timings,
+        )
 
-    def _emit(self, identity: int, candidates: list[Candidate], rows: ShardRows) -> None:
+    def select(self, identity: int, candidates: list[Candidate], rows: ShardRows) -> None:
+        """One identity's candidates, all rendered: the selector keeps some, their rows are encoded into ``rows``."""
         tick = time.perf_counter()
         selected = self.selector.select(identity, candidates)
-        self.add("select", time.perf_counter() - tick)
+        self.stage_seconds.add("select", time.perf_counter() - tick)
         tick = time.perf_counter()
-        ext = IMAGE_EXT[self.fmt]
-        for sel in selected:
-            c = sel.candidate
+        fmt = self.recipe.output.image_format
+        full = self.recipe.output.store_full_resolution
+        for chosen in selected:
+            candidate = chosen.candidate
             rows.add(
-                encode_image(sel.image, self.fmt),
-                f"{c.identity:07d}/{c.sample:04d}.{ext}",
-                int(self.labels[c.identity]),
-                c.identity,
-                c.sample,
-                c.seed,
-                sel.id_score,
-                sel.det_score,
-                image_full=encode_image(c.image, self.fmt) if self.recipe.output.store_full_resolution else None,
-                variation=c.variation,
+                image=encode_image(chosen.image, fmt),
+                path=f"{candidate.identity:07d}/{candidate.sample:04d}.{IMAGE_EXT[fmt]}",
+                label=int(self.labels[candidate.identity]),
+                identity=candidate.identity,
+                sample=candidate.sample,
+                seed=candidate.seed,
+                id_score=chosen.id_score,
+                det_score=chosen.det_score,
+                image_full=encode_image(candidate.image, fmt) if full else None,
+                variation=candidate.variation,
             )
         self.kept += len(selected)
-        self.add("encode", time.perf_counter() - tick)
+        self.stage_seconds.add("encode", time.perf_counter() - tick)
 
+    def write(self, shard: Shard, rows: ShardRows) -> None:
+        """Commit one shard: a selector's per-shard record (filtering), the Parquet file, then its marker."""
+        self.hooks.before_write(shard)
+        tick = time.perf_counter()
+        write_shard(self.data_dir, shard, rows, self.guard_hash, self.selector.shard_extra(self.out, shard))
+        self.stage_seconds.add("write", time.perf_counter() - tick)
+        self.rows_written += len(rows)
 
-def _part_summary(
-    out: Path, part: str, ours: list[Shard], shards: list[Shard], guard_hash: str, per_process: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """Process 0 of a part job after the barrier: its shards are all committed (a failure raised)."""
-    return {
-        "out": str(out),
-        "part": part,
-        "part_shards": len(ours),
-        "shards": len(shards),
-        "shards_written": sum(p["shards_written"] for p in per_process),
-        "shards_skipped": sum(p["shards_skipped"] for p in per_process),
-        "processes": len(per_process),
-        "images_rendered": sum(p["images_rendered"] for p in per_process),
-        "rows_written": sum(p["rows_written"] for p in per_process),
-        "seconds": max((p["seconds"] for p in per_process), default=0.0),
-        "config_hash": guard_hash,
-        "timings": per_process[0]["timings"],
-    }
+    def finish(self, work: RunSummary) -> RunSummary:
+        """After a barrier, process 0 records the run: a part job's record, or the dataset's final pass and summary."""
+        state = self.state
+        state.wait_for_everyone()
+        per_process = gather(state, work)
+        if state.is_main_process and self.part is not None:
+            work.record = part_record(
+                self.out, f"{self.index}/{self.parts}", self.ours, self.shards, self.guard_hash, per_process
+            )
+        elif state.is_main_process:
+            work.record = self.final_pass(per_process)
+        state.wait_for_everyone()
+        return work
 
+    # ----------------------------------------------------------------------- parts of the stages
 
-def _finish(
-    out: Path,
-    recipe: GenerateRecipe,
-    model: GeneratorModel,
-    plan: IdentityPlan,
-    shards: list[Shard],
-    guard_hash: str,
-    per_process: list[dict[str, Any]],
-    resuming: bool,
-    started: float,
-    selector: Selector,
-) -> dict[str, Any]:
-    """Process 0 after the barrier: check every marker, write identities.parquet and summary.json."""
-    data_dir = out / "data"
-    # the selector's final pass over all committed shards (filtering: separation, leakage, contiguous labels)
-    report = selector.finalize(out, plan, shards, guard_hash)
-    rows = 0
-    present: set[int] = set()
-    missing = []
-    for shard in shards:
-        info = shard_done(data_dir, shard, guard_hash, verify=False)  # every process checked its own shards
-        if info is None:
-            missing.append(shard.name)
-            continue
-        rows += int(info["rows"])
-        present.update(int(i) for i in info.get("identities_kept", []))
-    if missing:
-        raise SynthfaceError(
-            f"{len(missing)} shard(s) are missing after the run (first: {missing[0]}): run the same command again to finish them"
-        )
-    kept = plan.kept & np.isin(np.arange(len(plan)), sorted(present))
-    reasons = [r if r or k else "filter: no sample kept" for r, k in zip(plan.reasons, kept)]
-    final = IdentityPlan(plan.strategy, plan.embeddings, kept, reasons, plan.seeds, plan.attempts, plan.sources)
-    if report is not None:
-        final.reasons = [r or (report.reasons[i] if not k else "") for i, (r, k) in enumerate(zip(final.reasons, kept))]
-    table = final.to_table({"config_hash": guard_hash})
-    atomic_write_bytes(out / IDENTITIES_FILE, table_bytes(report.extend(table) if report is not None else table))
-    rendered = sum(p["images_rendered"] for p in per_process)
-    seconds = max((p["seconds"] for p in per_process), default=0.0)
-    summary = {
-        "out": str(out),
-        "model": recipe.model,
-        "family": model.family,
-        "embedder": model.embedder,
-        "identities_planned": len(plan),
-        "identities_kept": int(kept.sum()),
-        "images": rows,
-        "shards": len(shards),
-        "shards_written": sum(p["shards_written"] for p in per_process),
-        "shards_skipped": sum(p["shards_skipped"] for p in per_process),
-        "resumed": bool(resuming),
-        "processes": len(per_process),
-        "images_rendered": rendered,
-        "images_per_second": rendered / seconds if seconds > 0 else None,
-        "seconds": time.perf_counter() - started,
-        "config_hash": guard_hash,
-        # why config.yaml's header hash differs: it covers every key, this one the keys that decide the images
-        "config_hash_covers": f"every recipe key but {', '.join(RESUME_FREE_KEYS)} (a resumed run may change them)",
-        "config_yaml_hash": config_hash(config_dict(recipe)),
-        "timings": per_process[0]["timings"],
-        "files": {
-            "config": str(out / CONFIG_FILE),
-            "identities": str(out / IDENTITIES_FILE),
-            "data": str(data_dir),
-            "summary": str(out / SUMMARY_FILE),
-        },
-    }
-    if report is not None:
-        summary["filter"] = report.summary
-    atomic_write_json(out / SUMMARY_FILE, summary)
-    from synthface.dataset.card import write_card
+    def check_folder(self) -> None:
+        check_output_folder(self.out, "generate", CONFIG_FILE, GenerateRecipe, records=has_run_records)
 
-    write_card(out, recipe, model, summary)
-    return summary
+    def finished(self) -> RunSummary | None:
+        """Process 0: a finished run of this config in ``out`` is reported again, its summary.json
+        rewritten with this call's counts; None when anything is left to do."""
+        if self.overwrite or self.part is not None:
+            return None
+        record = finished_summary(self.out, self.recipe, self.guard_hash)
+        if record is None:
+            return None
+        self._held.enter_context(RunLock(self.out))  # no other run may be writing the folder whose summary is rewritten
+        seconds = time.perf_counter() - self.started
+        record.update({"resumed": True, "shards_written": 0, "shards_skipped": record["shards"], "images_rendered": 0,
+                       "images_per_second": None, "seconds": seconds})  # fmt: skip
+        if isinstance(record.get("filter"), dict):
+            record["filter"]["shards_relabelled"] = 0  # the final pass did not run again
+        atomic_write_json(self.out / SUMMARY_FILE, record)
+        return RunSummary(rank=self.state.process_index, shards_skipped=record["shards"], seconds=seconds, record=record)
+
+    def prepare_folder(self) -> bool:
+        """Process 0: lock ``out`` for the rest of the run, check (or reset) it; True when resuming."""
+        inputs = run_inputs(self.recipe, self.model, self.identities)
+        lock = RunLock(self.out) if self.part is None else PartLock(self.out, self.index, self.parts)
+        self._held.enter_context(lock)
+        resuming = prepare_output(self.out, self.recipe, self.guard, self.overwrite, self.part is not None, inputs)
+        if self.part is None:
+            table = self.identities.to_table({"config_hash": self.guard_hash})
+            atomic_write_bytes(self.out / IDENTITIES_FILE, table_bytes(table))
+        return resuming
+
+    def advance(self, n: int) -> None:
+        """``n`` more images rendered: the progress display."""
+        self.rendered += n
+        elapsed = max(time.perf_counter() - self.render_start, 1e-9)
+        if self.recipe.filter.enabled:  # with the filter off every image is kept: no count to show
+            self.progress.advance(n, ips=self.rendered / elapsed, accepted=self.kept)
+        else:
+            self.progress.advance(n, ips=self.rendered / elapsed)
+
+    def final_pass(self, per_process: list[RunSummary]) -> dict[str, Any]:
+        """Process 0 of a plain run: the selector's final pass, identities.parquet, summary.json and the card."""
+        record = dataset_record(
+            self.out, self.recipe, self.model, self.identities, self.shards, self.guard_hash,
+            per_process, self.resuming, self.started, self.selector,
+        )  # fmt: skip
+        write_card(self.out, self.recipe, self.model, record)
+        return record

@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from synthface.errors import ConfigError
 from synthface.selection import Candidate, Selected, Selector
 
 if TYPE_CHECKING:
     from synthface.config import GenerateRecipe
-    from synthface.generator.pipeline import GeneratorModel
+    from synthface.generator.model import GeneratorModel
     from synthface.identities import IdentityPlan
 
 
@@ -73,13 +72,6 @@ def make_selector(recipe: GenerateRecipe, model: GeneratorModel, plan: IdentityP
         if model.template_scale is None:
             return AlignAll(recipe.output.image_size, device=str(model.device))
         return KeepAll(recipe.output.image_size)
-    try:
-        from synthface import filtering  # type: ignore[attr-defined]
-    except ImportError as exc:
-        if getattr(exc, "name", None) not in ("synthface.filtering", None):
-            raise
-        raise ConfigError(
-            "filter.enabled=true needs the filtering stage (synthface.filtering), which this installation "
-            "lacks: set filter.enabled=false"
-        ) from None
-    return filtering.make_selector(recipe, model, plan)  # type: ignore[no-any-return]
+    from synthface.filtering import make_selector as filter_selector
+
+    return filter_selector(recipe, model, plan)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -35,6 +35,14 @@ from synthface.errors import InputError
 
 STREAM = 0x7661726E  # separates these draws from everything else seeded by the sample seed
 STYLE_BANK_LIMIT = 20_000  # images held in memory (uint8 at the model's side)
+
+
+class ImageDraw(NamedTuple):
+    """What was drawn for one image: the shard columns ``condition_cosine``, ``guidance_scale``, ``style``."""
+
+    cosine: float  # target cosine of the conditioning vector to the identity
+    guidance: float  # CFG scale
+    style: int  # style-bank row, -1 for pure noise
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,39 @@ class Draws:
     cosine: np.ndarray  # (B,) float32 target cosine of each vector to its identity
     guidance: np.ndarray  # (B,) float32 CFG scale of each image
     style: np.ndarray  # (B,) int64 style-bank row, -1 for pure noise
+
+    def image(self, k: int) -> ImageDraw | None:
+        """What was drawn for the batch's image ``k``."""
+        return ImageDraw(float(self.cosine[k]), float(self.guidance[k]), int(self.style[k]))
+
+    def style_images(self, bank: StyleBank | None) -> Any:
+        """The images each sample starts from (a float tensor, see :meth:`StyleBank.batch`); None without a bank."""
+        return None if bank is None else bank.batch(self.style)
+
+
+@dataclass(frozen=True)
+class NoDraws:
+    """The null :class:`Draws`, for a run with every variation control off: each image is conditioned
+    on its identity vector as planned, at the recipe's guidance scale, from pure noise, and nothing
+    drawn is recorded (the shards carry no variation columns)."""
+
+    embeddings: np.ndarray  # (B, D): the identity vectors themselves
+    guidance: float  # sampling.guidance_scale, one scale for the batch
+
+    def image(self, k: int) -> ImageDraw | None:
+        return None
+
+    def style_images(self, bank: StyleBank | None) -> Any:
+        return None
+
+
+def draws_for(
+    section: Any, embeddings: np.ndarray, seeds: Sequence[int], guidance_scale: float, bank_size: int = 0
+) -> Draws | NoDraws:
+    """The batch's :class:`Draws` when a variation control is on (``section.active``), else :class:`NoDraws`."""
+    if not section.active:
+        return NoDraws(embeddings, guidance_scale)
+    return draw(section, embeddings, seeds, guidance_scale, bank_size)
 
 
 def jitter(embedding: np.ndarray, cosine: float, rng: np.random.Generator) -> np.ndarray:

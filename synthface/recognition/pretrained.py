@@ -12,7 +12,8 @@ from synthface.atomic import atomic_file
 from synthface.config import VerifyRecipe
 from synthface.faces.align import FaceDetector
 from synthface.faces.batch import EmbedResult, embed_files
-from synthface.faces.embedders import Embedder, get_embedder
+from synthface.faces.embedders import get_embedder
+from synthface.faces.protocol import Embedder
 from synthface.recognition.protocols import PairsProtocol, load_protocol
 from synthface.recognition.verification import VerificationResult, evaluate_embeddings, plot_roc
 from synthface.runtime import Progress
