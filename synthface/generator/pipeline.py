@@ -168,7 +168,7 @@ def sample_batch(
     *,
     scheduler: str = "dpmsolver++",
     steps: int = 25,
-    guidance_scale: float | Sequence[float] = 3.0,
+    guidance_scale: float | Sequence[float] | np.ndarray = 3.0,
     identity_scale: float = 0.0,
     identity_guide: torch.nn.Module | None = None,
     unconditional: bool = False,
@@ -282,7 +282,7 @@ def sample_batch(
     return images
 
 
-def _guidance_scales(guidance_scale: float | Sequence[float], n: int) -> list[float]:
+def _guidance_scales(guidance_scale: float | Sequence[float] | np.ndarray, n: int) -> list[float]:
     if isinstance(guidance_scale, (int, float)):
         return [float(guidance_scale)] * n
     scales = [float(g) for g in guidance_scale]

@@ -172,7 +172,7 @@ class Trainer:
         c = self.config
         if not c.model.latent:
             return None, None, 1.0
-        vae = load_vae(c.model.vae, device)
+        vae = load_vae(str(c.model.vae), device)  # run() refused a latent model without one
         latents = latent_cache(str(c.model.vae), faces, self._cache_dir(), vae, c.data.batch_size, device, self.progress)
         gain = 1.0
         if c.model.latent_scaling == "auto":

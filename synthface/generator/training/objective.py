@@ -8,6 +8,7 @@ draws exactly what the uninterrupted run would have drawn.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -100,7 +101,7 @@ def color_jitter(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch.
     return x.clamp(0.0, 1.0)
 
 
-def augment_pixels(images: torch.Tensor, augment: list[str], jitter: float, gen: torch.Generator) -> torch.Tensor:
+def augment_pixels(images: torch.Tensor, augment: Sequence[str], jitter: float, gen: torch.Generator) -> torch.Tensor:
     """uint8 (B, H, W, 3) crops -> float (B, 3, H, W) in [-1, 1] with flips and colour jitter."""
     x = images.permute(0, 3, 1, 2).float().div(255.0)
     flips = torch.rand(x.shape[0], generator=gen) < 0.5

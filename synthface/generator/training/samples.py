@@ -4,6 +4,7 @@ renders move with the identity (samples/condition.csv)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ def sample_grid(state: TrainState, config: TrainRecipe, run_dir: Path) -> Path:
     seeds = np.array([config.seed * 1000 + j for _ in ids for j in range(n_seeds)])
     was_training = state.denoiser.training
     state.denoiser.eval()
-    options = {"scheduler": t.sample_scheduler, "steps": t.sample_steps}
+    options: dict[str, Any] = {"scheduler": t.sample_scheduler, "steps": t.sample_steps}
     with torch.random.fork_rng(devices=[]), ema_weights(state.ema, state.params):
         images = generate(view, emb, seeds, batch_size=max(2, len(seeds)), guidance_scale=t.guidance_scale, **options)
         # the same seeds without identity: the last row of the grid, and the yardstick of how much the condition matters
@@ -50,7 +51,7 @@ def sample_grid(state: TrainState, config: TrainRecipe, run_dir: Path) -> Path:
         if real.shape[:2] != images.shape[1:3]:
             from PIL import Image
 
-            real = np.asarray(Image.fromarray(real).resize(images.shape[1:3][::-1], Image.BICUBIC))
+            real = np.asarray(Image.fromarray(real).resize(images.shape[1:3][::-1], Image.Resampling.BICUBIC))
         rows.append([real] + list(images[k * n_seeds : (k + 1) * n_seeds]))
     rows.append([np.full_like(rows[0][0], 255)] + list(uncond))
     scale = max(1, 96 // images.shape[1])
