@@ -84,7 +84,11 @@ def plot(entries: list[dict[str, Any]], out: Path) -> None:
         if "identity_loss" in rows[0]:
             axes[1].plot(x, _smooth([r["identity_loss"] for r in rows]), label=e["name"])
     axes[0].set(xlabel="CPU minutes of fine-tuning", ylabel="denoising loss (smoothed)", title="denoising loss")
-    axes[1].set(xlabel="CPU minutes of fine-tuning", ylabel="1 - cos (x0_hat, condition)", title="identity term")
+    axes[1].set(
+        xlabel="CPU minutes of fine-tuning",
+        ylabel="1 - cos (guide(x0_hat), condition)",
+        title="identity term (each through its own guide)",
+    )
     for ax in axes:
         ax.legend()
         ax.grid(alpha=0.3)

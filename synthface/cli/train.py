@@ -26,7 +26,7 @@ HEAD_EPILOG = example(
     """
 synthface train --data data/lfw-loose192 --recipe recipes/native-cpu-latent.yaml --out runs/latent --prepare-only
 synthface train-head --data data/lfw-loose192 --recipe recipes/native-cpu-latent.yaml --out runs/latent
-synthface train --data data/lfw-loose192 --recipe recipes/native-cpu-latent.yaml --out runs/latent --set train.identity_loss.weight=0.1 --set train.identity_loss.through=head
+synthface train --data data/lfw-loose192 --recipe recipes/native-cpu-latent.yaml --out runs/latent   # its identity term reads that head
 """
 )
 

@@ -161,6 +161,46 @@ class _Clock:
 # --------------------------------------------------------------------------- the loop
 
 
+def _checked_embeddings(model: GeneratorModel, embeddings: torch.Tensor | np.ndarray | None, n: int) -> torch.Tensor:
+    """``embeddings`` as a float32 (n, D) tensor, or the named error for a missing, misshapen or wrong-size one."""
+    if embeddings is None:
+        raise ConfigError("conditional sampling needs identity embeddings")
+    emb = torch.as_tensor(np.asarray(embeddings, dtype=np.float32) if not torch.is_tensor(embeddings) else embeddings)
+    emb = emb.float()
+    if emb.ndim != 2 or emb.shape[0] != n:
+        raise ConfigError(f"embeddings must have shape ({n}, D), got {tuple(emb.shape)}")
+    if emb.shape[1] != model.embedding_dim:
+        raise ModelMismatchError(
+            f"identity embeddings have dimension {emb.shape[1]} but the {model.family} model expects "
+            f"{model.embedding_dim} ({model.embedder} embeddings): use identities from that embedder"
+        )
+    return emb
+
+
+def _conditioning(
+    model: GeneratorModel, emb: torch.Tensor | None, n: int, *, cfg: bool, per_row: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """(hidden states, class labels or None, branches) of one batch: the conditional rows, followed by
+    the unconditional ones when classifier-free guidance runs (``cfg``); the unconditional rows alone
+    when ``emb`` is None."""
+    device, dtype = model.device, model.dtype
+    if emb is None:
+        hidden = model.uncondition(n).to(device, dtype)
+        labels = model.class_labels(None, n)
+        branches = 1
+    else:
+        # on the CPU one row at a time: the conditioning of a sample never depends on its batch
+        cond = _by_row(model.condition, emb.to(device), per_row).to(dtype)
+        labels = model.class_labels(emb.to(device), n)
+        if not cfg:
+            hidden, branches = cond, 1
+        else:
+            hidden, branches = torch.cat([cond, model.uncondition(n).to(device, dtype)]), 2
+            if labels is not None:
+                labels = torch.cat([labels, model.class_labels(None, n)])
+    return hidden, (labels.to(device, dtype) if labels is not None else None), branches
+
+
 def sample_batch(
     model: GeneratorModel,
     embeddings: torch.Tensor | np.ndarray | None,
@@ -197,18 +237,7 @@ def sample_batch(
         return torch.zeros((0, 3, h, h))
     clock = _Clock(timings, device)
     per_row = batch_invariant(device)
-    if not unconditional:
-        if embeddings is None:
-            raise ConfigError("conditional sampling needs identity embeddings")
-        emb = torch.as_tensor(np.asarray(embeddings, dtype=np.float32) if not torch.is_tensor(embeddings) else embeddings)
-        emb = emb.float()
-        if emb.ndim != 2 or emb.shape[0] != n:
-            raise ConfigError(f"embeddings must have shape ({n}, D), got {tuple(emb.shape)}")
-        if emb.shape[1] != model.embedding_dim:
-            raise ModelMismatchError(
-                f"identity embeddings have dimension {emb.shape[1]} but the {model.family} model expects "
-                f"{model.embedding_dim} ({model.embedder} embeddings): use identities from that embedder"
-            )
+    emb = None if unconditional else _checked_embeddings(model, embeddings, n)
     guided = identity_scale > 0
     if guided and identity_guide is None:
         raise ConfigError("sampling.identity_scale > 0 needs a differentiable identity guide module")
@@ -238,23 +267,9 @@ def sample_batch(
         x = sched.add_noise(start, x, timesteps[:1].repeat(n))
 
     with torch.no_grad(), clock("condition"):
-        if unconditional:
-            hidden = model.uncondition(n).to(device, dtype)
-            labels = model.class_labels(None, n)
-            branches = 1
-        else:
-            # on the CPU one row at a time: the conditioning of a sample never depends on its batch
-            cond = _by_row(model.condition, emb.to(device), per_row).to(dtype)
-            labels = model.class_labels(emb.to(device), n)
-            if all(g == 1.0 for g in scales):
-                hidden, branches = cond, 1
-            else:
-                hidden, branches = torch.cat([cond, model.uncondition(n).to(device, dtype)]), 2
-                if labels is not None:
-                    labels = torch.cat([labels, model.class_labels(None, n)])
-        labels = labels.to(device, dtype) if labels is not None else None
+        hidden, labels, branches = _conditioning(model, emb, n, cfg=any(g != 1.0 for g in scales), per_row=per_row)
 
-    target = emb.to(device) if guided and not unconditional else None
+    target = emb.to(device) if guided and emb is not None else None
     with torch.no_grad(), shared_timestep(model.unet):
         for t in timesteps:
             with clock("scheduler"):
