@@ -125,11 +125,35 @@ def markdown(entries: list[dict[str, Any]], start: dict[str, Any] | None) -> str
     return "\n".join(lines)
 
 
+def guidance_rows(spec: str) -> dict[str, Any]:
+    """One variant's identity-guidance sweep: per scale, dlib and SFace identification and detection."""
+    name, _, path = spec.partition("=")
+    judged = json.loads(Path(path).read_text())
+    rows = [
+        {
+            "identity_scale": r["identity_scale"],
+            "renders": r["people"] * judged["protocol"]["per_person"],
+            "id_rate_dlib": r["dlib"]["top1"],
+            "id_rate_dlib_top5": r["dlib"]["top5"],
+            "id_rate_sface": r["sface"]["top1"],
+            "detection_rate": r["detection_rate"],
+        }
+        for r in judged["runs"]
+    ]
+    return {"variant": name, "guide": judged["protocol"].get("identity_guide"), "judged": path, "scales": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", action="append", required=True, help="NAME=RUN_DIR,JUDGED_JSON")
     ap.add_argument("--baseline", required=True, help="the NAME of the current recipe's entry")
     ap.add_argument("--start", help="bench/identity.py JSON of the model the variants were fine-tuned from")
+    ap.add_argument(
+        "--guidance",
+        action="append",
+        default=[],
+        help="NAME=JSON: bench/identity.py --guide head --identity-scale ... of a variant",
+    )
     ap.add_argument("--out", default="bench/results/identity_ablation.json")
     ap.add_argument("--plot", default="bench/results/identity_ablation_loss.png")
     args = ap.parse_args()
@@ -163,6 +187,7 @@ def main() -> None:
         if start
         else None,
         "target": "the winning variant >= 2x the baseline's dlib identification at the same CPU minutes, detection >= 0.90",
+        "guidance": [guidance_rows(spec) for spec in args.guidance],
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
