@@ -28,6 +28,7 @@ SCHEMA = {  # recipe file -> the command that reads it
     "evaluate-cpu-small.yaml": EvaluateRecipe,
     "protocol-lfw-cpu.yaml": None,  # bench/protocol_lfw.py's own config: each section names a recipe above
     "protocol-lfw-latent.yaml": None,
+    "protocol-lfw-scale.yaml": None,
 }
 
 
@@ -40,7 +41,7 @@ def test_recipe_loads(name):
     load_recipe(SCHEMA[name], str(RECIPES / name), [])
 
 
-@pytest.mark.parametrize("name", ["protocol-lfw-cpu.yaml", "protocol-lfw-latent.yaml"])
+@pytest.mark.parametrize("name", ["protocol-lfw-cpu.yaml", "protocol-lfw-latent.yaml", "protocol-lfw-scale.yaml"])
 def test_protocol_sections_name_existing_recipes(name):
     cfg = yaml.safe_load((RECIPES / name).read_text())
     named = [s["recipe"] for s in cfg.values() if isinstance(s, dict) and s.get("recipe")]
