@@ -257,6 +257,7 @@ def test_run_sh_dry_run_returns_what_the_device_tool_brings_back(tmp_path):
         "smoke",
         "throughput",
         "prepare",
+        "head",
         "train",
         "parts",
         "identity",

@@ -456,3 +456,13 @@ def test_max_cpu_minutes_stops_the_run_and_adds_up_over_resumes(faces_dir, cache
         resume=True,
     )
     assert more["start_step"] == 1 and more["steps"] == 3 and more["train_cpu_seconds"] > spent
+
+
+def test_prepare_only_needs_no_identity_head_but_training_does(faces_dir, cache_dir, tmp_path):
+    config = tiny_recipe(cache_dir, "train.identity_loss.weight=0.1", "train.identity_loss.through=head")
+    run = tmp_path / "run"
+    summary = train_generator(config, faces_dir, run, embedder=CountingEmbedder(), prepare_only=True)
+    assert summary["prepared_only"] and (run / "config.yaml").is_file()
+    with pytest.raises(ConfigError, match="synthface train-head"):
+        train_generator(config, faces_dir, run, embedder=CountingEmbedder())
+    assert not (run / "model").exists() and not checkpoints(run)

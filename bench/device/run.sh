@@ -14,6 +14,7 @@
 #   smoke       bench/device/smoke.py: imports, bitwise-repeatable renders (fp32, bf16), CPU vs GPU, SFace, MTCNN  cap 60 s
 #   throughput  bench/device/throughput.py: train steps/s, generate images/s fp32|bf16 x batch 64|128, plain loop  cap 50 s
 #   prepare     synthface train --prepare-only: SFace embeddings + TAEF2 latents of the LFW train half, cached     cap 150 s
+#   head        synthface train-head: the identity head the recipe's identity term reads (4,000 steps)         cap 60 s
 #   train       synthface train, recipes/native-gpu-latent.yaml; max_steps from the measured step rate, max_minutes
 #               from the time left (all of it but the parts + identity + collect reserve: about 3 minutes)
 #   parts       bench/device/parts.py split: the trained model -> OUT/model (card.json + <= 4 bf16 parts of <= 16 MiB)  cap 30 s
@@ -155,6 +156,10 @@ main() {
   fi
   step prepare 150 "$PY" -m synthface train "${tr[@]}" --prepare-only --json "$RES/prepare.json" ||
     TRAIN_OVERHEAD=$(( TRAIN_OVERHEAD + 150 ))   # the train step will finish the caches itself: keep its loop shorter
+  # the recipe's identity term reads the noise-aware identity head: distil it from the same caches first
+  local head_steps=4000
+  [ "$DRY" = 1 ] && head_steps=4
+  step head 60 "$PY" -m synthface train-head "${tr[@]}" --set "train.identity_head.steps=$head_steps" --json "$RES/head.json"
 
   # training: the loop gets what is left but the identity reserve; max_steps from the measured step rate
   local now left cap loop minutes steps

@@ -228,7 +228,8 @@ class Trainer:
             raise ConfigError(
                 "model.latent is true but model.vae is empty: name a TAEF2 folder or an AutoencoderKL (Hub id or folder)"
             )
-        check_identity_head(c, self.head_dir())
+        if not prepare_only:  # the documented order is prepare-only, train-head, train: the caches come first
+            check_identity_head(c, self.head_dir())
         wall0 = time.perf_counter()
         with torch_threads(t.threads):
             accelerator = self._accelerator()
