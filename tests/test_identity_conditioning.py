@@ -115,16 +115,10 @@ def _faces(root, identities=4, per=3):
 
 def test_training_with_the_identity_recipe_records_the_condition_effect(tmp_path):
     from synthface.config import TrainRecipe, load_recipe
+    from helpers_train import tiny_train_sets
     from test_train import CountingEmbedder
 
-    sets = [
-        "embedder=tiny",
-        "model.image_size=16",
-        "model.crop=tight",
-        "model.block_out_channels=[16,32]",
-        "model.layers_per_block=1",
-        "model.norm_num_groups=8",
-        "model.token_dim=32",
+    sets = tiny_train_sets("tiny", tmp_path / "cache") + [
         "model.class_embedding=true",
         "model.center_condition=true",
         "model.prediction_type=v_prediction",
@@ -133,16 +127,8 @@ def test_training_with_the_identity_recipe_records_the_condition_effect(tmp_path
         "train.snr_gamma=5",
         "train.batch_size=4",
         "train.max_steps=3",
-        "train.warmup_steps=1",
         "train.sample_every=3",
-        "train.sample_steps=2",
-        "train.sample_identities=2",
-        "train.sample_seeds=2",
         "train.sample_scheduler=ddim",
-        "train.device=cpu",
-        "train.threads=1",
-        f"data.cache={tmp_path / 'cache'}",
-        "data.workers=0",
         "data.condition=image",
     ]
     config = load_recipe(TrainRecipe, None, sets)

@@ -31,6 +31,8 @@ from synthface.generator.training.head import split_identities
 from synthface.generator.training.identity_loss import IdentityLoss
 from synthface.testing import register_tiny_embedder
 
+from helpers_train import tiny_train_sets
+
 EMBEDDER, DIM = "tiny-idloss", 16
 
 
@@ -82,14 +84,7 @@ def taef2_dir(tmp_path_factory) -> Path:
 
 
 def recipe(cache: Path, *extra: str) -> TrainRecipe:
-    sets = [
-        f"embedder={EMBEDDER}",
-        "model.image_size=16",
-        "model.crop=tight",
-        "model.block_out_channels=[16,32]",
-        "model.layers_per_block=1",
-        "model.norm_num_groups=8",
-        "model.token_dim=32",
+    sets = tiny_train_sets(EMBEDDER, cache) + [
         "model.prediction_type=v_prediction",
         "model.zero_terminal_snr=true",
         "model.timestep_spacing=trailing",
@@ -97,18 +92,10 @@ def recipe(cache: Path, *extra: str) -> TrainRecipe:
         "train.batch_size=8",
         "train.max_steps=4",
         "train.lr=1e-3",
-        "train.warmup_steps=1",
         "train.checkpoint_every=2",
         "train.sample_every=1000",
-        "train.sample_steps=2",
-        "train.sample_identities=2",
-        "train.sample_seeds=2",
         "train.sample_scheduler=ddim",
         "train.log_every=1",
-        "train.device=cpu",
-        "train.threads=1",
-        f"data.cache={cache}",
-        "data.workers=0",
         "data.condition=image",
     ]
     return load_recipe(TrainRecipe, None, sets + list(extra))

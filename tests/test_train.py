@@ -24,6 +24,8 @@ from synthface.generator.training.loop import Trainer
 from synthface.generator.training.objective import drop_mask, step_generator
 from synthface.training import EpochSampler
 
+from helpers_train import tiny_train_sets
+
 IDENTITIES, PER_ID = 4, 4
 
 
@@ -74,28 +76,13 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 def tiny_recipe(cache: Path, *extra: str) -> TrainRecipe:
-    sets = [
-        "embedder=tiny",
-        "model.image_size=16",
-        "model.crop=tight",
-        "model.block_out_channels=[16,32]",
-        "model.layers_per_block=1",
-        "model.norm_num_groups=8",
-        "model.token_dim=32",
+    sets = tiny_train_sets("tiny", cache) + [
         "train.batch_size=4",
         "train.max_steps=4",
         "train.lr=1e-3",
-        "train.warmup_steps=1",
         "train.checkpoint_every=2",
         "train.sample_every=1000",
-        "train.sample_steps=2",
-        "train.sample_identities=2",
-        "train.sample_seeds=2",
         "train.log_every=1",
-        "train.device=cpu",
-        "train.threads=1",
-        f"data.cache={cache}",
-        "data.workers=0",
     ]
     return load_recipe(TrainRecipe, None, sets + list(extra))
 
