@@ -37,7 +37,7 @@ def entry(name: str, run: Path, judged: Path, baseline: bool) -> dict[str, Any]:
     config = yaml.safe_load((run / "config.yaml").read_text())
     judge = json.loads(judged.read_text())
     train = config["train"]
-    steps = int(info["steps"]) - int(info.get("start_step") or 0) if info.get("resumed_from") is None else int(info["steps"])
+    steps = int(info["steps"])  # the run's own steps (from init_from's weights, summed over resumes)
     id_loss = train.get("identity_loss") or {}
     rows = _loss_rows(run)
     tail = rows[-10:]
