@@ -415,6 +415,7 @@ def test_init_from_a_missing_or_different_model_is_a_one_line_error(faces_dir, c
             tmp_path / "a",
             embedder=CountingEmbedder(),
         )
+    assert not (tmp_path / "a").exists()  # refused before the run folder is made
     first = tmp_path / "first"
     train_generator(tiny_recipe(cache_dir, "train.max_steps=1"), faces_dir, first, embedder=CountingEmbedder())
     wider = tiny_recipe(cache_dir, f"train.init_from={first / 'model'}", "model.block_out_channels=[16,48]")

@@ -11,6 +11,26 @@ from synthface.config import TrainRecipe
 from synthface.errors import ConfigError, InputError
 
 
+def check_init_from(config: TrainRecipe) -> None:
+    """Before anything is written: ``train.init_from`` names a native model of the recipe's embedder and space
+    (its synthface.json only; whether the weights fit the model section shows when they are loaded)."""
+    from synthface.generator.native import NativeMeta
+
+    if not config.train.init_from:
+        return
+    src = Path(config.train.init_from)
+    if not src.is_dir():
+        raise InputError(
+            f"train.init_from {src} is not a folder: name a native model folder (a run's RUN_DIR/model or a models/ folder)"
+        )
+    meta = NativeMeta.read(src)
+    if meta.embedder != config.embedder or meta.latent != config.model.latent:
+        raise ConfigError(
+            f"train.init_from {src} is a {'latent' if meta.latent else 'pixel'} {meta.embedder} model but the "
+            f"recipe trains a {'latent' if config.model.latent else 'pixel'} {config.embedder} one: use its recipe"
+        )
+
+
 def init_weights(model: Any, config: TrainRecipe) -> dict[str, Any]:
     """``train.init_from``: copy that model's UNet, projector and conditioning centre into ``model``.
 
@@ -19,17 +39,9 @@ def init_weights(model: Any, config: TrainRecipe) -> dict[str, Any]:
     """
     from synthface.generator.native import load_native
 
+    check_init_from(config)
     src = Path(config.train.init_from or "")
-    if not src.is_dir():
-        raise InputError(
-            f"train.init_from {src} is not a folder: name a native model folder (a run's RUN_DIR/model or a models/ folder)"
-        )
     init = load_native(src)  # fp32: a shipped fp16 model is upcast
-    if init.meta.embedder != config.embedder or init.meta.latent != config.model.latent:
-        raise ConfigError(
-            f"train.init_from {src} is a {'latent' if init.meta.latent else 'pixel'} {init.meta.embedder} model but the "
-            f"recipe trains a {'latent' if config.model.latent else 'pixel'} {config.embedder} one: use its recipe"
-        )
     for part in ("unet", "projector"):
         try:
             getattr(model, part).load_state_dict(getattr(init, part).state_dict(), strict=True)

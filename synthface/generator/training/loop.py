@@ -49,7 +49,7 @@ from synthface.generator.training.checkpoints import (
 )
 from synthface.generator.training.data import FaceData, load_faces
 from synthface.generator.training.identity_loss import check_identity_head, identity_loss_for
-from synthface.generator.training.init import init_weights
+from synthface.generator.training.init import check_init_from, init_weights
 from synthface.generator.training.latents import latent_cache, latent_std, load_vae
 from synthface.generator.training.objective import (
     Denoiser,
@@ -230,6 +230,7 @@ class Trainer:
             )
         if not prepare_only:  # the documented order is prepare-only, train-head, train: the caches come first
             check_identity_head(c, self.head_dir())
+            check_init_from(c)
         wall0 = time.perf_counter()
         with torch_threads(t.threads):
             accelerator = self._accelerator()
