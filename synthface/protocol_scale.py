@@ -16,6 +16,7 @@ from pathlib import Path
 from synthface.errors import ConfigError
 
 SCALE_DIR, SUBSETS_FILE = "scale", "subsets.json"
+WHOLE_SET = "synthetic"  # the whole set, as the evaluate-synthetic step trains it (WORK/eval-synthetic)
 
 
 def _load(path: Path) -> dict:
@@ -54,13 +55,16 @@ def write_scale_subsets(cfg: dict, work: Path) -> dict:
     """Write each scaling-curve subset of WORK/synthetic to WORK/scale/NAME (a point whose rows equal
     an earlier point's is not written again: its entry says ``same_as``) and WORK/scale/subsets.json."""
     from synthface.atomic import atomic_write_json
-    from synthface.dataset.subset import source_table, subset_rows, write_subset
+    import numpy as np
+
+    from synthface.dataset.subset import source_table, subset_rows, subset_summary, write_subset
 
     source, out, seed = work / "synthetic", work / SCALE_DIR, scale_seed(cfg)
     table = source_table(source)
     labels = table.column("label").to_numpy()
-    subsets: dict[str, dict] = {}
-    written: dict[str, str] = {}  # rows digest -> the subset written with them
+    whole = subset_summary(labels, np.flatnonzero(labels >= 0))
+    subsets: dict[str, dict] = {WHOLE_SET: whole}
+    written: dict[str, str] = {whole["rows_sha256"]: WHOLE_SET}  # rows digest -> the subset written with them
     for name, identities, per_identity in scale_points(cfg):
         rows = subset_rows(labels, identities, per_identity, seed)
         asked = {"identities_requested": identities, "per_identity_requested": per_identity}
@@ -70,6 +74,7 @@ def write_scale_subsets(cfg: dict, work: Path) -> dict:
             continue
         subsets[name] = write_subset(table, rows, out / name, {"source": str(source), "seed": seed, **asked})
         written[digest] = name
+    del subsets[WHOLE_SET]  # trained by evaluate-synthetic; a point with its rows says same_as it
     manifest = {"source": str(source), "seed": seed, "subsets": subsets}
     atomic_write_json(out / SUBSETS_FILE, manifest)
     return manifest
@@ -114,11 +119,12 @@ def plot_scale_curve(curve: list[dict], tar: str, path: Path) -> Path:
 def scale_curve(work: Path, bench: str, tar: str) -> list[dict]:
     """One row per subset: what it holds and how its recognizer did on ``bench`` (from WORK/eval-scale)."""
     manifest = _load(work / SCALE_DIR / SUBSETS_FILE)
-    results = _load(work / "eval-scale" / "report.json")
+    results = _load(work / "eval-scale" / "report.json")["results"]
+    results[WHOLE_SET] = _load(work / "eval-synthetic" / "report.json")["results"][WHOLE_SET]
     curve = []
     for name, info in manifest["subsets"].items():
         trained = info.get("same_as", name)
-        res = results["results"][trained][bench]
+        res = results[trained][bench]
         curve.append({"subset": name, "trained_as": trained, "identities": info["identities"], "images": info["images"],
                       "images_per_identity": info["images_per_identity"]["mean"],
                       "identities_requested": info["identities_requested"], "per_identity_cap": info["per_identity_requested"],

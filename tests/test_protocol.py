@@ -198,16 +198,24 @@ def test_mixed_and_scale_steps_run_and_resume(protocol, with_arms):
     assert [(n, s["identities"], s["images"]) for n, s in subsets.items()] == [
         ("ids2", 2, 6), ("ids3", 3, 9), ("per1", 3, 3), ("per3", 3, 9)
     ]  # fmt: skip
-    assert subsets["per3"]["same_as"] == "ids3" and not (work / "scale" / "per3").exists()  # the same rows: trained once
+    # the whole set's rows are trained once, by evaluate-synthetic; the same rows again: trained once
+    assert subsets["ids3"]["same_as"] == subsets["per3"]["same_as"] == "synthetic"
+    assert not (work / "scale" / "ids3").exists() and not (work / "scale" / "per3").exists()
     scale = json.loads((work / "steps" / "evaluate-scale.json").read_text())["argv"]
     trains = [scale[i + 1] for i, a in enumerate(scale) if a == "--train"]
-    assert trains == [f"{n}={work / 'scale' / n}" for n in ("ids2", "ids3", "per1")]
+    assert trains == [f"{n}={work / 'scale' / n}" for n in ("ids2", "per1")]
 
     calls.clear()
     assert set(protocol.run(cfg, work, None, lambda m: None, ROOT).values()) == {"skipped"} and calls == []
     cfg["scale"]["seed"] = 1  # other subsets: they, their evaluation and the report rerun, nothing else
     outcome = protocol.run(cfg, work, None, lambda m: None, ROOT)
     assert [n for n, o in outcome.items() if o == "ran"] == ["scale-subsets", "evaluate-scale", "report"]
+    cfg["scale"] = {"identities": [3]}  # only the whole set: evaluate-synthetic's recognizer is the curve, none trained
+    calls.clear()
+    outcome = protocol.run(cfg, work, None, lambda m: None, ROOT)
+    assert [n for n, o in outcome.items() if o == "ran"] == ["scale-subsets", "evaluate-scale", "report"]
+    assert "evaluate-scale" not in calls and json.loads((work / "eval-scale" / "report.json").read_text()) == {"results": {}}
+    assert json.loads((work / "scale" / "subsets.json").read_text())["subsets"]["ids3"]["same_as"] == "synthetic"
 
 
 def test_optional_steps_are_refused_when_off_and_bad_scale_settings_before_running(protocol, tmp_path):
@@ -252,7 +260,9 @@ def test_report_has_the_scale_fields(protocol, tmp_path, monkeypatch):
         "per1": {**info, "identities": 838, "images": 838, "images_per_identity": {"mean": 1.0}, "identities_requested": None,
                  "per_identity_requested": 1},
         "per3": {**info, "identities": 838, "images": 2514, "images_per_identity": {"mean": 3.0}, "identities_requested": None,
-                 "per_identity_requested": 3, "same_as": "per1"}}})  # fmt: skip
+                 "per_identity_requested": 3, "same_as": "per1"},
+        "per6": {**info, "identities": 838, "images": 5028, "identities_requested": None, "per_identity_requested": 6,
+                 "same_as": "synthetic"}}})  # fmt: skip
     write("generate.json", {"images": 5028})
     write("inspect.json", {"acceptance": {"passed": 1, "candidates": 2, "rate": 0.5}, "identities": 838,
                            "identities_planned": 900, "images_per_identity": {"mean": 6.0, "min": 2}})  # fmt: skip
@@ -267,7 +277,8 @@ def test_report_has_the_scale_fields(protocol, tmp_path, monkeypatch):
     assert report["mixed"]["accuracy"] == 0.83 and report["mixed"]["accuracy_std"] == 0.02
     assert report["mixed"]["minus_real"] == pytest.approx(0.03) and report["mixed"]["above_fold_std"] is True
     assert [(c["subset"], c["identities"], c["images_per_identity"], c["accuracy"], c["accuracy_std"]) for c in report["curve"]] == [
-        ("ids2", 2, 6.0, 0.6, 0.05), ("per1", 838, 1.0, 0.62, 0.04), ("per3", 838, 3.0, 0.62, 0.04)
+        ("ids2", 2, 6.0, 0.6, 0.05), ("per1", 838, 1.0, 0.62, 0.04), ("per3", 838, 3.0, 0.62, 0.04),
+        ("per6", 838, 6.0, 0.70, 0.03),  # the whole set: evaluate-synthetic's recognizer
     ]  # fmt: skip
     manual = hashlib.sha256()
     for rel in ("synthface.json", "unet/w.bin"):

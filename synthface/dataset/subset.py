@@ -56,12 +56,26 @@ def source_table(source: str | Path) -> Any:
     return pa.concat_tables([pq.read_table(p) for p in shards], promote_options="default")
 
 
+def subset_summary(labels: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
+    """What a subset of ``rows`` holds (``labels``: the whole set's label column): ``identities``,
+    ``images``, ``images_per_identity`` (mean, min, max) and ``rows_sha256`` (the digest of ``rows``
+    as int64, which names the subset: equal digests, equal rows)."""
+    import hashlib
+
+    rows = np.asarray(rows, dtype=np.int64)
+    counts = np.unique(np.asarray(labels)[rows], return_counts=True)[1]
+    return {
+        "identities": int(len(counts)),
+        "images": int(len(rows)),
+        "images_per_identity": {"mean": round(float(counts.mean()), 3), "min": int(counts.min()), "max": int(counts.max())},
+        "rows_sha256": hashlib.sha256(rows.tobytes()).hexdigest(),
+    }
+
+
 def write_subset(table: Any, rows: np.ndarray, out: str | Path, info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``rows`` of ``table`` (from :func:`source_table`) into ``out`` (replaced whole), labels
     renumbered contiguous; returns what ``subset.json`` holds: ``info`` plus ``identities``,
     ``images``, ``images_per_identity`` (mean, min, max) and ``rows_sha256``."""
-    import hashlib
-
     import pyarrow as pa
 
     from synthface.atomic import atomic_write_json, staged_folder
@@ -73,20 +87,13 @@ def write_subset(table: Any, rows: np.ndarray, out: str | Path, info: dict[str, 
     picked = table.take(pa.array(rows))
     _, labels = np.unique(picked.column("label").to_numpy(), return_inverse=True)
     picked = picked.set_column(picked.schema.get_field_index("label"), "label", pa.array(labels.astype(np.int64)))
-    counts = np.bincount(labels)
-    summary = {
-        **(info or {}),
-        "identities": int(len(counts)),
-        "images": int(len(labels)),
-        "images_per_identity": {"mean": round(float(counts.mean()), 3), "min": int(counts.min()), "max": int(counts.max())},
-        "rows_sha256": hashlib.sha256(rows.tobytes()).hexdigest(),
-    }
+    summary = {**(info or {}), **subset_summary(table.column("label").to_numpy(), rows)}
     with staged_folder(Path(out), replace=True) as stage:
         parquet = stage / "data" / "train-00000-of-00001.parquet"
         parquet.parent.mkdir(parents=True)
         sha, size = write_parquet(parquet, picked)
         marker = {"format": MARKER_FORMAT, "shard": parquet.stem, "index": 0, "total": 1, "file": parquet.name,
-                  "rows": len(labels), "sha256": sha, "bytes": size, "labels": [0, int(len(counts)) - 1]}  # fmt: skip
+                  "rows": len(labels), "sha256": sha, "bytes": size, "labels": [0, summary["identities"] - 1]}  # fmt: skip
         atomic_write_json(marker_path(parquet), marker)
         atomic_write_json(stage / SUBSET_FILE, summary)
     return summary
