@@ -289,6 +289,19 @@ def test_report_has_the_scale_fields(protocol, tmp_path, monkeypatch):
     md = (work / "report.md").read_text()
     assert "| real + synthetic | 83.00 ± 2.00 |" in md and "+3.00 points" in md and "| per1 | 838 | 838 | 1.00 |" in md
     assert report["model_sha256"] in md
+    assert report["equal_size"]["set"] == "synthetic"
+
+    # a set larger than the real arm: the curve's point with the real arm's identities is the equal-size arm
+    evaluation("eval-synthetic/report.json", {"synthetic": (0.74, 0.02, 900, 5400)})
+    evaluation("eval-scale/report.json", {"ids838": (0.72, 0.03, 838, 5028)})
+    write("scale/subsets.json", {"seed": 0, "subsets": {"ids838": {**info, "identities": 838, "images": 5028,
+                                                                   "identities_requested": 838}}})  # fmt: skip
+    protocol.make_report(cfg, work, records, ROOT)
+    report = json.loads((work / "report.json").read_text())
+    assert report["synthetic"]["identities"] == 900 and report["ratio"] == pytest.approx(0.74 / 0.80)
+    assert report["equal_size"]["set"] == "ids838" and report["equal_size"]["identities"] == 838
+    assert report["equal_size"]["accuracy"] == 0.72 and report["equal_size"]["ratio"] == pytest.approx(0.72 / 0.80)
+    assert "at the real arm's size (ids838, 838 identities): **0.900**" in (work / "report.md").read_text()
 
 
 def test_an_in_process_step_that_fails_is_a_protocol_error(protocol, setup):
