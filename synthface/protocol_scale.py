@@ -9,7 +9,6 @@ The steps that run them are in :mod:`synthface.synthetic_vs_real`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -57,7 +56,7 @@ def write_scale_subsets(cfg: dict, work: Path) -> dict:
     from synthface.atomic import atomic_write_json
     import numpy as np
 
-    from synthface.dataset.subset import source_table, subset_rows, subset_summary, write_subset
+    from synthface.dataset.subset import rows_digest, source_table, subset_rows, subset_summary, write_subset
 
     source, out, seed = work / "synthetic", work / SCALE_DIR, scale_seed(cfg)
     table = source_table(source)
@@ -68,7 +67,7 @@ def write_scale_subsets(cfg: dict, work: Path) -> dict:
     for name, identities, per_identity in scale_points(cfg):
         rows = subset_rows(labels, identities, per_identity, seed)
         asked = {"identities_requested": identities, "per_identity_requested": per_identity}
-        digest = hashlib.sha256(rows.astype("int64").tobytes()).hexdigest()
+        digest = rows_digest(rows)
         if digest in written:
             subsets[name] = {**subsets[written[digest]], **asked, "same_as": written[digest]}
             continue

@@ -46,6 +46,7 @@ from synthface.errors import ConfigError, SynthfaceError
 from synthface.protocol_scale import (
     SCALE_DIR,
     SUBSETS_FILE,
+    WHOLE_SET,
     plot_scale_curve,
     scale_curve,
     scale_points,
@@ -316,8 +317,8 @@ def equal_size_arm(summary: dict, tar: str) -> dict:
     names which (a subset name or ``synthetic``)."""
     real = summary["real"]
     point = next((c for c in summary.get("curve", []) if c["per_identity_cap"] is None
-                  and c["identities"] == real["identities"] and c["trained_as"] != "synthetic"), None)  # fmt: skip
-    arm = {"set": "synthetic", **summary["synthetic"]} if point is None else {
+                  and c["identities"] == real["identities"] and c["trained_as"] != WHOLE_SET), None)  # fmt: skip
+    arm = {"set": WHOLE_SET, **summary["synthetic"]} if point is None else {
         "set": point["subset"], **{k: point[k] for k in ("accuracy", "accuracy_std", tar, "identities", "images")}
     }  # fmt: skip
     return {**arm, "ratio": arm["accuracy"] / real["accuracy"]}
@@ -390,11 +391,11 @@ def make_report(cfg: dict, work: Path, records: dict[str, dict], root: Path) -> 
         f"Generator model: `{summary['model']}` (sha256 {summary['model_sha256']}).", "",
         "| training set | accuracy (%) | TAR@FAR=1e-3 (%) | identities | images |", "| --- | --- | --- | --- | --- |",
         row("real (LFW train half)", summary["real"]), row("synthetic (synthface)", summary["synthetic"]),
-        *([row(f"synthetic at the real arm's size ({eq['set']})", eq)] if eq["set"] != "synthetic" else []),
+        *([row(f"synthetic at the real arm's size ({eq['set']})", eq)] if eq["set"] != WHOLE_SET else []),
         *([row("real + synthetic", summary["mixed"])] if "mixed" in summary else []), "",
         f"**Ratio synthetic / real accuracy: {summary['ratio']:.3f}**"
         + (f"; at the real arm's size ({eq['set']}, {eq['identities']} identities): **{eq['ratio']:.3f}**"
-           if eq["set"] != "synthetic" else ""), "",
+           if eq["set"] != WHOLE_SET else ""), "",
         *mixed_lines,
         f"Filter: {insp['acceptance']['passed']} of {insp['acceptance']['candidates']} candidates passed "
         f"(acceptance {100 * insp['acceptance']['rate']:.1f}%); identities kept {insp['identities']} of "

@@ -56,19 +56,23 @@ def source_table(source: str | Path) -> Any:
     return pa.concat_tables([pq.read_table(p) for p in shards], promote_options="default")
 
 
-def subset_summary(labels: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
-    """What a subset of ``rows`` holds (``labels``: the whole set's label column): ``identities``,
-    ``images``, ``images_per_identity`` (mean, min, max) and ``rows_sha256`` (the digest of ``rows``
-    as int64, which names the subset: equal digests, equal rows)."""
+def rows_digest(rows: np.ndarray) -> str:
+    """The sha256 of ``rows`` as int64: it names a subset (equal digests, equal rows)."""
     import hashlib
 
+    return hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()
+
+
+def subset_summary(labels: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
+    """What a subset of ``rows`` holds (``labels``: the whole set's label column): ``identities``,
+    ``images``, ``images_per_identity`` (mean, min, max) and ``rows_sha256`` (:func:`rows_digest`)."""
     rows = np.asarray(rows, dtype=np.int64)
     counts = np.unique(np.asarray(labels)[rows], return_counts=True)[1]
     return {
         "identities": int(len(counts)),
         "images": int(len(rows)),
         "images_per_identity": {"mean": round(float(counts.mean()), 3), "min": int(counts.min()), "max": int(counts.max())},
-        "rows_sha256": hashlib.sha256(rows.tobytes()).hexdigest(),
+        "rows_sha256": rows_digest(rows),
     }
 
 
